@@ -1,0 +1,398 @@
+"""Annotation readers: Pascal VOC XML (SSDD), COCO JSON (HRSID), YOLO txt.
+
+All readers give the same internal record, :class:`ImageRecord`, with boxes
+as float32 [N, 4] x1, y1, x2, y2 in pixels of the image, and collect every
+problem they meet as a :class:`Problem` (file + what is wrong) instead of
+stopping at the first: a batch reports the bad item and goes on.
+
+VOC coordinates are taken as written (``xmin, ymin, xmax, ymax``); SSDD boxes
+are integer pixel corners.
+"""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from sarbridge.runtime.errors import DataError
+from sarbridge.runtime.imageio import IMAGE_SUFFIXES
+
+DEFAULT_CLASSES = ("ship",)
+
+
+@dataclass
+class ImageRecord:
+    """One annotated image.
+
+    Attributes:
+        image_id: a stable id (the file stem for VOC/YOLO, the COCO id as text).
+        path: the image file.
+        height, width: image size in pixels.
+        boxes: float32 [N, 4] x1, y1, x2, y2 in pixels.
+        labels: int64 [N], indices into the dataset's classes.
+    """
+
+    image_id: str
+    path: Path
+    height: int
+    width: int
+    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
+    labels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A bad item: the file and what is wrong with it."""
+
+    path: Path
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+
+@dataclass
+class Dataset:
+    """Records of a dataset, its class names, its splits and the problems found reading it."""
+
+    root: Path
+    format: str
+    classes: tuple[str, ...]
+    records: list[ImageRecord]
+    splits: dict[str, list[str]] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+
+    def split(self, name: str) -> list[ImageRecord]:
+        """Records of split ``name`` (e.g. "train", "test"), in split-file order."""
+        if name not in self.splits:
+            raise DataError(
+                self.root, f"no split '{name}'; this dataset has {sorted(self.splits) or 'none'}"
+            )
+        by_id = {r.image_id: r for r in self.records}
+        return [by_id[i] for i in self.splits[name] if i in by_id]
+
+
+def box_problems(boxes: np.ndarray, height: int, width: int) -> list[str]:
+    """What is wrong with each bad box (empty list when all are fine)."""
+    msgs = []
+    for k, (x1, y1, x2, y2) in enumerate(np.asarray(boxes, dtype=np.float64).reshape(-1, 4)):
+        if not np.isfinite([x1, y1, x2, y2]).all():
+            msgs.append(f"box {k} has non-numeric coordinates")
+        elif x2 <= x1 or y2 <= y1:
+            msgs.append(f"box {k} ({x1:g}, {y1:g}, {x2:g}, {y2:g}) is empty or degenerate")
+        elif x1 < 0 or y1 < 0 or x2 > width or y2 > height:
+            msgs.append(
+                f"box {k} ({x1:g}, {y1:g}, {x2:g}, {y2:g}) lies outside the {width}x{height} image"
+            )
+    return msgs
+
+
+def _find_image(folder: Path, stem: str) -> Path | None:
+    for suffix in (".jpg", ".png", ".tif", ".tiff", ".jpeg", ".bmp", ".JPG", ".PNG", ".TIF"):
+        p = folder / f"{stem}{suffix}"
+        if p.is_file():
+            return p
+    return None
+
+
+def _voc_number(obj: ET.Element, tag: str, xml_path: Path) -> float:
+    node = obj.find(f"bndbox/{tag}")
+    if node is None or node.text is None:
+        raise DataError(xml_path, f"an <object> has no <bndbox>/<{tag}>")
+    try:
+        return float(node.text)
+    except ValueError as exc:
+        raise DataError(xml_path, f"<{tag}> is not a number: {node.text!r}") from exc
+
+
+def read_voc_xml(xml_path: str | Path, classes: tuple[str, ...] = DEFAULT_CLASSES, image_dir=None):
+    """Parse one VOC XML file.
+
+    Returns:
+        (ImageRecord, list of problem messages for its boxes).
+
+    Raises:
+        DataError: unparsable XML, missing size, unknown class.
+    """
+    xml_path = Path(xml_path)
+    try:
+        root = ET.parse(xml_path).getroot()
+    except (ET.ParseError, OSError) as exc:
+        raise DataError(xml_path, f"cannot parse XML ({exc})") from exc
+    stem = xml_path.stem
+    image_dir = Path(image_dir) if image_dir is not None else xml_path.parent.parent / "JPEGImages"
+    fname = root.findtext("filename")
+    path = (
+        image_dir / fname
+        if fname and (image_dir / fname).is_file()
+        else _find_image(image_dir, stem)
+    )
+    try:
+        width = int(float(root.findtext("size/width")))
+        height = int(float(root.findtext("size/height")))
+    except (TypeError, ValueError) as exc:
+        raise DataError(xml_path, "missing or invalid <size><width>/<height>") from exc
+    boxes, labels = [], []
+    for obj in root.iter("object"):
+        name = (obj.findtext("name") or "").strip()
+        if name not in classes:
+            raise DataError(xml_path, f"unknown class {name!r}; expected one of {list(classes)}")
+        boxes.append([_voc_number(obj, t, xml_path) for t in ("xmin", "ymin", "xmax", "ymax")])
+        labels.append(classes.index(name))
+    boxes_arr = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    rec = ImageRecord(
+        image_id=stem,
+        path=path if path is not None else image_dir / f"{stem}.jpg",
+        height=height,
+        width=width,
+        boxes=boxes_arr,
+        labels=np.asarray(labels, dtype=np.int64),
+    )
+    return rec, box_problems(boxes_arr, height, width)
+
+
+def _read_split_files(root: Path) -> dict[str, list[str]]:
+    splits = {}
+    main = root / "ImageSets" / "Main"
+    if main.is_dir():
+        for f in sorted(main.glob("*.txt")):
+            if "_" in f.stem:  # per-class files like ship_train.txt
+                continue
+            ids = [line.split()[0] for line in f.read_text().splitlines() if line.strip()]
+            splits[f.stem] = ids
+    return splits
+
+
+def _with_progress(items, desc: str, progress: bool):
+    if not progress:
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, desc=desc, unit="file", leave=False)
+
+
+def read_voc(
+    root: str | Path, classes: tuple[str, ...] = DEFAULT_CLASSES, progress: bool = False
+) -> Dataset:
+    """Read a VOC-layout dataset (Annotations/, JPEGImages/, ImageSets/Main/*.txt).
+
+    Boxes that are bad (outside the image, empty) are kept out of the records
+    and reported as problems; an unreadable XML is reported and skipped.
+    """
+    root = Path(root)
+    ann_dir = root / "Annotations"
+    if not ann_dir.is_dir():
+        raise DataError(root, "not a VOC dataset: no Annotations/ folder")
+    records, problems = [], []
+    xml_files = sorted(ann_dir.glob("*.xml"))
+    if not xml_files:
+        raise DataError(ann_dir, "no .xml annotation files")
+    for xml_path in _with_progress(xml_files, "reading VOC XML", progress):
+        try:
+            rec, box_msgs = read_voc_xml(xml_path, classes, root / "JPEGImages")
+        except DataError as exc:
+            problems.append(Problem(exc.path, exc.reason))
+            continue
+        if box_msgs:
+            problems.extend(Problem(xml_path, m) for m in box_msgs)
+            good = np.asarray(
+                [not box_problems(b[None], rec.height, rec.width) for b in rec.boxes], bool
+            )
+            rec.boxes, rec.labels = rec.boxes[good], rec.labels[good]
+        if not rec.path.is_file():
+            problems.append(Problem(xml_path, f"its image {rec.path.name} is missing"))
+            continue
+        records.append(rec)
+    # images without an annotation file
+    img_dir = root / "JPEGImages"
+    if img_dir.is_dir():
+        annotated = {r.path.name for r in records} | {p.stem for p in xml_files}
+        for img in sorted(img_dir.iterdir()):
+            if (
+                img.suffix.lower() in IMAGE_SUFFIXES
+                and img.name not in annotated
+                and img.stem not in annotated
+            ):
+                problems.append(Problem(img, "no annotation file for this image"))
+    return Dataset(root, "voc", tuple(classes), records, _read_split_files(root), problems)
+
+
+def read_coco(
+    json_path: str | Path, image_root: str | Path | None = None, progress: bool = False
+) -> Dataset:
+    """Read a COCO detection JSON (HRSID layout: bbox = [x, y, w, h]).
+
+    Args:
+        json_path: the annotation file.
+        image_root: folder of the images; default: the JSON's folder, or a
+            sibling ``images/``/``JPEGImages/`` folder when file names are bare.
+    """
+    json_path = Path(json_path)
+    try:
+        data = json.loads(json_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(json_path, f"cannot read COCO JSON ({exc})") from exc
+    for key in ("images", "annotations", "categories"):
+        if key not in data:
+            raise DataError(json_path, f"not a COCO detection file: no '{key}' list")
+    cats = sorted(data["categories"], key=lambda c: c["id"])
+    classes = tuple(c["name"] for c in cats)
+    cat_index = {c["id"]: i for i, c in enumerate(cats)}
+    if image_root is None:
+        image_root = json_path.parent
+        for cand in ("images", "JPEGImages", "../images", "../JPEGImages"):
+            if (json_path.parent / cand).is_dir():
+                image_root = json_path.parent / cand
+                break
+    image_root = Path(image_root)
+    by_image: dict[int, list[dict]] = {}
+    problems = []
+    for ann in data["annotations"]:
+        by_image.setdefault(ann.get("image_id"), []).append(ann)
+    records = []
+    for img in _with_progress(data["images"], "reading COCO", progress):
+        boxes, labels, msgs = [], [], []
+        for ann in by_image.get(img["id"], []):
+            if ann.get("iscrowd", 0):
+                continue
+            bbox = ann.get("bbox")
+            if not isinstance(bbox, list) or len(bbox) != 4:
+                msgs.append(f"annotation {ann.get('id')} has no valid bbox")
+                continue
+            if ann.get("category_id") not in cat_index:
+                msgs.append(
+                    f"annotation {ann.get('id')} has unknown category {ann.get('category_id')}"
+                )
+                continue
+            x, y, w, h = (float(v) for v in bbox)
+            boxes.append([x, y, x + w, y + h])
+            labels.append(cat_index[ann["category_id"]])
+        boxes_arr = np.asarray(boxes, np.float32).reshape(-1, 4)
+        labels_arr = np.asarray(labels, np.int64)
+        bad = box_problems(boxes_arr, img["height"], img["width"])
+        if bad:
+            good = np.asarray(
+                [not box_problems(b[None], img["height"], img["width"]) for b in boxes_arr], bool
+            )
+            boxes_arr, labels_arr = boxes_arr[good], labels_arr[good]
+        where = image_root / img["file_name"]
+        problems.extend(Problem(where, m) for m in msgs + bad)
+        records.append(
+            ImageRecord(
+                str(img["id"]), where, int(img["height"]), int(img["width"]), boxes_arr, labels_arr
+            )
+        )
+    return Dataset(json_path.parent, "coco", classes, records, {}, problems)
+
+
+def read_yolo(
+    images_dir: str | Path,
+    labels_dir: str | Path | None = None,
+    classes: tuple[str, ...] = DEFAULT_CLASSES,
+    progress: bool = False,
+) -> Dataset:
+    """Read YOLO txt labels (``class cx cy w h``, normalised to [0, 1]).
+
+    Args:
+        images_dir: folder of images.
+        labels_dir: folder of .txt files with the same stems; default: the
+            sibling ``labels`` folder (``images`` -> ``labels``).
+    """
+    from sarbridge.runtime.imageio import image_size
+
+    images_dir = Path(images_dir)
+    if labels_dir is None:
+        labels_dir = images_dir.parent / images_dir.name.replace("images", "labels")
+    labels_dir = Path(labels_dir)
+    records, problems = [], []
+    images = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    for img in _with_progress(images, "reading YOLO", progress):
+        txt = labels_dir / f"{img.stem}.txt"
+        try:
+            height, width = image_size(img)
+        except DataError as exc:
+            problems.append(Problem(exc.path, exc.reason))
+            continue
+        boxes, labels = [], []
+        if txt.is_file():
+            for n, line in enumerate(txt.read_text().splitlines(), 1):
+                parts = line.split()
+                if not parts:
+                    continue
+                try:
+                    c, cx, cy, w, h = int(parts[0]), *(float(v) for v in parts[1:5])
+                    if len(parts) < 5:
+                        raise ValueError
+                except ValueError:
+                    problems.append(Problem(txt, f"line {n} is not 'class cx cy w h': {line!r}"))
+                    continue
+                if not 0 <= c < len(classes):
+                    problems.append(Problem(txt, f"line {n}: class {c} not in {list(classes)}"))
+                    continue
+                boxes.append(
+                    [
+                        (cx - w / 2) * width,
+                        (cy - h / 2) * height,
+                        (cx + w / 2) * width,
+                        (cy + h / 2) * height,
+                    ]
+                )
+                labels.append(c)
+        boxes_arr = np.asarray(boxes, np.float32).reshape(-1, 4)
+        labels_arr = np.asarray(labels, np.int64)
+        bad = box_problems(boxes_arr, height, width)
+        if bad:
+            problems.extend(Problem(txt, m) for m in bad)
+            good = np.asarray([not box_problems(b[None], height, width) for b in boxes_arr], bool)
+            boxes_arr, labels_arr = boxes_arr[good], labels_arr[good]
+        records.append(ImageRecord(img.stem, img, height, width, boxes_arr, labels_arr))
+    return Dataset(images_dir, "yolo", tuple(classes), records, {}, problems)
+
+
+def detect_format(path: str | Path) -> str:
+    """Which annotation format a path holds: "voc", "coco" or "yolo"."""
+    path = Path(path)
+    if path.is_file() and path.suffix.lower() == ".json":
+        return "coco"
+    if not path.is_dir():
+        raise DataError(path, "no such file or folder")
+    if (path / "Annotations").is_dir():
+        return "voc"
+    if list(path.glob("*.json")) or list(path.glob("annotations/*.json")):
+        return "coco"
+    if (path / "labels").is_dir() and (path / "images").is_dir():
+        return "yolo"
+    raise DataError(
+        path,
+        "cannot tell the dataset format: expected Annotations/ (VOC), a COCO .json, or images/ + labels/ (YOLO)",
+    )
+
+
+def read_dataset(path: str | Path, progress: bool = False) -> Dataset:
+    """Read a dataset in any supported format (see :func:`detect_format`)."""
+    path = Path(path)
+    fmt = detect_format(path)
+    if fmt == "voc":
+        return read_voc(path, progress=progress)
+    if fmt == "yolo":
+        return read_yolo(path / "images", path / "labels", progress=progress)
+    if path.is_file():
+        return read_coco(path, progress=progress)
+    jsons = sorted(path.glob("*.json")) or sorted(path.glob("annotations/*.json"))
+    datasets = [read_coco(j, progress=progress) for j in jsons]
+    first = datasets[0]
+    records, problems, splits = [], [], {}
+    for j, ds in zip(jsons, datasets, strict=True):
+        if ds.classes != first.classes:
+            raise DataError(
+                j, f"classes {ds.classes} differ from {first.classes} in {jsons[0].name}"
+            )
+        for r in ds.records:
+            r.image_id = f"{j.stem}/{r.image_id}"
+        records += ds.records
+        problems += ds.problems
+        splits[j.stem] = [r.image_id for r in ds.records]
+    return Dataset(path, "coco", first.classes, records, splits, problems)

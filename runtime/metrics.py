@@ -1,0 +1,207 @@
+"""Metrics: COCO-style detection AP, precision/recall at a threshold, pair matching.
+
+Detection AP wraps faster-coco-eval (the COCO evaluation protocol: 101-point
+interpolated AP, IoU 0.50:0.05:0.95, "small" = area < 32^2 pixels).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from dataclasses import dataclass
+
+import numpy as np
+from sarbridge.runtime.boxes import box_iou
+
+
+@dataclass
+class Detections:
+    """Predictions for one image: boxes [N, 4] xyxy pixels, scores [N], labels [N]."""
+
+    image_id: str
+    boxes: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+
+
+def _coco_dicts(records, detections, classes):
+    ids = {r.image_id: k + 1 for k, r in enumerate(records)}
+    images = [
+        {"id": ids[r.image_id], "width": int(r.width), "height": int(r.height)} for r in records
+    ]
+    anns = []
+    for r in records:
+        for box, label in zip(
+            np.asarray(r.boxes, np.float64).reshape(-1, 4), r.labels, strict=True
+        ):
+            w, h = box[2] - box[0], box[3] - box[1]
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": ids[r.image_id],
+                    "category_id": int(label) + 1,
+                    "bbox": [float(box[0]), float(box[1]), float(w), float(h)],
+                    "area": float(w * h),
+                    "iscrowd": 0,
+                }
+            )
+    cats = [{"id": k + 1, "name": n} for k, n in enumerate(classes)]
+    dets = []
+    for d in detections:
+        if d.image_id not in ids:
+            raise KeyError(f"detections for unknown image id {d.image_id!r}")
+        for box, score, label in zip(
+            np.asarray(d.boxes, np.float64).reshape(-1, 4), d.scores, d.labels, strict=True
+        ):
+            dets.append(
+                {
+                    "image_id": ids[d.image_id],
+                    "category_id": int(label) + 1,
+                    "bbox": [
+                        float(box[0]),
+                        float(box[1]),
+                        float(box[2] - box[0]),
+                        float(box[3] - box[1]),
+                    ],
+                    "score": float(score),
+                }
+            )
+    return {"images": images, "annotations": anns, "categories": cats}, dets
+
+
+def coco_ap(records, detections, classes=("ship",), max_detections: int = 100) -> dict[str, float]:
+    """COCO bbox AP of detections against ground-truth records.
+
+    Args:
+        records: ground truth, objects with image_id, width, height, boxes, labels
+            (e.g. :class:`~sarbridge.runtime.annotations.ImageRecord`).
+        detections: list of :class:`Detections` (images without an entry have none).
+        classes: class names (labels index into them).
+        max_detections: detections per image considered.
+
+    Returns:
+        {"AP50_95", "AP50", "AP75", "AP_small", "AP_medium", "AP_large", "AR"}; a
+        value of -1 means "no ground truth of that kind" (COCO's convention).
+    """
+    from faster_coco_eval import COCO, COCOeval_faster
+
+    gt_dict, dets = _coco_dicts(records, detections, classes)
+    keys = ("AP50_95", "AP50", "AP75", "AP_small", "AP_medium", "AP_large")
+    if not gt_dict["annotations"]:
+        raise ValueError("no ground-truth boxes: AP is undefined")
+    if not dets:
+        return {k: 0.0 for k in keys} | {"AR": 0.0}
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(gt_dict)
+        dt = gt.loadRes(dets)
+        ev = COCOeval_faster(gt, dt, "bbox")
+        ev.params.maxDets = [1, 10, max_detections]
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    s = ev.stats
+    out = dict(zip(keys, (float(v) for v in s[:6]), strict=True))
+    out["AR"] = float(s[8])
+    return out
+
+
+def precision_recall_at(
+    records, detections, score_threshold: float = 0.5, iou_threshold: float = 0.5
+) -> dict[str, float]:
+    """Precision, recall and F1 at one operating point (greedy matching by score, per class).
+
+    Returns:
+        {"precision", "recall", "f1", "tp", "fp", "fn"}.
+    """
+    by_id = {d.image_id: d for d in detections}
+    tp = fp = fn = 0
+    for r in records:
+        d = by_id.get(r.image_id)
+        gt_boxes, gt_labels = np.asarray(r.boxes).reshape(-1, 4), np.asarray(r.labels)
+        if d is None:
+            fn += len(gt_boxes)
+            continue
+        keep = np.asarray(d.scores) >= score_threshold
+        boxes, scores, labels = (
+            np.asarray(d.boxes).reshape(-1, 4)[keep],
+            np.asarray(d.scores)[keep],
+            np.asarray(d.labels)[keep],
+        )
+        matched = np.zeros(len(gt_boxes), bool)
+        ious = (
+            box_iou(boxes, gt_boxes)
+            if len(boxes) and len(gt_boxes)
+            else np.zeros((len(boxes), len(gt_boxes)))
+        )
+        for i in np.argsort(-scores, kind="stable"):
+            cand = np.where((~matched) & (gt_labels == labels[i]) & (ious[i] >= iou_threshold))[0]
+            if cand.size:
+                matched[cand[np.argmax(ious[i, cand])]] = True
+                tp += 1
+            else:
+                fp += 1
+        fn += int((~matched).sum())
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1, "tp": tp, "fp": fp, "fn": fn}
+
+
+def matching_metrics(distances, is_match, threshold: float = 0.5) -> dict[str, float]:
+    """Pair matching at a decision threshold: a pair is called matched when d < threshold.
+
+    Args:
+        distances: [N] BNN distances in [0, 1].
+        is_match: [N] bool, true for positive (co-registered) pairs.
+
+    Returns:
+        {"accuracy", "precision", "recall", "threshold"}.
+    """
+    d = np.asarray(distances, dtype=np.float64)
+    y = np.asarray(is_match, dtype=bool)
+    pred = d < threshold
+    tp = int((pred & y).sum())
+    fp = int((pred & ~y).sum())
+    fn = int((~pred & y).sum())
+    tn = int((~pred & ~y).sum())
+    return {
+        "accuracy": (tp + tn) / max(len(y), 1),
+        "precision": tp / (tp + fp) if tp + fp else 0.0,
+        "recall": tp / (tp + fn) if tp + fn else 0.0,
+        "threshold": float(threshold),
+    }
+
+
+def roc_auc(distances, is_match) -> float:
+    """Area under the ROC curve with -distance as the score (ties count one half)."""
+    d = np.asarray(distances, dtype=np.float64)
+    y = np.asarray(is_match, dtype=bool)
+    pos, neg = -d[y], -d[~y]
+    if not len(pos) or not len(neg):
+        raise ValueError("ROC AUC needs both positive and negative pairs")
+    # Mann-Whitney U via ranks (average ranks for ties)
+    scores = np.concatenate([pos, neg])
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(len(scores))
+    sorted_scores = scores[order]
+    i = 0
+    while i < len(scores):
+        j = i
+        while j + 1 < len(scores) and sorted_scores[j + 1] == sorted_scores[i]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    u = ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2
+    return float(u / (len(pos) * len(neg)))
+
+
+def best_threshold(distances, is_match) -> float:
+    """The decision threshold with the best accuracy (choose it on validation pairs, never test)."""
+    d = np.sort(np.unique(np.asarray(distances, dtype=np.float64)))
+    cands = (
+        np.concatenate([[0.0], (d[:-1] + d[1:]) / 2, [1.0 + 1e-9]])
+        if len(d) > 1
+        else np.array([0.5])
+    )
+    accs = [matching_metrics(distances, is_match, t)["accuracy"] for t in cands]
+    return float(cands[int(np.argmax(accs))])

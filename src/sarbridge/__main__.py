@@ -1,0 +1,3 @@
+from sarbridge.cli import main
+
+raise SystemExit(main())

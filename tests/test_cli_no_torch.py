@@ -1,0 +1,134 @@
+"""The on-board half works where torch cannot be imported; the CLI reports bad items and goes on."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import tifffile
+from conftest import REPO, run_without_torch
+
+RUNTIME_MODULES = [
+    "annotations",
+    "boxes",
+    "datatools",
+    "errors",
+    "imageio",
+    "manifest",
+    "metrics",
+    "pairs",
+    "paths",
+    "preprocess",
+    "synth",
+    "tiling",
+]
+
+
+def test_runtime_imports_without_torch():
+    code = (
+        "import importlib\n"
+        + "".join(f"importlib.import_module('sarbridge.runtime.{m}')\n" for m in RUNTIME_MODULES)
+        + "assert sys.modules.get('torch') is None\nprint('ok')"
+    )
+    res = run_without_torch(code)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "ok"
+
+
+def test_every_runtime_module_is_listed():
+    on_disk = {p.stem for p in (REPO / "runtime").glob("*.py") if p.stem != "__init__"}
+    assert on_disk == set(RUNTIME_MODULES)
+
+
+def _cli(*args):
+    return run_without_torch("from sarbridge.cli import main\nsys.exit(main(sys.argv[1:]))", *args)
+
+
+def test_help_and_data_check_without_torch(data):
+    res = _cli("--help")
+    assert res.returncode == 0 and "data" in res.stdout
+    res = _cli("data", "--help")
+    assert res.returncode == 0 and "check" in res.stdout
+    res = _cli("data", "check", "--no-progress", str(data / "SSDD"))
+    assert res.returncode == 0, res.stderr
+    assert "images: 1160 readable, boxes: 2540" in res.stdout
+    assert (
+        "split train: 928 images" in res.stdout
+        and "split test: 232 images, 533 boxes" in res.stdout
+    )
+
+
+def test_data_check_reports_every_bad_item_and_goes_on(tmp_path, data):
+    root = tmp_path / "voc"
+    for sub in ("Annotations", "JPEGImages"):
+        (root / sub).mkdir(parents=True)
+    for i in range(1, 6):
+        stem = f"{i:06d}"
+        shutil.copy(data / "SSDD" / "Annotations" / f"{stem}.xml", root / "Annotations")
+        shutil.copy(data / "SSDD" / "JPEGImages" / f"{stem}.jpg", root / "JPEGImages")
+    jpg = root / "JPEGImages" / "000002.jpg"
+    jpg.write_bytes(jpg.read_bytes()[:3000])  # truncated
+    xml = root / "Annotations" / "000004.xml"
+    xml.write_text(xml.read_text().replace("<xmin>", "<xmin>-50", 1))  # box outside the image
+    (root / "Annotations" / "000005.xml").unlink()  # image without annotation
+    res = _cli("data", "check", "--no-progress", str(root))
+    assert res.returncode == 1
+    out = res.stdout
+    assert "000002.jpg: cannot decode image" in out
+    assert "000004.xml: box 0" in out and "outside" in out
+    assert "000005.jpg: no annotation file" in out
+    assert "images: 3 readable" in out  # 1, 3, 4 still read
+
+
+def test_data_tile_and_synth_without_torch(tmp_path):
+    scene = np.random.default_rng(0).integers(1, 60000, size=(700, 1100), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "scene.tif", scene, tile=(256, 256), compression="zlib")
+    res = _cli(
+        "data",
+        "tile",
+        str(tmp_path / "scene.tif"),
+        "--size",
+        "512",
+        "--overlap",
+        "0.5",
+        "--out",
+        str(tmp_path / "tiles"),
+        "--no-progress",
+    )
+    assert res.returncode == 0, res.stderr
+    index = json.loads((tmp_path / "tiles" / "tiles.json").read_text())
+    assert index["height"] == 700 and len(index["tiles"]) == 2 * 4  # x: 0, 256, 512, 588
+    t = index["tiles"][-1]
+    tile = tifffile.imread(tmp_path / "tiles" / t["file"])
+    np.testing.assert_array_equal(tile, scene[t["y0"] : t["y0"] + 512, t["x0"] : t["x0"] + 512])
+
+    res = _cli(
+        "data",
+        "synth",
+        "--out",
+        str(tmp_path / "syn"),
+        "--n",
+        "3",
+        "--size",
+        "256",
+        "--no-progress",
+    )
+    assert res.returncode == 0, res.stderr
+    res = _cli("data", "check", "--no-progress", str(tmp_path / "syn"))
+    assert res.returncode == 0 and "images: 3 readable" in res.stdout
+
+
+def test_nan_scene_and_missing_path_are_clear_errors(tmp_path):
+    tifffile.imwrite(tmp_path / "nan.tif", np.full((64, 64), np.nan, np.float32))
+    res = _cli("data", "check", str(tmp_path / "nan.tif"))
+    assert res.returncode == 1 and "nan.tif" in res.stdout and "NaN" in res.stdout
+    res = _cli("data", "check", str(tmp_path / "nowhere"))
+    assert res.returncode == 2 and "nowhere: no such file or folder" in res.stderr
+
+
+def test_stage_folder_cannot_be_imported_bare():
+    res = subprocess.run(
+        [sys.executable, "-c", "import runtime"], cwd=REPO, capture_output=True, text=True
+    )
+    assert res.returncode != 0 and "import it as 'sarbridge.runtime'" in res.stderr
