@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
 from sarbridge.runtime.errors import DataError
 from sarbridge.runtime.imageio import IMAGE_SUFFIXES
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
 from sarbridge.runtime.annotations import Dataset, Problem, detect_format, read_dataset
 from sarbridge.runtime.errors import DataError
 from sarbridge.runtime.imageio import IMAGE_SUFFIXES, open_raster, write_image

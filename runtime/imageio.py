@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from sarbridge.runtime.errors import DataError
 
 PIL_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}

@@ -11,6 +11,7 @@ import io
 from dataclasses import dataclass
 
 import numpy as np
+
 from sarbridge.runtime.boxes import box_iou
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from sarbridge.runtime.annotations import Problem
 from sarbridge.runtime.errors import DataError
 from sarbridge.runtime.imageio import IMAGE_SUFFIXES, image_size, read_image

@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
+
 from sarbridge.runtime.errors import DataError
 
 INPUT_KINDS = ("amplitude", "intensity", "db")
@@ -86,12 +87,14 @@ class SarPreprocess:
         return cls(**data)
 
 
-def to_single_channel(image: np.ndarray, path=None, tolerance: int = 12) -> np.ndarray:
+def to_single_channel(image: np.ndarray, path=None, tolerance: float = 0.03) -> np.ndarray:
     """Collapse a multi-band SAR image to one band.
 
-    Alpha (2nd of 2 or 4th of 4 bands) is dropped. Identical bands (within
-    ``tolerance``, for JPEG error) are collapsed to their mean. Bands that
-    differ more mean the file is not a single-band SAR image: DataError.
+    Alpha (2nd of 2 or 4th of 4 bands) is dropped. Bands that are the same
+    image (mean absolute difference at most ``tolerance`` of the value range:
+    JPEG-compressed grey images differ locally, not on average) are collapsed
+    to their mean. Bands that differ more mean the file is not a single-band
+    SAR image: DataError.
     """
     if image.ndim == 2:
         return image
@@ -102,25 +105,20 @@ def to_single_channel(image: np.ndarray, path=None, tolerance: int = 12) -> np.n
         image = image[:, :, : bands - 1]
     if image.shape[2] == 1:
         return image[:, :, 0]
-    first = image[:, :, 0]
-    spread = (
-        np.abs(image.astype(np.float32) - first[:, :, None].astype(np.float32)).max()
-        if image.size
-        else 0
-    )
-    if spread > tolerance:
+    first = image[:, :, :1]
+    if np.array_equal(image, np.broadcast_to(first, image.shape)):
+        return image[:, :, 0]
+    as_float = image.astype(np.float32)
+    spread = float(np.abs(as_float - as_float[:, :, :1]).mean())
+    value_range = max(float(as_float.max() - as_float.min()), 1e-12)
+    if spread > tolerance * value_range:
         raise DataError(
             path,
-            f"{image.shape[2]} bands that differ (max difference {spread:.0f}); a SAR scene needs one "
-            "band (or identical bands). Select the polarisation band before detection",
+            f"{image.shape[2]} bands that differ (mean difference {spread:.3g} of a {value_range:.3g} range); "
+            "a SAR scene needs one band (or identical bands). Select the polarisation band before detection",
         )
-    if spread == 0:
-        return first
-    return (
-        image.mean(axis=2).astype(image.dtype)
-        if image.dtype.kind == "f"
-        else np.round(image.mean(axis=2)).astype(image.dtype)
-    )
+    mean = as_float.mean(axis=2)
+    return mean if image.dtype.kind == "f" else np.round(mean).astype(image.dtype)
 
 
 def is_eight_bit(dtype) -> bool:

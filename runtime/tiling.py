@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
 from sarbridge.runtime.boxes import box_area, box_intersection, box_iou
 
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from sarbridge.runtime.paths import data_root
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -3,6 +3,7 @@ import shutil
 
 import numpy as np
 import pytest
+
 from sarbridge.runtime.annotations import (
     detect_format,
     read_coco,

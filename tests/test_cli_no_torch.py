@@ -13,6 +13,7 @@ RUNTIME_MODULES = [
     "annotations",
     "boxes",
     "datatools",
+    "decode",
     "errors",
     "imageio",
     "manifest",
@@ -132,3 +133,8 @@ def test_stage_folder_cannot_be_imported_bare():
         [sys.executable, "-c", "import runtime"], cwd=REPO, capture_output=True, text=True
     )
     assert res.returncode != 0 and "import it as 'sarbridge.runtime'" in res.stderr
+
+
+def test_train_help_does_not_import_torch():
+    res = _cli("train", "bnn", "--help")
+    assert res.returncode == 0 and "--resume" in res.stdout

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import tifffile
+
 from sarbridge.runtime.errors import DataError
 from sarbridge.runtime.imageio import open_raster, read_image, write_image
 

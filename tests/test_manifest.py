@@ -1,6 +1,7 @@
 import json
 
 import pytest
+
 from sarbridge.runtime.errors import ManifestError
 from sarbridge.runtime.manifest import (
     load_manifest,

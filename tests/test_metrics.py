@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+
 from sarbridge.runtime.annotations import ImageRecord, read_voc
 from sarbridge.runtime.metrics import (
     Detections,

@@ -1,4 +1,5 @@
 import numpy as np
+
 from sarbridge.runtime.pairs import PairLoader, cut_patches, find_scene_pairs, split_by_scene
 
 
@@ -49,3 +50,22 @@ def test_mismatched_pair_sizes_are_reported(tmp_path):
     msgs = sorted(str(p) for p in problems)
     assert "b.png: SAR is 64x64 but its optical pair b.png is 64x32" in msgs[0]
     assert "c.png: no optical pair" in msgs[1]
+
+
+def test_qxs_saropt_layout(tmp_path):
+    """QXS-SAROPT keeps 256 px pairs in opt_256_oc_0.2/ and sar_256_oc_0.2/ with matching names."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for d in ("opt_256_oc_0.2", "sar_256_oc_0.2"):
+        (tmp_path / d).mkdir()
+    for i in range(5):
+        Image.fromarray(rng.integers(0, 255, (256, 256, 3), dtype=np.uint8)).save(
+            tmp_path / "opt_256_oc_0.2" / f"{i}.png"
+        )
+        Image.fromarray(rng.integers(0, 255, (256, 256), dtype=np.uint8)).save(
+            tmp_path / "sar_256_oc_0.2" / f"{i}.png"
+        )
+    scenes, problems = find_scene_pairs(tmp_path)
+    assert not problems and len(scenes) == 5
+    assert len(cut_patches(scenes, 256)) == 5

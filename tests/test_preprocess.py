@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+
 from sarbridge.runtime.errors import DataError
 from sarbridge.runtime.imageio import ArrayRaster
 from sarbridge.runtime.preprocess import (

@@ -1,4 +1,5 @@
 import numpy as np
+
 from sarbridge.runtime.synth import synth_scene
 
 

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+
 from sarbridge.runtime.boxes import batched_nms, box_iou, nms
 from sarbridge.runtime.imageio import ArrayRaster
 from sarbridge.runtime.tiling import merge_tile_detections, read_tile, tile_grid

@@ -86,6 +86,99 @@ def _run_data_synth(args) -> int:
     return 0
 
 
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    train = sub.add_parser(
+        "train", help="BNN pretraining and detector training (needs the 'train' extra)"
+    )
+    tsub = train.add_subparsers(dest="train_command", required=True, metavar="COMMAND")
+
+    bnn = tsub.add_parser(
+        "bnn",
+        help="pretrain a bridge neural network on optical/SAR pairs",
+        description="Two separate backbones (SAR, optical) -> 50-d embeddings; matched pairs pulled together, "
+        "unmatched pushed apart. Multi-process: torchrun --nproc_per_node N -m sarbridge train bnn ...",
+    )
+    bnn.add_argument(
+        "--config", type=Path, help="YAML config (configs/bnn_*.yaml); defaults when omitted"
+    )
+    bnn.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set optim.epochs=5 (repeatable)",
+    )
+    bnn.add_argument("--name", help="run name (default: the config's name)")
+    bnn.add_argument("--runs-dir", type=Path, default=Path("runs"))
+    bnn.add_argument(
+        "--resume", action="store_true", help="continue runs/<name> from its last checkpoint"
+    )
+    bnn.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+    bnn.set_defaults(func=_run_train_bnn)
+
+    det = tsub.add_parser(
+        "detect",
+        help="train a SAR ship detector (edge_det) from BNN, ImageNet or random initialisation",
+        description="Trains on the official train split (a seeded share held out for validation picks the best "
+        "checkpoint by AP50:95) and scores the test split once at the end.",
+    )
+    det.add_argument("--config", type=Path, help="YAML config (configs/det_*.yaml)")
+    det.add_argument(
+        "--init", help="random | bnn:runs/<bnn-run> | imagenet:<local file> | file:<backbone .pt>"
+    )
+    det.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    det.add_argument("--name", help="run name (default: the config's name)")
+    det.add_argument("--runs-dir", type=Path, default=Path("runs"))
+    det.add_argument("--resume", action="store_true")
+    det.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+    det.set_defaults(func=_run_train_detect)
+
+    exp = tsub.add_parser(
+        "bnn-export-backbone", help="write a BNN run's SAR backbone in the form detectors load"
+    )
+    exp.add_argument("--from", dest="run", type=Path, required=True, help="the BNN run directory")
+    exp.add_argument("--which", choices=("best", "last"), default="best")
+    exp.add_argument("--out", type=Path, help="output file (default: <run>/sar_backbone.pt)")
+    exp.set_defaults(func=_run_bnn_export)
+
+
+def _run_train_bnn(args) -> int:
+    import dataclasses
+
+    from sarbridge.train.bnn_train import BNNConfig, train_bnn
+    from sarbridge.train.config import load_config
+
+    cfg = load_config(BNNConfig, args.config, args.overrides)
+    if args.name:
+        cfg = dataclasses.replace(cfg, name=args.name)
+    train_bnn(cfg, args.runs_dir, resume=args.resume, progress=args.progress)
+    return 0
+
+
+def _run_train_detect(args) -> int:
+    import dataclasses
+
+    from sarbridge.train.config import load_config
+    from sarbridge.train.detect_train import DetConfig, train_detector
+
+    cfg = load_config(DetConfig, args.config, args.overrides)
+    if args.init:
+        cfg = dataclasses.replace(cfg, init=args.init)
+    if args.name:
+        cfg = dataclasses.replace(cfg, name=args.name)
+    train_detector(cfg, args.runs_dir, resume=args.resume, progress=args.progress)
+    return 0
+
+
+def _run_bnn_export(args) -> int:
+    from sarbridge.train.bnn_train import export_sar_backbone
+
+    path = export_sar_backbone(args.run, args.out, args.which)
+    print(f"SAR backbone written: {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sarbridge",
@@ -94,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"sarbridge {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_data(sub)
+    _add_train(sub)
     return parser
 
 

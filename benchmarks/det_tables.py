@@ -1,0 +1,101 @@
+"""Initialisation comparison for detectors (Table-3 style): test AP per run, mean and spread per init.
+
+    python -m sarbridge.benchmarks.det_tables runs/det_edge_bnn_s0 runs/det_edge_bnn_s1 \\
+        runs/det_edge_random_s0 runs/det_edge_random_s1 --out benchmarks/results/det_edge_ssdd
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+METRICS = ("AP50", "AP50_95", "AP_small", "precision", "recall")
+
+
+def _load(run: Path) -> dict:
+    path = run / "run.json"
+    if not path.is_file():
+        raise SystemExit(f"{path}: no run.json")
+    rec = json.loads(path.read_text())
+    if "final" not in rec:
+        raise SystemExit(
+            f"{path}: the run has no final test evaluation (status {rec.get('status')})"
+        )
+    return rec
+
+
+def _init_kind(init: str) -> str:
+    return init.split(":", 1)[0]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("runs", nargs="+", type=Path)
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args(argv)
+    rows = []
+    for run in args.runs:
+        rec = _load(run)
+        c = rec["config"]
+        rows.append(
+            {
+                "run": run.name,
+                "init": c["init"],
+                "seed": c["seed"],
+                "model": c["model"]["name"],
+                "input": c["data"]["input_size"],
+                "epochs": c["optim"]["epochs"],
+                "best_epoch": rec["final"]["best_epoch"],
+                **{m: rec["final"]["test"][m] for m in METRICS},
+            }
+        )
+    lines = [
+        "| run | init | seed | input px | epochs | AP50 | AP50:95 | AP small | precision | recall |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['run']} | {_init_kind(r['init'])} | {r['seed']} | {r['input']} | {r['epochs']} | "
+            + " | ".join(f"{r[m]:.4f}" for m in METRICS)
+            + " |"
+        )
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(_init_kind(r["init"]), []).append(r)
+    summary = ["| init | runs | AP50 mean (spread) | AP50:95 mean (spread) |", "|---|---|---|---|"]
+    agg = {}
+    for kind, rs in groups.items():
+        cell = {}
+        for m in ("AP50", "AP50_95"):
+            vals = [r[m] for r in rs]
+            cell[m] = {"mean": statistics.fmean(vals), "min": min(vals), "max": max(vals)}
+        agg[kind] = {"runs": len(rs), **cell}
+        summary.append(
+            f"| {kind} | {len(rs)} | "
+            + " | ".join(
+                f"{cell[m]['mean']:.4f} ({cell[m]['min']:.4f}-{cell[m]['max']:.4f})"
+                for m in ("AP50", "AP50_95")
+            )
+            + " |"
+        )
+    text = (
+        "## Test-split AP per run\n\n"
+        + "\n".join(lines)
+        + "\n\n## By initialisation (mean, min-max over seeds)\n\n"
+        + "\n".join(summary)
+        + "\n"
+    )
+    print(text)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "tables.md").write_text(text)
+        (args.out / "tables.json").write_text(
+            json.dumps({"runs": rows, "by_init": agg}, indent=2) + "\n"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

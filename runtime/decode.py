@@ -1,0 +1,110 @@
+"""Decoding dense anchor-free detector outputs, and letterboxing, in numpy.
+
+ONE implementation: the PyTorch evaluation and the deployed ONNX/TensorRT
+model both hand their raw output to :func:`decode_dense`.
+
+Raw output layout ``[N, 4 + C]`` per image, one row per grid point of every
+level (level-major, then row-major): ``reg[4]`` are log-distances from the
+point to the box's left, top, right and bottom edges in units of the level's
+stride, ``cls[C]`` are class logits. The box is::
+
+    (px - exp(l) * s, py - exp(t) * s, px + exp(r) * s, py + exp(b) * s)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from sarbridge.runtime.boxes import batched_nms
+
+MAX_LOG_DISTANCE = 8.0  # exp(8) * stride is far beyond any tile
+
+
+def grid_points(
+    input_size: int, strides: tuple[int, ...] = (8, 16, 32)
+) -> tuple[np.ndarray, np.ndarray]:
+    """Centres [N, 2] (x, y) of every grid cell of every level, and their strides [N]."""
+    pts, strd = [], []
+    for s in strides:
+        n = int(np.ceil(input_size / s))
+        ys, xs = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+        pts.append(np.stack([xs.ravel(), ys.ravel()], axis=1).astype(np.float32) * s + s / 2)
+        strd.append(np.full(n * n, s, np.float32))
+    return np.concatenate(pts), np.concatenate(strd)
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(x, -60, 60)))
+
+
+def decode_dense(
+    raw: np.ndarray,
+    points: np.ndarray,
+    strides: np.ndarray,
+    score_threshold: float = 0.05,
+    iou_threshold: float = 0.5,
+    max_detections: int = 300,
+    pre_nms_top_k: int = 2000,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Boxes, scores and labels of one image from its raw dense output.
+
+    Args:
+        raw: [N, 4 + C] raw network output for one image.
+        points, strides: from :func:`grid_points` for the network input size.
+
+    Returns:
+        boxes [K, 4] xyxy in network-input pixels, scores [K], labels [K] int64.
+    """
+    raw = np.asarray(raw, dtype=np.float32)
+    reg, logits = raw[:, :4], raw[:, 4:]
+    scores_all = sigmoid(logits)  # [N, C]
+    labels = scores_all.argmax(axis=1)
+    scores = scores_all[np.arange(len(labels)), labels]
+    keep = np.where(scores > score_threshold)[0]
+    if keep.size > pre_nms_top_k:
+        keep = keep[np.argsort(-scores[keep], kind="stable")[:pre_nms_top_k]]
+    dist = np.exp(np.minimum(reg[keep], MAX_LOG_DISTANCE)) * strides[keep, None]  # [K, 4]
+    p = points[keep]
+    boxes = np.concatenate([p - dist[:, :2], p + dist[:, 2:]], axis=1)
+    kept = batched_nms(boxes, scores[keep], labels[keep], iou_threshold)[:max_detections]
+    return (
+        boxes[kept].astype(np.float32),
+        scores[keep][kept].astype(np.float32),
+        labels[keep][kept].astype(np.int64),
+    )
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """How an image was fitted into a square network input: ``input = image * scale``, then padded."""
+
+    scale: float
+    height: int
+    width: int
+
+    def to_image(self, boxes: np.ndarray) -> np.ndarray:
+        """Boxes from network-input pixels back to image pixels, clipped to the image."""
+        out = np.asarray(boxes, np.float32).reshape(-1, 4) / self.scale
+        return np.clip(out, 0, [self.width, self.height, self.width, self.height]).astype(
+            np.float32
+        )
+
+
+def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
+    """Resize [C, H, W] float input so its long side is ``size`` and pad bottom/right with zeros."""
+    from PIL import Image
+
+    c, h, w = image.shape
+    scale = size / max(h, w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    out = np.zeros((c, size, size), np.float32)
+    for k in range(c):
+        if (nh, nw) == (h, w):
+            out[k, :h, :w] = image[k]
+        else:
+            out[k, :nh, :nw] = np.asarray(
+                Image.fromarray(image[k], mode="F").resize((nw, nh), Image.BILINEAR)
+            )
+    return out, Letterbox(scale, h, w)

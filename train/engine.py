@@ -1,0 +1,345 @@
+"""What every trainer shares: run directories, checkpoints, resume, NaN guard, DDP, progress.
+
+A run lives in ``runs/<name>/``:
+
+* ``checkpoint.pt``: the last completed epoch (model, optimizer, scheduler,
+  epoch, history, config), loadable with ``torch.load(weights_only=True)``;
+* ``best.pt``: the same at the best validation metric;
+* ``run.json``: resolved config, git sha, data summary, metrics per epoch.
+
+Every file is written to a temporary name and renamed, so a run killed at any
+moment leaves the previous good files intact. Data order, augmentation and
+negative sampling are functions of (seed, epoch), so ``--resume`` continues
+exactly where an uninterrupted run would be.
+
+Distributed training is PyTorch DDP under ``torchrun`` (gloo on CPU, nccl on
+GPU). The global batch is sharded across processes; the loss is computed on
+the global batch (embeddings are all-gathered where the loss couples samples).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+import subprocess
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from sarbridge.runtime.errors import SarbridgeError
+
+
+class TrainingDiverged(SarbridgeError, RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+# ---------------------------------------------------------------- distributed
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def setup_distributed(device: str = "auto") -> DistInfo:
+    """Join the process group when started by torchrun (WORLD_SIZE > 1), else a single process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
+    dev = torch.device(f"cuda:{local}" if use_cuda else "cpu")
+    if use_cuda:
+        torch.cuda.set_device(dev)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return DistInfo(rank, world, local, dev)
+
+
+def cleanup_distributed() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_gather_with_grad(x: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Concatenate ``x`` from every process along dim 0, keeping gradients to the local part."""
+    if not info.distributed:
+        return x
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(x), dim=0)
+
+
+def shard(items: list, info: DistInfo) -> list:
+    """This process's contiguous share of a global batch (sizes must divide evenly)."""
+    if not info.distributed:
+        return items
+    if len(items) % info.world_size:
+        raise SarbridgeError(
+            f"global batch of {len(items)} does not divide over {info.world_size} processes"
+        )
+    n = len(items) // info.world_size
+    return items[info.rank * n : (info.rank + 1) * n]
+
+
+# ---------------------------------------------------------------- run directory
+
+
+def git_sha() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            cwd=Path(__file__).resolve().parent,
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.partial")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def atomic_write_json(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Load a checkpoint written by :class:`Trainer` (weights only: no code is unpickled)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoint.pt"
+    if not path.is_file():
+        raise SarbridgeError(f"{path}: no checkpoint here")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise SarbridgeError(f"{path}: cannot load checkpoint ({exc})") from exc
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
+# ---------------------------------------------------------------- trainer
+
+
+@dataclass
+class EpochPlan:
+    """What a trainer supplies: per-epoch batches and a step that returns the loss and logs."""
+
+    batches: Callable[[int], Iterable[Any]]  # epoch -> global batches (this process's share)
+    step: Callable[[Any], tuple[torch.Tensor, dict[str, float]]]  # batch -> (loss, logs)
+    batch_items: Callable[[Any], int]  # items in a batch (for throughput)
+    evaluate: Callable[[int], dict[str, float]] | None = None  # epoch -> validation metrics
+    steps_per_epoch: int | None = None
+
+
+class Trainer:
+    """Epoch loop with checkpoints, resume, NaN guard and progress bars.
+
+    Args:
+        run_dir: ``runs/<name>``.
+        model: the (possibly DDP-wrapped) model.
+        optimizer, scheduler: stepped per iteration / per epoch.
+        epochs: total epochs.
+        config: resolved config (plain dict) stored in checkpoints and run.json.
+        best_metric: validation key to maximise for ``best.pt``.
+        info: distributed info; only rank 0 writes files and shows progress.
+    """
+
+    def __init__(
+        self,
+        run_dir: str | Path,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+        epochs: int,
+        config: dict,
+        best_metric: str,
+        info: DistInfo,
+        extra: dict | None = None,
+        progress: bool = True,
+        max_grad_norm: float | None = 10.0,
+        scheduler_per_step: bool = False,
+        extra_state: tuple[Callable[[], dict], Callable[[dict], None]] | None = None,
+        after_step: Callable[[], None] | None = None,
+    ):
+        self.run_dir = Path(run_dir)
+        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.epochs, self.config, self.best_metric, self.info = epochs, config, best_metric, info
+        self.extra = extra or {}
+        self.progress = progress and info.is_main
+        self.max_grad_norm = max_grad_norm
+        self.scheduler_per_step = scheduler_per_step
+        self.extra_state = extra_state  # (get, set) of state beyond model/optimizer, e.g. an EMA
+        self.after_step = after_step
+        self.history: list[dict] = []
+        self.best_value = -math.inf
+        self.start_epoch = 0
+
+    # -- state
+    def _state(self, epoch: int) -> dict:
+        return {
+            "model": unwrap(self.model).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler else {},
+            "epoch": epoch,
+            "best_value": self.best_value,
+            "history": self.history,
+            "config": self.config,
+            "torch_rng": torch.get_rng_state(),
+            **self.extra,
+            **(self.extra_state[0]() if self.extra_state else {}),
+        }
+
+    def resume(self) -> bool:
+        """Load ``checkpoint.pt`` if present; return whether a run was resumed."""
+        path = self.run_dir / "checkpoint.pt"
+        if not path.is_file():
+            return False
+        state = load_checkpoint(path)
+        if state.get("config") != self.config:
+            raise SarbridgeError(
+                f"{path}: the run was started with another config; use a new --name or the same config"
+            )
+        unwrap(self.model).load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler and state["scheduler"]:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.history = list(state["history"])
+        self.best_value = float(state["best_value"])
+        self.start_epoch = int(state["epoch"]) + 1
+        torch.set_rng_state(state["torch_rng"])
+        if self.extra_state:
+            self.extra_state[1](state)
+        return True
+
+    def _write_run_json(self, status: str, data_summary: dict | None = None) -> None:
+        if not self.info.is_main:
+            return
+        path = self.run_dir / "run.json"
+        previous = json.loads(path.read_text()) if path.is_file() else {}
+        record = {
+            "config": self.config,
+            "git_sha": previous.get("git_sha") or git_sha(),
+            "started": previous.get("started")
+            or datetime.datetime.now(datetime.timezone.utc).isoformat(),
+            "updated": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+            "status": status,
+            "world_size": self.info.world_size,
+            "data": data_summary or previous.get("data", {}),
+            "best": {
+                "metric": self.best_metric,
+                "value": self.best_value if self.history else None,
+            },
+            "history": self.history,
+        }
+        atomic_write_json(record, path)
+
+    # -- loop
+    def fit(self, plan: EpochPlan, data_summary: dict | None = None) -> list[dict]:
+        if self.info.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._write_run_json("running", data_summary)
+        for epoch in range(self.start_epoch, self.epochs):
+            logs = self._train_epoch(plan, epoch)
+            metrics = plan.evaluate(epoch) if plan.evaluate else {}
+            record = {"epoch": epoch, **logs, **metrics}
+            self.history.append(record)
+            value = metrics.get(self.best_metric, -math.inf)
+            is_best = value > self.best_value
+            if is_best:
+                self.best_value = value
+            if self.info.is_main:
+                state = self._state(epoch)
+                atomic_torch_save(state, self.run_dir / "checkpoint.pt")
+                if is_best:
+                    atomic_torch_save(state, self.run_dir / "best.pt")
+                self._write_run_json("running")
+                shown = ", ".join(f"{k} {v:.4f}" for k, v in record.items() if isinstance(v, float))
+                print(f"epoch {epoch + 1}/{self.epochs}: {shown}", flush=True)
+        self._write_run_json("finished")
+        return self.history
+
+    def _train_epoch(self, plan: EpochPlan, epoch: int) -> dict[str, float]:
+        self.model.train()
+        batches = plan.batches(epoch)
+        if self.progress:
+            from tqdm import tqdm
+
+            batches = tqdm(
+                batches,
+                total=plan.steps_per_epoch,
+                desc=f"epoch {epoch + 1}/{self.epochs}",
+                unit="step",
+            )
+        sums: dict[str, float] = {}
+        lr = float(self.optimizer.param_groups[0]["lr"])
+        steps, items, t0 = 0, 0, time.perf_counter()
+        for batch in batches:
+            loss, logs = plan.step(batch)
+            if not torch.isfinite(loss):
+                self._write_run_json("diverged")
+                last = self.run_dir / "checkpoint.pt"
+                kept = (
+                    f"the last good checkpoint is {last}"
+                    if last.is_file()
+                    else "no checkpoint was written yet"
+                )
+                raise TrainingDiverged(
+                    f"loss became {loss.item()} at epoch {epoch + 1}, step {steps + 1}; {kept}. "
+                    "Lower the learning rate or check the inputs"
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
+            self.optimizer.step()
+            if self.scheduler and self.scheduler_per_step:
+                self.scheduler.step()
+            if self.after_step:
+                self.after_step()
+            steps += 1
+            items += plan.batch_items(batch) * self.info.world_size
+            for k, v in logs.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            if self.progress:
+                rate = items / max(time.perf_counter() - t0, 1e-9)
+                batches.set_postfix(loss=f"{float(loss):.4f}", items_s=f"{rate:.1f}")
+        if self.scheduler and not self.scheduler_per_step:
+            self.scheduler.step()
+        seconds = time.perf_counter() - t0
+        out = {k: v / max(steps, 1) for k, v in sums.items()}
+        out.update(
+            {
+                "lr": lr,
+                "seconds": seconds,
+                "items_per_s": items / max(seconds, 1e-9),
+            }
+        )
+        return out
