@@ -36,8 +36,12 @@ from sarbridge.train.engine import (
     all_gather_with_grad,
     cleanup_distributed,
     load_checkpoint,
+    make_optimizer,
+    record_final,
     setup_distributed,
     shard,
+    start_run,
+    wrap_ddp,
 )
 
 # ---------------------------------------------------------------- config
@@ -377,16 +381,6 @@ def evaluate_split(
 # ---------------------------------------------------------------- run
 
 
-def make_optimizer(params, o: Optim) -> torch.optim.Optimizer:
-    if o.name == "sgd":
-        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
-    if o.name == "adamw":
-        return torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
-    from sarbridge.runtime.errors import SarbridgeError
-
-    raise SarbridgeError(f"unknown optimizer {o.name!r}; choose 'sgd' or 'adamw'")
-
-
 def build_model(cfg: BNNConfig) -> BridgeNet:
     m = cfg.model
     return BridgeNet(
@@ -413,36 +407,20 @@ def train_bnn(
 
 
 def _train(cfg: BNNConfig, run_dir: Path, resume: bool, progress: bool, info: DistInfo) -> dict:
-    import json
-
-    from sarbridge.runtime.errors import SarbridgeError
-
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    if (run_dir / "checkpoint.pt").is_file() and not resume:
-        raise SarbridgeError(
-            f"{run_dir} already holds a run: pass --resume to continue it, or choose another --name"
-        )
-    torch.manual_seed(cfg.seed)
+    start_run(run_dir, resume, cfg.seed, cfg.threads)
     splits = make_splits(cfg, run_dir)
     tensors = PatchTensors(cfg)
     model = build_model(cfg).to(info.device)
-    net = model
-    if info.distributed and info.device.type == "cuda" and not cfg.model.freeze_bn:
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(
-            model
-        )  # batch statistics over all GPUs
-        net = model
-    elif info.distributed and not cfg.model.freeze_bn and info.is_main:
-        print(
-            "note: SyncBatchNorm needs GPUs; on CPU each process normalises over its own share of the batch"
-        )
-    if info.distributed:
-        net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[info.device] if info.device.type == "cuda" else None
-        )
+    if info.distributed and not cfg.model.freeze_bn:
+        if info.device.type == "cuda":  # batch statistics over all GPUs
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        elif info.is_main:
+            print(
+                "note: SyncBatchNorm needs GPUs; on CPU each process normalises its own share of the batch"
+            )
+    net = wrap_ddp(model, info)
     o = cfg.optim
-    optimizer = make_optimizer(net.parameters(), o)
+    optimizer = make_optimizer(net.parameters(), o.name, o.lr, o.weight_decay, o.momentum)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(o.milestones), o.gamma)
     config = to_dict(cfg)
     trainer = Trainer(
@@ -501,13 +479,8 @@ def _train(cfg: BNNConfig, run_dir: Path, resume: bool, progress: bool, info: Di
         "test_at_0.5": test_at_half,
         "patches": splits.summary["patches"],
     }
+    record_final(run_dir, report, info)
     if info.is_main:
-        path = run_dir / "run.json"
-        record = json.loads(path.read_text())
-        record["final"] = report
-        from sarbridge.train.engine import atomic_write_json
-
-        atomic_write_json(record, path)
         t = report["test"]
         print(
             f"test (threshold {threshold:.3f} from {report['threshold_source']}): accuracy {t['accuracy']:.3f}, "

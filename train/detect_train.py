@@ -31,12 +31,15 @@ from sarbridge.train.engine import (
     DistInfo,
     EpochPlan,
     Trainer,
-    atomic_write_json,
     cleanup_distributed,
     load_checkpoint,
+    make_optimizer,
+    record_final,
     setup_distributed,
     shard,
+    start_run,
     unwrap,
+    wrap_ddp,
 )
 
 # ---------------------------------------------------------------- config
@@ -363,27 +366,16 @@ def _lr_lambda(o: DetOptim, total_steps: int):
 
 
 def _train(cfg: DetConfig, run_dir: Path, resume: bool, progress: bool, info: DistInfo) -> dict:
-    from sarbridge.train.bnn_train import make_optimizer
     from sarbridge.train.edge_detector import detection_loss
 
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    if (run_dir / "checkpoint.pt").is_file() and not resume:
-        raise SarbridgeError(
-            f"{run_dir} already holds a run: pass --resume to continue it, or choose another --name"
-        )
-    torch.manual_seed(cfg.seed)
+    start_run(run_dir, resume, cfg.seed, cfg.threads)
     train, val, test, classes, summary = make_sets(cfg)
     model = build_detector(cfg, len(classes))
     lineage = initialise_backbone(model, cfg.init)
     model.to(info.device)
-    net = model
-    if info.distributed:
-        net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[info.device] if info.device.type == "cuda" else None
-        )
+    net = wrap_ddp(model, info)
     o = cfg.optim
-    optimizer = make_optimizer(net.parameters(), o)
+    optimizer = make_optimizer(net.parameters(), o.name, o.lr, o.weight_decay, o.momentum)
     steps_per_epoch = len(train.records) // o.batch_size
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, _lr_lambda(o, steps_per_epoch * o.epochs)
@@ -455,13 +447,8 @@ def _train(cfg: DetConfig, run_dir: Path, resume: bool, progress: bool, info: Di
         "lineage": lineage,
         "parameters": sum(p.numel() for p in final_model.parameters()),
     }
+    record_final(run_dir, report, info)
     if info.is_main:
-        import json
-
-        path = run_dir / "run.json"
-        record = json.loads(path.read_text())
-        record["final"] = report
-        atomic_write_json(record, path)
         t = test_metrics
         print(
             f"test ({summary['images']['test']} images): AP50 {t['AP50']:.4f}, AP50:95 {t['AP50_95']:.4f}, "

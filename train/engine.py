@@ -145,6 +145,47 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
 
 
+# ---------------------------------------------------------------- run set-up
+
+
+def start_run(run_dir: Path, resume: bool, seed: int, threads: int | None) -> None:
+    """Refuse to overwrite a run unless resuming; set threads and the seed."""
+    if threads:
+        torch.set_num_threads(threads)
+    if (run_dir / "checkpoint.pt").is_file() and not resume:
+        raise SarbridgeError(
+            f"{run_dir} already holds a run: pass --resume to continue it, or choose another --name"
+        )
+    torch.manual_seed(seed)
+
+
+def wrap_ddp(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module:
+    """DistributedDataParallel around ``model`` when running under torchrun, else ``model``."""
+    if not info.distributed:
+        return model
+    ids = [info.device] if info.device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+def make_optimizer(params, name: str, lr: float, weight_decay: float, momentum: float = 0.9):
+    """SGD (momentum) or AdamW by name."""
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    raise SarbridgeError(f"unknown optimizer {name!r}; choose 'sgd' or 'adamw'")
+
+
+def record_final(run_dir: Path, report: dict, info: DistInfo) -> None:
+    """Add the final (test) report to run.json."""
+    if not info.is_main:
+        return
+    path = run_dir / "run.json"
+    record = json.loads(path.read_text())
+    record["final"] = report
+    atomic_write_json(record, path)
+
+
 # ---------------------------------------------------------------- trainer
 
 
