@@ -5,7 +5,13 @@ import pytest
 import torch
 
 from sarbridge.runtime.decode import decode_dense, grid_points, letterbox
-from sarbridge.train.detectors import build_detector, detector_spec, list_detectors
+from sarbridge.train.detectors import (
+    build_detector,
+    detector_loss,
+    detector_predict,
+    detector_spec,
+    list_detectors,
+)
 from sarbridge.train.edge_detector import decode_boxes, detection_loss, grid, task_aligned_assign
 
 
@@ -20,19 +26,33 @@ def _targets():
 
 
 @pytest.mark.parametrize("name", list_detectors())
-def test_forward_loss_backward(name):
+def test_forward_loss_backward_predict(name):
     torch.manual_seed(0)
-    model = build_detector(name, num_classes=1)
+    model = build_detector(name, num_classes=1, input_size=96)
     x = torch.rand(2, 1, 96, 96)
-    raw = model(x)
-    n = sum((96 // s) ** 2 for s in model.strides)
-    assert raw.shape == (2, n, 5)
-    loss, logs = detection_loss(raw, _targets(), 96, tuple(model.strides))
-    assert torch.isfinite(loss) and logs["box"] > 0
+    model.train()
+    loss, logs = detector_loss(model, x, _targets(), 96)
+    assert torch.isfinite(loss) and logs["loss"] > 0
     loss.backward()
-    assert all(p.grad is not None for p in model.parameters())
+    stem = next(m for m in model.backbone.modules() if isinstance(m, torch.nn.Conv2d))
+    assert stem.weight.grad is not None and torch.isfinite(stem.weight.grad).all()
+    no_grad = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not no_grad, no_grad[:5]
+    model.eval()
+    with torch.no_grad():
+        preds = detector_predict(model, x, 96, 0.0, 0.5, 50)
+    assert len(preds) == 2
+    for boxes, scores, labels in preds:
+        assert boxes.shape[1] == 4 and len(boxes) == len(scores) == len(labels) <= 50
+        assert (labels >= 0).all()
     spec = detector_spec(name)
     assert spec.input_size > 0 and spec.preprocess.channels == 1
+
+
+def test_dense_output_layout():
+    model = build_detector("edge_det")
+    raw = model(torch.rand(1, 1, 96, 96))
+    assert raw.shape == (1, sum((96 // s) ** 2 for s in model.strides), 5)
 
 
 def test_edge_detector_budget():

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from sarbridge.runtime.annotations import ImageRecord, read_dataset
-from sarbridge.runtime.decode import decode_dense, grid_points, letterbox
+from sarbridge.runtime.decode import letterbox
 from sarbridge.runtime.errors import SarbridgeError
 from sarbridge.runtime.imageio import read_image
 from sarbridge.runtime.metrics import Detections, coco_ap, precision_recall_at
@@ -117,7 +117,11 @@ def build_detector(cfg: DetConfig, num_classes: int) -> torch.nn.Module:
     from sarbridge.train.detectors import build_detector as build
 
     return build(
-        cfg.model.name, num_classes=num_classes, backbone=cfg.model.backbone, width=cfg.model.width
+        cfg.model.name,
+        num_classes=num_classes,
+        backbone=cfg.model.backbone,
+        width=cfg.model.width,
+        input_size=cfg.data.input_size,
     )
 
 
@@ -248,24 +252,19 @@ def predict(
     model, data: DetectionSet, cfg: DetConfig, device, batch_size: int = 8
 ) -> list[Detections]:
     """Detections in image pixels for every record (letterbox -> model -> runtime decode -> image)."""
+    from sarbridge.train.detectors import detector_predict
+
     model.eval()
-    size = cfg.data.input_size
-    points, strides = grid_points(size, tuple(model.strides))
+    size, e = cfg.data.input_size, cfg.eval
     out = []
     for start in range(0, len(data.records), batch_size):
         idx = range(start, min(start + batch_size, len(data.records)))
         boxed = [letterbox(data.image(k), size) for k in idx]
         x = torch.from_numpy(np.stack([b[0] for b in boxed])).to(device)
-        raw = model(x).float().cpu().numpy()  # [b, N, 4 + C]
-        for k, r, (_, lb) in zip(idx, raw, boxed, strict=True):
-            boxes, scores, labels = decode_dense(
-                r,
-                points,
-                strides,
-                cfg.eval.score_threshold,
-                cfg.eval.iou_threshold,
-                cfg.eval.max_detections,
-            )
+        preds = detector_predict(
+            model, x, size, e.score_threshold, e.iou_threshold, e.max_detections
+        )
+        for k, (boxes, scores, labels), (_, lb) in zip(idx, preds, boxed, strict=True):
             out.append(Detections(data.records[k].image_id, lb.to_image(boxes), scores, labels))
     return out
 
@@ -366,7 +365,7 @@ def _lr_lambda(o: DetOptim, total_steps: int):
 
 
 def _train(cfg: DetConfig, run_dir: Path, resume: bool, progress: bool, info: DistInfo) -> dict:
-    from sarbridge.train.edge_detector import detection_loss
+    from sarbridge.train.detectors import detector_loss
 
     start_run(run_dir, resume, cfg.seed, cfg.threads)
     train, val, test, classes, summary = make_sets(cfg)
@@ -419,8 +418,7 @@ def _train(cfg: DetConfig, run_dir: Path, resume: bool, progress: bool, info: Di
     def step(batch):
         x, targets = batch
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-            raw = net(x)
-        return detection_loss(raw.float(), targets, cfg.data.input_size, tuple(model.strides))
+            return detector_loss(net, x, targets, cfg.data.input_size)
 
     def evaluate_epoch(epoch: int) -> dict[str, float]:
         if (epoch + 1) % cfg.eval.every and epoch + 1 != o.epochs:

@@ -1,8 +1,13 @@
 """Detector registry: builders by name, each declaring its default preprocessing.
 
-``build_detector(name, num_classes=..., backbone=..., width=...)`` returns a
-model whose ``forward(images [B, 1, S, S])`` gives the raw dense output
-decoded by :func:`sarbridge.runtime.decode.decode_dense`, with ``strides``.
+Two kinds of model sit behind one training/evaluation interface
+(:func:`detector_loss`, :func:`detector_predict`):
+
+* ``dense`` (``edge_det``): ``forward(images [B, 1, S, S])`` gives the raw dense
+  output decoded by :func:`sarbridge.runtime.decode.decode_dense` (the same
+  numpy code the deployed model uses), with ``strides``;
+* ``torchvision`` (``faster_rcnn_r50_fpn``): a torchvision detection model
+  (losses in training mode, boxes in eval mode).
 """
 
 from __future__ import annotations
@@ -24,18 +29,24 @@ class DetectorSpec:
     preprocess: SarPreprocess
     input_size: int
     default_backbone: str
+    kind: str = "dense"
 
 
 _DETECTORS: dict[str, DetectorSpec] = {}
 
 
 def register_detector(
-    name: str, *, preprocess: SarPreprocess, input_size: int, default_backbone: str
+    name: str,
+    *,
+    preprocess: SarPreprocess,
+    input_size: int,
+    default_backbone: str,
+    kind: str = "dense",
 ):
     def wrap(fn):
         if name in _DETECTORS:
             raise ValueError(f"detector {name!r} is already registered")
-        _DETECTORS[name] = DetectorSpec(fn, preprocess, input_size, default_backbone)
+        _DETECTORS[name] = DetectorSpec(fn, preprocess, input_size, default_backbone, kind)
         return fn
 
     return wrap
@@ -59,7 +70,78 @@ def build_detector(
 
 
 @register_detector("edge_det", preprocess=SarPreprocess(), input_size=512, default_backbone="edge")
-def edge_det(num_classes: int = 1, backbone: str = "edge", width: int = 64) -> nn.Module:
+def edge_det(
+    num_classes: int = 1, backbone: str = "edge", width: int = 64, input_size: int = 512
+) -> nn.Module:
+    # input_size: any multiple of 32 works; the graph does not depend on it
     from sarbridge.train.edge_detector import EdgeDetector
 
     return EdgeDetector(num_classes=num_classes, backbone=backbone, width=width)
+
+
+@register_detector(
+    "faster_rcnn_r50_fpn",
+    preprocess=SarPreprocess(),
+    input_size=512,
+    default_backbone="resnet50",
+    kind="torchvision",
+)
+def faster_rcnn_r50_fpn(
+    num_classes: int = 1, backbone: str = "resnet50", width: int = 256, input_size: int = 512
+) -> nn.Module:
+    from sarbridge.train.two_stage import FasterRCNNFPN
+
+    return FasterRCNNFPN(
+        num_classes=num_classes, backbone=backbone, fpn_channels=width, input_size=input_size
+    )
+
+
+def _kind(model: nn.Module) -> str:
+    model = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    return getattr(model, "kind", "dense")
+
+
+def detector_loss(model: nn.Module, images, targets: list[dict], input_size: int):
+    """(loss, logs) of a batch: images [B, 1, S, S], targets {"boxes" [M, 4], "labels" [M]} per image."""
+    if _kind(model) == "torchvision":
+        losses = model(images, targets)
+        loss = sum(losses.values())
+        return loss, {"loss": loss.item(), **{k: v.item() for k, v in losses.items()}}
+    from sarbridge.train.edge_detector import detection_loss
+
+    inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    return detection_loss(model(images).float(), targets, input_size, tuple(inner.strides))
+
+
+def detector_predict(
+    model: nn.Module,
+    images,
+    input_size: int,
+    score_threshold: float,
+    iou_threshold: float,
+    max_detections: int,
+):
+    """Per image (boxes [K, 4], scores [K], labels [K]) in network-input pixels, as numpy."""
+    if _kind(model) == "torchvision":
+        heads = model.detector.roi_heads
+        heads.score_thresh, heads.nms_thresh, heads.detections_per_img = (
+            score_threshold,
+            iou_threshold,
+            max_detections,
+        )
+        return [
+            (
+                o["boxes"].float().cpu().numpy(),
+                o["scores"].float().cpu().numpy(),
+                o["labels"].cpu().numpy() - 1,
+            )
+            for o in model(images)
+        ]
+    from sarbridge.runtime.decode import decode_dense, grid_points
+
+    points, strides = grid_points(input_size, tuple(model.strides))
+    raw = model(images).float().cpu().numpy()  # [B, N, 4 + C]
+    return [
+        decode_dense(r, points, strides, score_threshold, iou_threshold, max_detections)
+        for r in raw
+    ]
