@@ -25,7 +25,7 @@ from sarbridge.runtime.pairs import (
     find_scene_pairs,
     split_by_scene,
 )
-from sarbridge.runtime.paths import data_root
+from sarbridge.runtime.paths import resolve_data_path
 from sarbridge.runtime.preprocess import SarPreprocess, clip_range, preprocess
 from sarbridge.train.bnn import BridgeNet, bnn_distance, bnn_loss, derangement
 from sarbridge.train.config import config_hash, to_dict
@@ -129,11 +129,6 @@ class PairSplits:
     summary: dict
 
 
-def _resolve_root(root: str) -> Path:
-    p = Path(root).expanduser()
-    return p if p.is_absolute() or p.exists() else data_root() / root
-
-
 def make_splits(cfg: BNNConfig, run_dir: Path | None = None) -> PairSplits:
     """Scene-level train/val/test splits per root, cut into patches."""
     d = cfg.data
@@ -142,7 +137,7 @@ def make_splits(cfg: BNNConfig, run_dir: Path | None = None) -> PairSplits:
     test_s: list[ScenePair] = []
     summary: dict = {"roots": {}, "problems": []}
     for root in d.roots:
-        scenes, problems = find_scene_pairs(_resolve_root(root))
+        scenes, problems = find_scene_pairs(resolve_data_path(root))
         summary["problems"] += [str(p) for p in problems]
         rest, test = split_by_scene(scenes, d.test_fraction, seed=d.split_seed)
         val_share = d.val_fraction / (1 - d.test_fraction)

@@ -11,7 +11,6 @@ deployed model uses.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,7 @@ from sarbridge.runtime.decode import letterbox
 from sarbridge.runtime.errors import SarbridgeError
 from sarbridge.runtime.imageio import read_image
 from sarbridge.runtime.metrics import Detections, coco_ap, precision_recall_at
-from sarbridge.runtime.paths import data_root
+from sarbridge.runtime.paths import resolve_data_path
 from sarbridge.runtime.preprocess import SarPreprocess, preprocess
 from sarbridge.train.config import config_hash, from_dict, to_dict
 from sarbridge.train.engine import (
@@ -303,13 +302,8 @@ class ModelEMA:
 # ---------------------------------------------------------------- run
 
 
-def _resolve(root: str) -> Path:
-    p = Path(root).expanduser()
-    return p if p.is_absolute() or p.exists() else data_root() / root
-
-
 def make_sets(cfg: DetConfig):
-    ds = read_dataset(_resolve(cfg.data.root))
+    ds = read_dataset(resolve_data_path(cfg.data.root))
     if ds.problems:
         print(
             f"{len(ds.problems)} problem(s) in {ds.root}; bad items are left out, e.g. {ds.problems[0]}"
@@ -461,6 +455,6 @@ def load_detector(run: str | Path, which: str = "best") -> tuple[torch.nn.Module
     run = Path(run)
     ckpt = load_checkpoint(run / ("best.pt" if which == "best" else "checkpoint.pt"))
     cfg = from_dict(DetConfig, ckpt["config"])
-    model = build_detector(dataclasses.replace(cfg), len(ckpt["classes"]))
+    model = build_detector(cfg, len(ckpt["classes"]))
     model.load_state_dict(ckpt.get("ema", ckpt["model"]))
     return model.eval(), cfg, ckpt

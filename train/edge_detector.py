@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sarbridge.runtime.decode import MAX_LOG_DISTANCE
+from sarbridge.runtime.decode import MAX_LOG_DISTANCE, grid_points
 from sarbridge.train.backbones import CSPStage, build_backbone, conv_bn_act
 
 
@@ -79,16 +79,9 @@ class EdgeDetector(nn.Module):
 
 
 def grid(input_size: int, strides, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Torch twin of runtime.decode.grid_points: centres [N, 2] and strides [N]."""
-    pts, strd = [], []
-    for s in strides:
-        n = math.ceil(input_size / s)
-        ys, xs = torch.meshgrid(
-            torch.arange(n, device=device), torch.arange(n, device=device), indexing="ij"
-        )
-        pts.append(torch.stack([xs.reshape(-1), ys.reshape(-1)], 1).float() * s + s / 2)
-        strd.append(torch.full((n * n,), float(s), device=device))
-    return torch.cat(pts), torch.cat(strd)
+    """runtime.decode.grid_points as tensors: centres [N, 2] and strides [N] (one grid layout)."""
+    points, per_point = grid_points(input_size, tuple(strides))
+    return torch.from_numpy(points).to(device), torch.from_numpy(per_point).to(device)
 
 
 def decode_boxes(reg: torch.Tensor, points: torch.Tensor, strides: torch.Tensor) -> torch.Tensor:
