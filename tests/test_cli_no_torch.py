@@ -20,6 +20,7 @@ RUNTIME_MODULES = [
     "metrics",
     "pairs",
     "paths",
+    "power",
     "preprocess",
     "synth",
     "tiling",
