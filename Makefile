@@ -23,7 +23,7 @@ help:
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --disable-pip-version-check -q -e '.[train,onnx,geo,dev]'
+	$(BIN)/pip install --disable-pip-version-check -q -e '.[train,onnx,export,bench,geo,dev]'
 	@touch $(STAMP)
 
 setup: $(STAMP)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sarbridge.runtime.boxes import box_area, box_intersection, box_iou
+from sarbridge.runtime.boxes import box_area, box_intersection, nms
 
 
 @dataclass(frozen=True)
@@ -99,6 +99,7 @@ def merge_tile_detections(
     iou_threshold: float = 0.5,
     containment_threshold: float = 0.6,
     max_detections: int | None = None,
+    pre_merge_top_k: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Merge per-tile detections into scene detections.
 
@@ -110,6 +111,8 @@ def merge_tile_detections(
         containment_threshold: a truncated box whose area lies this much inside
             a kept box is merged into it.
         max_detections: keep at most this many, by score.
+        pre_merge_top_k: merge only the this many highest-scoring boxes (greedy NMS costs
+            kept x candidates; a low threshold on a large scene can give 10^5 candidates).
 
     Returns:
         boxes [K, 4] float32 in scene pixels, scores [K] float32, labels [K] int64.
@@ -134,6 +137,9 @@ def merge_tile_detections(
     trunc = np.concatenate(all_trunc)
     valid = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
     boxes, scores, labels, trunc = boxes[valid], scores[valid], labels[valid], trunc[valid]
+    if pre_merge_top_k is not None and len(scores) > pre_merge_top_k:
+        top = np.sort(np.argsort(-scores, kind="stable")[:pre_merge_top_k])
+        boxes, scores, labels, trunc = boxes[top], scores[top], labels[top], trunc[top]
 
     out_b, out_s, out_l = [], [], []
     for label in np.unique(labels):
@@ -152,35 +158,45 @@ def merge_tile_detections(
 
 
 def _merge_one_class(boxes, scores, trunc, iou_threshold, containment_threshold):
-    # complete boxes first (by score), then truncated ones (by score)
-    order = np.lexsort((-scores, trunc))
-    kept_boxes: list[np.ndarray] = []
-    kept_scores: list[float] = []
-    kept_trunc: list[bool] = []
-    for i in order:
+    # complete boxes first: greedy NMS among them (vectorised)
+    complete_idx = np.where(~trunc)[0]
+    kept_c = complete_idx[nms(boxes[complete_idx], scores[complete_idx], iou_threshold)]
+    trunc_idx = np.where(trunc)[0]
+    trunc_idx = trunc_idx[np.argsort(-scores[trunc_idx], kind="stable")]
+    n = len(kept_c) + len(trunc_idx)
+    kept_boxes = np.zeros((n, 4), np.float64)
+    kept_scores = np.zeros(n, np.float64)
+    kept_trunc = np.zeros(n, bool)
+    k = len(kept_c)
+    kept_boxes[:k], kept_scores[:k] = boxes[kept_c], scores[kept_c]
+    # then truncated boxes (by score): dropped when a complete box covers them, fused with an
+    # overlapping truncated piece of the same ship, else kept
+    for i in trunc_idx:
         box = boxes[i]
-        if kept_boxes:
-            kb = np.asarray(kept_boxes)
-            iou = box_iou(box[None], kb)[0]
-            inside = box_intersection(box[None], kb)[0] / max(box_area(box[None])[0], 1e-12)
-            if not trunc[i]:
-                if (iou > iou_threshold).any():
-                    continue
-            else:
+        if k:
+            kb = kept_boxes[:k]
+            inter = box_intersection(box[None], kb)[0]
+            touching = np.nonzero(inter > 0)[0]
+            if touching.size:
+                inter = inter[touching]
+                union = box_area(box[None])[0] + box_area(kb[touching]) - inter
+                iou = inter / np.maximum(union, 1e-12)
+                inside = inter / max(box_area(box[None])[0], 1e-12)
                 covered = (iou > iou_threshold) | (inside > containment_threshold)
-                complete = ~np.asarray(kept_trunc)
+                complete = ~kept_trunc[touching]
                 if (covered & complete).any():
                     continue  # a complete box of the same ship was kept
-                # a piece of the same ship seen by another tile: fuse overlapping truncated pieces
                 pieces = np.where(~complete & (covered | (inside > 0.2)))[0]
                 if pieces.size:
-                    j = int(pieces[np.argmax(inside[pieces])])
+                    j = int(touching[pieces[np.argmax(inside[pieces])]])
                     kept_boxes[j] = np.concatenate(
-                        [np.minimum(kb[j, :2], box[:2]), np.maximum(kb[j, 2:], box[2:])]
+                        [
+                            np.minimum(kept_boxes[j, :2], box[:2]),
+                            np.maximum(kept_boxes[j, 2:], box[2:]),
+                        ]
                     )
                     kept_scores[j] = max(kept_scores[j], float(scores[i]))
                     continue
-        kept_boxes.append(box.copy())
-        kept_scores.append(float(scores[i]))
-        kept_trunc.append(bool(trunc[i]))
-    return np.asarray(kept_boxes).reshape(-1, 4), np.asarray(kept_scores), np.asarray(kept_trunc)
+        kept_boxes[k], kept_scores[k], kept_trunc[k] = box, scores[i], True
+        k += 1
+    return kept_boxes[:k], kept_scores[:k], kept_trunc[:k]

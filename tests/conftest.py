@@ -40,3 +40,47 @@ def run_without_torch(code: str, *args: str, cwd=None) -> subprocess.CompletedPr
         cwd=cwd,
         timeout=300,
     )
+
+
+@pytest.fixture(scope="session")
+def edge_artifact(tmp_path_factory, data) -> Path:
+    """A tiny trained edge_det run (128 px, 1 epoch on 16 SSDD images) exported to ONNX.
+
+    Built with torch once per session; the runtime tests then use only the artifact on disk.
+    """
+    pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+    from sarbridge.cli import main
+    from sarbridge.train.config import from_dict
+    from sarbridge.train.detect_train import DetConfig, train_detector
+
+    root = tmp_path_factory.mktemp("edge_artifact")
+    cfg = from_dict(
+        DetConfig,
+        {
+            "name": "tiny_edge",
+            "threads": 2,
+            "data": {"input_size": 128, "max_train_images": 16, "val_fraction": 0.02},
+            "optim": {"epochs": 1, "batch_size": 8, "warmup_steps": 2},
+        },
+    )
+    train_detector(cfg, root / "runs", progress=False)
+    art = root / "artifacts" / "tiny_edge"
+    assert (
+        main(
+            [
+                "export",
+                "onnx",
+                "--from",
+                str(root / "runs" / "tiny_edge"),
+                "--out",
+                str(art),
+                "--overlap",
+                "0.25",
+                "--parity-images",
+                "6",
+            ]
+        )
+        == 0
+    )
+    return art

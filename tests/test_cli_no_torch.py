@@ -11,17 +11,21 @@ from conftest import REPO, run_without_torch
 
 RUNTIME_MODULES = [
     "annotations",
+    "backends",
     "boxes",
     "datatools",
     "decode",
+    "detector",
     "errors",
     "imageio",
     "manifest",
     "metrics",
+    "outputs",
     "pairs",
     "paths",
     "power",
     "preprocess",
+    "scenes",
     "synth",
     "tiling",
 ]

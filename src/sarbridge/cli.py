@@ -179,6 +179,112 @@ def _run_bnn_export(args) -> int:
     return 0
 
 
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    exp = sub.add_parser(
+        "export", help="export trained models (needs the 'train' and 'export' extras)"
+    )
+    esub = exp.add_subparsers(dest="export_command", required=True, metavar="FORMAT")
+    onnx = esub.add_parser(
+        "onnx",
+        help="a run directory -> artifacts/<name>/ (model.onnx + manifest.json), checked against PyTorch",
+        description="Exports a detector run (task detect) or a BNN run (its SAR encoder, task embed) "
+        "to ONNX opset 17 with BatchNorm folded, simplified with onnxslim and checked with "
+        "onnx.checker; compares ONNX Runtime with PyTorch on real test images and refuses to write "
+        "the artifact when they disagree.",
+    )
+    onnx.add_argument(
+        "--from", dest="run", type=Path, required=True, help="run directory (runs/<name>)"
+    )
+    onnx.add_argument("--out", type=Path, required=True, help="artifact directory to write")
+    onnx.add_argument(
+        "--tile-size", type=int, help="scene tile side in pixels (default: the network input size)"
+    )
+    onnx.add_argument(
+        "--overlap", type=float, default=0.5, help="tile overlap fraction (default 0.5)"
+    )
+    onnx.add_argument(
+        "--parity-images", type=int, default=16, help="real test images for the check"
+    )
+    onnx.set_defaults(func=_run_export_onnx)
+
+
+def _run_export_onnx(args) -> int:
+    from sarbridge.export.onnx_export import export_run
+
+    manifest = export_run(
+        args.run,
+        args.out,
+        tile_size=args.tile_size,
+        overlap=args.overlap,
+        parity_images=args.parity_images,
+        parity_patches=args.parity_images,
+    )
+    print(f"{manifest['task']} artifact written: {args.out} (model.onnx, manifest.json)")
+    return 0
+
+
+def _add_detect(sub: argparse._SubParsersAction) -> None:
+    det = sub.add_parser(
+        "detect",
+        help="detect ships in whole SAR scenes with an exported artifact (torch-free)",
+        description="Reads each scene (8/16-bit, TIFF/GeoTIFF/PNG/JPEG; a folder means its images), "
+        "applies the manifest's preprocessing, tiles with overlap, runs the tiles in batches, merges "
+        "across tiles and writes <scene>.json (COCO style), <scene>.geojson when the scene is "
+        "georeferenced, and <scene>.overlay.png with --overlay. A bad scene is reported and skipped; "
+        "the exit code is 1 when any scene failed.",
+    )
+    det.add_argument("scenes", nargs="+", type=Path, metavar="SCENE_OR_DIR")
+    det.add_argument("--model", type=Path, required=True, help="artifact directory (manifest.json)")
+    det.add_argument("--out", type=Path, required=True, help="output folder")
+    det.add_argument(
+        "--backend", default="onnxruntime", help="inference backend (default onnxruntime)"
+    )
+    det.add_argument(
+        "--providers",
+        help="comma-separated ONNX Runtime providers (default: all available, GPU first)",
+    )
+    det.add_argument("--threads", type=int, help="inference threads (default: the backend's)")
+    det.add_argument("--batch", type=int, default=8, help="tiles per inference call (default 8)")
+    det.add_argument("--score-threshold", type=float, help="override the manifest's threshold")
+    det.add_argument("--overlay", action="store_true", help="also write an overlay PNG per scene")
+    det.add_argument("--geojson", action=argparse.BooleanOptionalAction, default=True)
+    det.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+    det.set_defaults(func=_run_detect)
+
+
+def _run_detect(args) -> int:
+    from sarbridge.runtime.detector import Detector
+    from sarbridge.runtime.scenes import detect_scenes
+
+    options = {"threads": args.threads}
+    if args.providers:
+        options["providers"] = [p.strip() for p in args.providers.split(",") if p.strip()]
+    detector = Detector.from_artifact(
+        args.model,
+        backend=args.backend,
+        batch_size=args.batch,
+        score_threshold=args.score_threshold,
+        **options,
+    )
+    print(f"{args.model}: {detector.backend.description}")
+    outcomes = detect_scenes(
+        args.scenes,
+        detector,
+        args.out,
+        overlay=args.overlay,
+        geojson=args.geojson,
+        progress=args.progress,
+    )
+    failed = [o for o in outcomes if not o.ok]
+    for o in outcomes:
+        status = "ok    " if o.ok else "FAILED"
+        print(f"{status} {o.path}: {o.message}")
+        for path in o.outputs:
+            print(f"       -> {path}")
+    print(f"{len(outcomes) - len(failed)} of {len(outcomes)} scenes written to {args.out}")
+    return 1 if failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sarbridge",
@@ -188,6 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_data(sub)
     _add_train(sub)
+    _add_export(sub)
+    _add_detect(sub)
     return parser
 
 

@@ -1,0 +1,571 @@
+"""ONNX export of trained detectors and BNN SAR encoders, checked against PyTorch.
+
+``export_run`` turns a run directory into an artifact directory::
+
+    artifacts/<name>/model.onnx      single file, opset 17, dynamic batch (dense detectors),
+                                     BatchNorm folded, simplified with onnxslim
+    artifacts/<name>/manifest.json   preprocessing, input/tile size, classes, thresholds,
+                                     output meaning, lineage, metrics, sha256, tool versions
+
+Parity is measured on real images of the run's own test split, through the
+runtime's preprocessing and letterbox: the largest absolute difference between
+PyTorch and ONNX Runtime outputs, and the agreement of the final detections as
+sets (IoU matching at the operating threshold). Both go into the manifest, and
+the export fails (writes nothing) when either is off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from sarbridge.runtime.boxes import box_iou
+from sarbridge.runtime.decode import decode_dense, grid_points, letterbox
+from sarbridge.runtime.errors import SarbridgeError
+from sarbridge.runtime.manifest import SCHEMA_VERSION, save_manifest, sha256_file
+from sarbridge.runtime.preprocess import preprocess
+
+OPSET = 17
+MODEL_FILE = "model.onnx"
+
+
+class ExportError(SarbridgeError):
+    """Export refused: the ONNX model does not match PyTorch, or the run cannot be exported."""
+
+
+# ---------------------------------------------------------------- graph preparation
+
+
+def fold_batchnorm(module: nn.Module) -> nn.Module:
+    """A copy of an eval-mode module with every Conv2d -> BatchNorm2d pair folded into the conv."""
+    from torch.fx.experimental.optimization import fuse
+
+    return fuse(module.eval(), inplace=False)
+
+
+def count_batchnorm(module: nn.Module) -> int:
+    return sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
+
+
+class DenseExport(nn.Module):
+    """A dense detector with folded BatchNorm: images [B, C, S, S] -> raw [B, N, 4 + C]."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.net = fold_batchnorm(model)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images)
+
+
+class BoxesExport(nn.Module):
+    """A torchvision detector, batch 1: images [1, C, S, S] -> boxes [K, 4], scores [K], labels [K].
+
+    NMS runs in the graph with the manifest's IoU threshold; the score threshold in the graph is
+    low (``graph_score_threshold``) so the runtime can still choose its operating point.
+    """
+
+    def __init__(self, model: nn.Module, iou: float, max_det: int, graph_score_threshold: float):
+        super().__init__()
+        model = model.eval()
+        model.backbone = fold_batchnorm(model.backbone)
+        model.detector.backbone.body = model.backbone
+        heads = model.detector.roi_heads
+        heads.score_thresh, heads.nms_thresh, heads.detections_per_img = (
+            graph_score_threshold,
+            iou,
+            max_det,
+        )
+        self.model = model
+
+    def forward(self, images: torch.Tensor):
+        out = self.model.detector(list(images))[0]
+        return out["boxes"], out["scores"], out["labels"] - 1
+
+
+# ---------------------------------------------------------------- ONNX
+
+
+def _onnx_export(module, example, path: Path, inputs, outputs, dynamic_axes) -> None:
+    import warnings
+
+    import onnx
+    import onnxslim
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's notes on traced control flow
+        torch.onnx.export(
+            module,
+            (example,),
+            str(path),
+            opset_version=OPSET,
+            input_names=inputs,
+            output_names=outputs,
+            dynamic_axes=dynamic_axes,
+            dynamo=False,
+        )
+    model = onnx.load(str(path))
+    try:
+        slim = onnxslim.slim(model)
+        if slim is not None:
+            model = slim
+    except Exception as exc:  # keep the unsimplified (valid) graph; say so
+        print(f"onnxslim could not simplify the graph ({exc}); keeping it as exported")
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+    bn = [n.op_type for n in model.graph.node if n.op_type == "BatchNormalization"]
+    if bn:
+        raise ExportError(f"{len(bn)} BatchNormalization node(s) left in the exported graph")
+
+
+def _session(path: Path, threads: int | None = None):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def tool_versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {}
+    for pkg in ("sarbridge", "torch", "torchvision", "onnx", "onnxruntime", "onnxslim", "numpy"):
+        with contextlib.suppress(md.PackageNotFoundError):
+            out[pkg] = md.version(pkg)
+    return out
+
+
+# ---------------------------------------------------------------- parity
+
+
+def match_detections(a, b, iou_threshold: float = 0.5) -> int:
+    """Greedy one-to-one matches between two detection sets (same label, IoU >= threshold)."""
+    (ba, sa, la), (bb, _, lb) = a, b
+    if len(sa) == 0 or len(lb) == 0:
+        return 0
+    iou = box_iou(np.asarray(ba, np.float64), np.asarray(bb, np.float64))
+    iou[np.asarray(la)[:, None] != np.asarray(lb)[None, :]] = 0
+    used = np.zeros(len(lb), bool)
+    matched = 0
+    for i in np.argsort(-np.asarray(sa)):
+        cand = np.where(~used & (iou[i] >= iou_threshold))[0]
+        if cand.size:
+            used[cand[np.argmax(iou[i, cand])]] = True
+            matched += 1
+    return matched
+
+
+def set_agreement(pairs) -> float:
+    """2 * matched / (|A| + |B|) summed over images (1.0 when both are empty everywhere)."""
+    matched = total = 0
+    for a, b in pairs:
+        matched += match_detections(a, b)
+        total += len(a[1]) + len(b[1])
+    return 1.0 if total == 0 else 2 * matched / total
+
+
+def parity_inputs(records, params, input_size: int, count: int) -> np.ndarray:
+    """Network inputs of the first ``count`` records: runtime preprocessing + letterbox."""
+    from sarbridge.runtime.imageio import read_image
+
+    xs = [
+        letterbox(preprocess(read_image(r.path), params, path=r.path), input_size)[0]
+        for r in records[:count]
+    ]
+    return np.stack(xs).astype(np.float32)
+
+
+# ---------------------------------------------------------------- detectors
+
+
+def export_detector(
+    run: str | Path,
+    out: str | Path,
+    *,
+    parity_images: int = 8,
+    tile_size: int | None = None,
+    overlap: float = 0.5,
+    atol: float = 1e-3,
+    min_agreement: float = 0.98,
+    name: str | None = None,
+) -> dict:
+    """Export a detector run to ``out`` (model.onnx + manifest.json); returns the manifest."""
+    from sarbridge.runtime.annotations import read_dataset
+    from sarbridge.runtime.paths import resolve_data_path
+    from sarbridge.runtime.preprocess import SarPreprocess
+    from sarbridge.train.config import config_hash
+    from sarbridge.train.detect_train import load_detector
+    from sarbridge.train.detectors import detector_predict, detector_spec
+
+    run = Path(run)
+    if not (run / "best.pt").is_file():
+        raise ExportError(f"{run}: no best.pt here; is it a finished detector run directory?")
+    model, cfg, ckpt = load_detector(run)
+    classes = list(ckpt["classes"])
+    params = SarPreprocess.from_dict(cfg.data.preprocess)
+    ds = read_dataset(resolve_data_path(cfg.data.root))
+    records = ds.split(cfg.data.test_split) or ds.records
+    x = parity_inputs(records, params, cfg.data.input_size, parity_images)
+    report = _run_report(run)
+    lineage = [
+        {
+            "step": "train",
+            "run": str(run),
+            "model": cfg.model.name,
+            "backbone": cfg.model.backbone,
+            "config_sha256": config_hash(cfg),
+            "git_sha": report.get("git_sha"),
+            "best_epoch": int(ckpt["epoch"]) + 1,
+            **{k: v for k, v in ckpt.get("lineage", {}).items() if isinstance(v, (str, int))},
+        }
+    ]
+    manifest = export_detector_model(
+        model,
+        out,
+        model_name=cfg.model.name,
+        classes=classes,
+        params=params,
+        input_size=cfg.data.input_size,
+        parity_x=x,
+        predict=lambda m, t: detector_predict(
+            m, t, cfg.data.input_size, cfg.eval.operating_threshold, cfg.eval.iou_threshold, 300
+        ),
+        tile_size=tile_size,
+        overlap=overlap,
+        score_threshold=cfg.eval.operating_threshold,
+        iou_threshold=cfg.eval.iou_threshold,
+        lineage=lineage,
+        metrics={
+            f"test_{k}": float(v)
+            for k, v in report.get("final", {}).get("test", {}).items()
+            if isinstance(v, (int, float))
+        },
+        atol=atol,
+        min_agreement=min_agreement,
+        name=name or run.name,
+        kind=detector_spec(cfg.model.name).kind,
+    )
+    return manifest
+
+
+def _run_report(run: Path) -> dict:
+    import json
+
+    path = run / "run.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def export_detector_model(
+    model: nn.Module,
+    out: str | Path,
+    *,
+    model_name: str,
+    classes: list[str],
+    params,
+    input_size: int,
+    parity_x: np.ndarray,
+    predict,
+    tile_size: int | None = None,
+    overlap: float = 0.5,
+    score_threshold: float = 0.3,
+    iou_threshold: float = 0.5,
+    max_detections: int = 300,
+    lineage: list[dict] | None = None,
+    metrics: dict | None = None,
+    atol: float = 1e-3,
+    min_agreement: float = 0.98,
+    name: str | None = None,
+    kind: str = "dense",
+) -> dict:
+    """Export an in-memory detector (see :func:`export_detector`), check parity, write the artifact.
+
+    Args:
+        parity_x: real network inputs [B, C, S, S] (runtime preprocessing + letterbox).
+        predict: ``predict(model, images) -> [(boxes, scores, labels)]`` in input pixels, the
+            training evaluation's own prediction path at the operating threshold.
+    """
+    model = model.eval().cpu()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        onnx_path = tmp / MODEL_FILE
+        xt = torch.from_numpy(parity_x)
+        C = parity_x.shape[1]
+        with torch.no_grad():
+            if kind == "dense":
+                wrapper = DenseExport(model).eval()
+                _onnx_export(
+                    wrapper,
+                    xt[:1],
+                    onnx_path,
+                    ["images"],
+                    ["raw"],
+                    {"images": {0: "batch"}, "raw": {0: "batch"}},
+                )
+                torch_raw = model(xt).float().numpy()
+                sess = _session(onnx_path)
+                ort_raw = sess.run(None, {"images": parity_x})[0]
+                max_abs = float(np.abs(torch_raw - ort_raw).max())
+                scale = max(
+                    1.0, float(np.abs(torch_raw).max())
+                )  # atol is relative to the output range
+                torch_dets = predict(model, xt)
+                points, strides = grid_points(input_size, tuple(model.strides))
+                ort_dets = [
+                    decode_dense(r, points, strides, score_threshold, iou_threshold, max_detections)
+                    for r in ort_raw
+                ]
+                n_out = torch_raw.shape[1]
+                inputs = [
+                    {
+                        "name": "images",
+                        "shape": ["batch", C, input_size, input_size],
+                        "dtype": "float32",
+                    }
+                ]
+                outputs = [
+                    {
+                        "name": "raw",
+                        "shape": ["batch", n_out, 4 + len(classes)],
+                        "dtype": "float32",
+                        "meaning": "per grid point (strides 8/16/32, level-major, row-major): "
+                        "log-distances to the box's left/top/right/bottom edges in strides, then "
+                        "class logits; decoded by sarbridge.runtime.decode.decode_dense",
+                    }
+                ]
+                post_extra = {"decode": "dense_ltrb", "strides": [int(s) for s in model.strides]}
+            elif kind == "torchvision":
+                wrapper = BoxesExport(model, iou_threshold, max_detections, 0.001).eval()
+                _onnx_export(
+                    wrapper, xt[:1], onnx_path, ["images"], ["boxes", "scores", "labels"], None
+                )
+                sess = _session(onnx_path)
+                torch_dets, ort_dets, diffs = [], [], []
+                for k in range(len(parity_x)):
+                    tb, ts, tl = (t.numpy() for t in wrapper(xt[k : k + 1]))
+                    ob, os_, ol = sess.run(None, {"images": parity_x[k : k + 1]})
+                    if len(ts) == len(os_):
+                        diffs.append(
+                            max(np.abs(tb - ob).max(initial=0), np.abs(ts - os_).max(initial=0))
+                        )
+                    else:
+                        diffs.append(float("inf"))
+                    keep_t, keep_o = ts > score_threshold, os_ > score_threshold
+                    torch_dets.append((tb[keep_t], ts[keep_t], tl[keep_t]))
+                    ort_dets.append((ob[keep_o], os_[keep_o], ol[keep_o]))
+                max_abs = float(max(diffs))
+                scale = float(input_size)  # box coordinates: atol is relative to the input side
+                inputs = [
+                    {"name": "images", "shape": [1, C, input_size, input_size], "dtype": "float32"}
+                ]
+                outputs = [
+                    {
+                        "name": "boxes",
+                        "shape": ["detections", 4],
+                        "dtype": "float32",
+                        "meaning": "xyxy in network-input pixels, after NMS",
+                    },
+                    {
+                        "name": "scores",
+                        "shape": ["detections"],
+                        "dtype": "float32",
+                        "meaning": "class score",
+                    },
+                    {
+                        "name": "labels",
+                        "shape": ["detections"],
+                        "dtype": "int64",
+                        "meaning": "class index",
+                    },
+                ]
+                post_extra = {"decode": "boxes"}
+            else:
+                raise ExportError(f"no ONNX export for detector kind {kind!r}")
+        agreement = set_agreement(zip(torch_dets, ort_dets, strict=True))
+        n_dets = sum(len(d[1]) for d in torch_dets)
+        print(
+            f"parity on {len(parity_x)} real images: max |PyTorch - ONNX Runtime| {max_abs:.2e}, "
+            f"detection agreement {agreement:.4f} ({n_dets} PyTorch detections at score {score_threshold})"
+        )
+        if not max_abs <= atol * scale or agreement < min_agreement:
+            raise ExportError(
+                f"ONNX export of {model_name} does not match PyTorch: max abs difference {max_abs:.3g} "
+                f"(allowed {atol * scale:.3g}), detection agreement {agreement:.4f} (needed {min_agreement}); "
+                "nothing was written"
+            )
+        manifest = {
+            "schema_version": SCHEMA_VERSION,
+            "name": name or out.name,
+            "task": "detect",
+            "model": {"file": MODEL_FILE, "sha256": sha256_file(onnx_path), "format": "onnx"},
+            "inputs": inputs,
+            "outputs": outputs,
+            "preprocessing": {**dataclasses.asdict(params), "input_size": int(input_size)},
+            "tiling": {"size": int(tile_size or input_size), "overlap": float(overlap)},
+            "postprocessing": {
+                "score_threshold": float(score_threshold),
+                "iou_threshold": float(iou_threshold),
+                "max_detections": int(max_detections),
+                **post_extra,
+            },
+            "classes": list(classes),
+            "precision": "fp32",
+            "lineage": (lineage or [])
+            + [
+                {
+                    "step": "export",
+                    "format": "onnx",
+                    "opset": OPSET,
+                    "batchnorm_folded": True,
+                    "simplified": "onnxslim",
+                }
+            ],
+            "metrics": {
+                **(metrics or {}),
+                "parity_max_abs_diff": max_abs,
+                "parity_output_scale": scale,
+                "parity_detection_agreement": agreement,
+                "parity_images": len(parity_x),
+            },
+            "tool_versions": tool_versions(),
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        }
+        save_manifest(manifest, tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.chmod(0o755)
+        tmp.rename(out)
+        return manifest
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- BNN encoder
+
+
+def export_embedder(
+    run: str | Path, out: str | Path, *, parity_patches: int = 16, atol: float = 1e-4
+) -> dict:
+    """Export a BNN run's SAR branch (backbone + head) as an ``embed`` artifact."""
+    from sarbridge.train.bnn_train import BNNConfig, PatchTensors, build_model, make_splits
+    from sarbridge.train.config import config_hash, from_dict
+    from sarbridge.train.engine import load_checkpoint
+
+    run, out = Path(run), Path(out)
+    if not (run / "best.pt").is_file():
+        raise ExportError(f"{run}: no best.pt here; is it a finished BNN run directory?")
+    ckpt = load_checkpoint(run / "best.pt")
+    cfg = from_dict(BNNConfig, ckpt["config"])
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, imagenet_weights=None))
+    net = build_model(cfg)
+    net.load_state_dict(ckpt["model"])
+    sar = net.sar.eval()
+    splits = make_splits(cfg)
+    patches = (splits.test or splits.val or splits.train)[:parity_patches]
+    x, _ = PatchTensors(cfg).batch(patches)
+    xn = x.numpy().astype(np.float32)
+    S = cfg.data.input_size
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        path = tmp / MODEL_FILE
+        wrapper = fold_batchnorm(sar)
+        with torch.no_grad():
+            _onnx_export(
+                wrapper,
+                x[:1],
+                path,
+                ["sar"],
+                ["embedding"],
+                {"sar": {0: "batch"}, "embedding": {0: "batch"}},
+            )
+            ref = sar(x).numpy()
+        got = _session(path).run(None, {"sar": xn})[0]
+        max_abs = float(np.abs(ref - got).max())
+        print(f"parity on {len(xn)} real SAR patches: max |PyTorch - ONNX Runtime| {max_abs:.2e}")
+        if not max_abs <= atol:
+            raise ExportError(
+                f"ONNX export of the SAR encoder does not match PyTorch: max abs difference "
+                f"{max_abs:.3g} (allowed {atol:g}); nothing was written"
+            )
+        report = _run_report(run)
+        test = report.get("final", {}).get("test", {})
+        manifest = {
+            "schema_version": SCHEMA_VERSION,
+            "name": out.name,
+            "task": "embed",
+            "model": {"file": MODEL_FILE, "sha256": sha256_file(path), "format": "onnx"},
+            "inputs": [{"name": "sar", "shape": ["batch", 1, S, S], "dtype": "float32"}],
+            "outputs": [
+                {
+                    "name": "embedding",
+                    "shape": ["batch", int(ref.shape[1])],
+                    "dtype": "float32",
+                    "meaning": "BNN SAR embedding in (0, 1); a SAR/optical pair matches when "
+                    "||z_s - z_o|| / sqrt(n) is below the threshold in metrics",
+                }
+            ],
+            "preprocessing": {**cfg.data.sar_preprocess, "input_size": int(S)},
+            "tiling": {"size": int(cfg.data.patch_size), "overlap": 0.0},
+            "postprocessing": {
+                "score_threshold": float(test.get("threshold", 0.5)),
+                "iou_threshold": 0.5,
+                "max_detections": 1,
+            },
+            "classes": ["match"],
+            "precision": "fp32",
+            "lineage": [
+                {
+                    "step": "train",
+                    "run": str(run),
+                    "task": "bnn",
+                    "backbone": cfg.model.backbone,
+                    "config_sha256": config_hash(cfg),
+                    "best_epoch": int(ckpt["epoch"]) + 1,
+                },
+                {"step": "export", "format": "onnx", "opset": OPSET, "batchnorm_folded": True},
+            ],
+            "metrics": {
+                **{f"test_{k}": float(v) for k, v in test.items() if isinstance(v, (int, float))},
+                "parity_max_abs_diff": max_abs,
+                "parity_patches": len(xn),
+            },
+            "tool_versions": tool_versions(),
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        }
+        save_manifest(manifest, tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.chmod(0o755)
+        tmp.rename(out)
+        return manifest
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def export_run(run: str | Path, out: str | Path, **kwargs) -> dict:
+    """Export whichever kind of run ``run`` is (detector or BNN)."""
+    from sarbridge.train.engine import load_checkpoint
+
+    run = Path(run)
+    if not (run / "best.pt").is_file():
+        raise ExportError(f"{run}: no best.pt here; give a finished run directory (runs/<name>)")
+    config = load_checkpoint(run / "best.pt").get("config", {})
+    if "patch_size" in config.get("data", {}) or "loss" in config:
+        return export_embedder(
+            run, out, **{k: v for k, v in kwargs.items() if k == "parity_patches"}
+        )
+    return export_detector(run, out, **{k: v for k, v in kwargs.items() if k != "parity_patches"})

@@ -1,0 +1,254 @@
+"""The deployed detector: an exported artifact run on whole scenes, torch-free.
+
+    det = Detector.from_artifact("artifacts/det_edge")
+    result = det.detect("scene.tif")          # boxes, scores, labels in scene pixels
+    result.map_boxes                           # map coordinates when the scene is georeferenced
+
+A scene goes: windowed reads -> the manifest's preprocessing (one clip range per
+scene) -> tiles of ``tiling.size`` with ``tiling.overlap``, each fitted into the
+network input (letterbox) -> backend in batches -> decode (the numpy code the
+training evaluation uses) -> cross-tile merge. A scene no larger than a tile is
+one tile, letterboxed exactly as in training evaluation. Memory is bounded by the
+tile batch (plus the scene sample for the clip range), not by the scene.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from sarbridge.runtime.backends import open_backend
+from sarbridge.runtime.decode import decode_dense, grid_points, letterbox
+from sarbridge.runtime.errors import SarbridgeError
+from sarbridge.runtime.imageio import GeoRef, Raster, open_raster
+from sarbridge.runtime.manifest import MANIFEST_NAME, load_manifest, preprocess_of
+from sarbridge.runtime.preprocess import clip_range, preprocess, scene_sample, to_single_channel
+from sarbridge.runtime.tiling import Tile, merge_tile_detections, tile_grid
+
+DECODERS = ("dense_ltrb", "boxes")
+STAGES = ("read", "preprocess", "model", "decode", "merge")
+
+
+@dataclass
+class SceneResult:
+    """Detections of one scene in scene pixels (xyxy), plus where the time went."""
+
+    path: str | None
+    height: int
+    width: int
+    boxes: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+    tiles: int
+    georef: GeoRef | None = None
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+
+    @property
+    def map_boxes(self) -> np.ndarray | None:
+        """Boxes as map-coordinate corners [N, 4] (x of col x1, y of row y1, x of x2, y of y2)."""
+        if self.georef is None:
+            return None
+        x1, y1 = self.georef.pixel_to_map(self.boxes[:, 0], self.boxes[:, 1])
+        x2, y2 = self.georef.pixel_to_map(self.boxes[:, 2], self.boxes[:, 3])
+        return np.stack([x1, y1, x2, y2], axis=1)
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+
+class Detector:
+    """An exported detection artifact loaded on a backend.
+
+    Args:
+        manifest: a validated manifest (see :func:`load_manifest`).
+        artifact: the folder holding the manifest and model file.
+        backend: backend name (``onnxruntime``).
+        batch_size: tiles per backend call.
+        score_threshold: overrides the manifest's operating threshold (e.g. 0.001 for AP).
+        backend_options: passed to the backend (``providers``, ``threads``).
+    """
+
+    def __init__(
+        self,
+        manifest: dict,
+        artifact: str | Path,
+        backend: str = "onnxruntime",
+        batch_size: int = 8,
+        score_threshold: float | None = None,
+        **backend_options,
+    ):
+        if manifest["task"] != "detect":
+            raise SarbridgeError(
+                f"{artifact}: this artifact's task is {manifest['task']!r}, not 'detect'"
+            )
+        self.manifest = manifest
+        self.artifact = Path(artifact)
+        post = manifest["postprocessing"]
+        self.decoder = post.get("decode", "dense_ltrb")
+        if self.decoder not in DECODERS:
+            raise SarbridgeError(
+                f"{self.artifact / MANIFEST_NAME}: postprocessing.decode {self.decoder!r} is not "
+                f"one of {DECODERS}"
+            )
+        self.params, self.input_size = preprocess_of(manifest)
+        self.tile_size = int(manifest["tiling"]["size"])
+        self.overlap = float(manifest["tiling"]["overlap"])
+        self.score_threshold = (
+            float(post["score_threshold"]) if score_threshold is None else float(score_threshold)
+        )
+        self.iou_threshold = float(post["iou_threshold"])
+        self.max_detections = int(post["max_detections"])
+        self.classes = list(manifest["classes"])
+        if self.decoder == "dense_ltrb":
+            strides = tuple(int(s) for s in post.get("strides", (8, 16, 32)))
+            self._points, self._strides = grid_points(self.input_size, strides)
+        self.backend = open_backend(
+            backend, self.artifact / manifest["model"]["file"], manifest, **backend_options
+        )
+        cap = self.backend.max_batch
+        self.batch_size = max(1, min(batch_size, cap) if cap else batch_size)
+
+    @classmethod
+    def from_artifact(cls, path: str | Path, backend: str = "onnxruntime", **kwargs) -> Detector:
+        """Load ``path`` (an artifact folder or its manifest.json); the model hash is checked."""
+        path = Path(path)
+        folder = path if path.is_dir() else path.parent
+        return cls(load_manifest(path), folder, backend, **kwargs)
+
+    # ------------------------------------------------------------ network
+
+    def _decode(self, outputs: list[np.ndarray], k: int):
+        if self.decoder == "dense_ltrb":
+            return decode_dense(
+                outputs[0][k],
+                self._points,
+                self._strides,
+                self.score_threshold,
+                self.iou_threshold,
+                self.max_detections,
+            )
+        boxes, scores, labels = outputs[0], outputs[1], outputs[2]  # batch-1 graph outputs
+        keep = scores > self.score_threshold
+        return (
+            boxes[keep].astype(np.float32),
+            scores[keep].astype(np.float32),
+            labels[keep].astype(np.int64),
+        )
+
+    def run_inputs(self, inputs: np.ndarray, timings: dict | None = None) -> list:
+        """Network inputs [B, C, S, S] -> per input (boxes, scores, labels) in input pixels."""
+        out = []
+        for start in range(0, len(inputs), self.batch_size):
+            chunk = inputs[start : start + self.batch_size]
+            t0 = time.perf_counter()
+            outputs = self.backend.run(chunk)
+            t1 = time.perf_counter()
+            out.extend(self._decode(outputs, k) for k in range(len(chunk)))
+            if timings is not None:
+                timings["model"] += t1 - t0
+                timings["decode"] += time.perf_counter() - t1
+        return out
+
+    # ------------------------------------------------------------ scenes
+
+    def detect(self, scene, progress=None) -> SceneResult:
+        """Detect ships in a scene: a file path, an open :class:`Raster` or an [H, W] array.
+
+        Args:
+            progress: a tqdm-like object to ``update(n)`` per tile (optional).
+        """
+        from sarbridge.runtime.imageio import ArrayRaster
+
+        timings = dict.fromkeys(STAGES, 0.0)
+        t0 = time.perf_counter()
+        if isinstance(scene, Raster):
+            raster, owned = scene, False
+        elif isinstance(scene, np.ndarray):
+            raster, owned = ArrayRaster(scene), True
+        else:
+            raster, owned = open_raster(scene), True
+        timings["read"] += time.perf_counter() - t0
+        try:
+            return self._detect_raster(raster, timings, progress)
+        finally:
+            if owned:
+                raster.close()
+
+    def plan(self, height: int, width: int) -> list[Tile]:
+        """The tiles a height x width scene is cut into."""
+        return tile_grid(height, width, self.tile_size, self.overlap)
+
+    def _detect_raster(self, raster: Raster, timings: dict, progress) -> SceneResult:
+        H, W = raster.height, raster.width
+        tiles = self.plan(H, W)
+        t0 = time.perf_counter()
+        whole = None
+        if len(tiles) == 1:
+            whole = raster.read()  # one tile: the clip range comes from the scene itself
+            t1 = time.perf_counter()
+            timings["read"] += t1 - t0
+            lo_hi = clip_range(to_single_channel(whole, raster.path), self.params, raster.path)
+        else:
+            sample = scene_sample(raster)
+            t1 = time.perf_counter()
+            timings["read"] += t1 - t0
+            lo_hi = clip_range(sample, self.params, raster.path)
+            del sample
+        timings["preprocess"] += time.perf_counter() - t1
+
+        per_tile = []
+        for start in range(0, len(tiles), self.batch_size):
+            batch_tiles = tiles[start : start + self.batch_size]
+            inputs, boxes_back = [], []
+            for tile in batch_tiles:
+                t0 = time.perf_counter()
+                pixels = (
+                    whole if whole is not None else raster.read(tile.y0, tile.x0, tile.h, tile.w)
+                )
+                t1 = time.perf_counter()
+                x = preprocess(pixels, self.params, lo_hi, raster.path)
+                x, box = letterbox(x, self.input_size)
+                inputs.append(x)
+                boxes_back.append(box)
+                timings["read"] += t1 - t0
+                timings["preprocess"] += time.perf_counter() - t1
+            dets = self.run_inputs(np.stack(inputs), timings)
+            t0 = time.perf_counter()
+            per_tile.extend(
+                (lb.to_image(b), s, lab) for (b, s, lab), lb in zip(dets, boxes_back, strict=True)
+            )
+            timings["decode"] += time.perf_counter() - t0
+            if progress is not None:
+                progress.update(len(batch_tiles))
+        t0 = time.perf_counter()
+        if len(tiles) == 1:
+            boxes, scores, labels = per_tile[0]
+            order = np.argsort(-scores, kind="stable")[: self.max_detections]
+            boxes, scores, labels = boxes[order], scores[order], labels[order]
+        else:
+            boxes, scores, labels = merge_tile_detections(
+                tiles,
+                per_tile,
+                (H, W),
+                self.iou_threshold,
+                max_detections=self.max_detections,
+                pre_merge_top_k=10 * self.max_detections,
+            )
+        timings["merge"] += time.perf_counter() - t0
+        return SceneResult(
+            str(raster.path) if raster.path is not None else None,
+            H,
+            W,
+            boxes.astype(np.float32),
+            scores.astype(np.float32),
+            labels.astype(np.int64),
+            len(tiles),
+            raster.georef,
+            timings,
+        )
+
+    def close(self) -> None:
+        self.backend.close()
