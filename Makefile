@@ -9,13 +9,17 @@ OUT    ?= outputs
 export SARBRIDGE_DATA := $(abspath $(DATA))
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup demo train train-bnn train-det test lint bench-tiling bench-bnn clean help
+.PHONY: setup demo train train-bnn train-det export detect bench test lint bench-tiling bench-bnn bench-runtime clean help
 
 help:
 	@echo "make setup        create $(VENV) and install sarbridge with every extra (train, onnx, geo, dev)"
 	@echo "make demo         the main job at CPU size (data checks, synthetic data, tiling a real scene)"
 	@echo "make train        BNN pretraining, then the edge detector on SSDD initialised from it (CPU-sized)"
 	@echo "make train-bnn    BNN pretraining on the real optical/SAR pairs (CPU-sized, configs/bnn_edge.yaml)"
+	@echo "make export       the trained detector -> artifacts/\$$(DET_RUN) (ONNX + manifest, parity-checked)"
+	@echo "make detect       sarbridge detect on the real large scenes with overlays -> \$$(OUT)/detect"
+	@echo "make bench        sarbridge bench on the SSDD test split and the large scenes -> reports/\$$(DET_RUN)"
+	@echo "make bench-runtime runtime overhead, ONNX Runtime vs PyTorch, 20k x 20k GeoTIFF memory"
 	@echo "make test         ruff + the whole test suite (what CI runs)"
 	@echo "make bench-tiling peak memory of tiling a 20,000 x 20,000 uint16 scene"
 	@echo "make bench-bnn    BNN training throughput (pairs/s) per backbone"
@@ -43,22 +47,42 @@ train-det: setup
 
 train: train-bnn train-det
 
+ARTIFACT ?= artifacts/$(DET_RUN)
+SCENES   ?= $(DATA)/large_scenes_ioEclipse/vv2.jpg $(DATA)/large_scenes_ioEclipse/Test_image.png
+
+export: setup
+	$(BIN)/sarbridge export onnx --from runs/$(DET_RUN) --out $(ARTIFACT)
+
+detect: setup
+	$(BIN)/sarbridge detect $(SCENES) --model $(ARTIFACT) --out $(OUT)/detect --overlay
+
+bench: setup
+	$(BIN)/sarbridge bench --models $(ARTIFACT) --backends onnxruntime,pytorch --scenes $(SCENES) --out reports/$(DET_RUN)
+
 demo: setup
-	@echo "== 1/5 SSDD: format, counts per split, box statistics, bad items"
+	@echo "== 1/8 SSDD: format, counts per split, box statistics, bad items"
 	$(BIN)/sarbridge data check $(DATA)/SSDD
-	@echo "== 2/5 optical/SAR pairs for BNN pretraining"
+	@echo "== 2/8 optical/SAR pairs for BNN pretraining"
 	$(BIN)/sarbridge data check $(DATA)/optsar_sen12_volkov100
 	$(BIN)/sarbridge data check $(DATA)/optsar_sih1733_tharun
-	@echo "== 3/5 synthetic 16-bit scenes with ground truth and optical renderings"
+	@echo "== 3/8 synthetic 16-bit scenes with ground truth and optical renderings"
 	$(BIN)/sarbridge data synth --out $(OUT)/demo/synthetic --n 8 --size 512
 	$(BIN)/sarbridge data check $(OUT)/demo/synthetic
-	@echo "== 4/5 a real large scene cut into 512 px tiles at 0.5 overlap"
+	@echo "== 4/8 a real large scene cut into 512 px tiles at 0.5 overlap"
 	$(BIN)/sarbridge data tile $(DATA)/large_scenes_ioEclipse/vv2.jpg --size 512 --overlap 0.5 --out $(OUT)/demo/tiles
-	@echo "== 5/5 BNN pretraining on the real optical/SAR pairs, then the edge detector on SSDD from its SAR backbone"
+	@echo "== 5/8 BNN pretraining on the real optical/SAR pairs, then the edge detector on SSDD from its SAR backbone"
 	$(MAKE) --no-print-directory train
+	@echo "== 6/8 ONNX export, checked against PyTorch on real SSDD test images"
+	$(MAKE) --no-print-directory export
+	@echo "== 7/8 sarbridge detect (torch-free) on the real large scenes, with overlays"
+	$(MAKE) --no-print-directory detect
+	@echo "== 8/8 sarbridge bench: accuracy against latency, memory, size (and energy where a probe exists)"
+	$(MAKE) --no-print-directory bench
 	@echo "outputs: $(OUT)/demo/synthetic (COCO + sar/ + opt/), $(OUT)/demo/tiles (tiles + tiles.json),"
 	@echo "         runs/$(BNN_RUN)/ (run.json with test metrics, checkpoint.pt, best.pt, sar_backbone.pt),"
-	@echo "         runs/$(DET_RUN)/ (run.json with SSDD test AP, checkpoint.pt, best.pt)"
+	@echo "         runs/$(DET_RUN)/ (run.json with SSDD test AP, checkpoint.pt, best.pt),"
+	@echo "         $(ARTIFACT)/ (model.onnx, manifest.json), $(OUT)/detect/ (COCO JSON + overlay PNG per scene),"
+	@echo "         reports/$(DET_RUN)/ (report.md, report.html, results.json, plots)"
 
 lint: setup
 	$(BIN)/ruff check .
@@ -75,6 +99,9 @@ bench-bnn: setup
 bench-tiling: setup
 	$(BIN)/python -m sarbridge.benchmarks.tile_memory --size 20000
 
+bench-runtime: setup
+	$(BIN)/python -m sarbridge.benchmarks.runtime_figures --model $(ARTIFACT) --run runs/$(DET_RUN) --threads 2 --out reports/runtime_$(DET_RUN)
+
 clean:
 	rm -rf $(OUT) build dist *.egg-info .pytest_cache .ruff_cache
-	@echo "runs/ (training runs) is kept; remove it by hand"
+	@echo "runs/, artifacts/ and reports/ are kept; remove them by hand"

@@ -24,8 +24,13 @@ import numpy as np
 GIB = 1024**3
 
 
-def write_scene(path: Path, size: int, layout: str, block: int = 512) -> None:
-    """Write a size x size uint16 speckle scene without holding it in memory."""
+def write_scene(
+    path: Path, size: int, layout: str, block: int = 512, geotags: bool = False
+) -> None:
+    """Write a size x size uint16 speckle scene without holding it in memory.
+
+    With ``geotags``: GeoTIFF tags for a 10 m grid in UTM zone 33N (EPSG:32633).
+    """
     import tifffile
 
     rng = np.random.default_rng(0)
@@ -48,6 +53,12 @@ def write_scene(path: Path, size: int, layout: str, block: int = 512) -> None:
         if layout == "tiled-zlib"
         else {"rowsperstrip": block}
     )
+    if geotags:
+        kwargs["extratags"] = [
+            (33550, "d", 3, (10.0, 10.0, 0.0), True),  # ModelPixelScale
+            (33922, "d", 6, (0.0, 0.0, 0.0, 400000.0, 5000000.0, 0.0), True),  # ModelTiepoint
+            (34735, "H", 8, (1, 1, 0, 1, 3072, 0, 1, 32633), True),  # GeoKeyDirectory
+        ]
     tmp = path.with_name(path.name + ".partial")
     tifffile.imwrite(
         tmp, data=blocks(), shape=(size, size), dtype=np.uint16, photometric="minisblack", **kwargs

@@ -91,6 +91,34 @@ class BoxesExport(nn.Module):
         return out["boxes"], out["scores"], out["labels"] - 1
 
 
+def complexity(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
+    """Parameters and multiply-accumulates (conv and linear layers) of one forward pass of ``x``."""
+    macs = [0]
+
+    def conv_hook(m, _inp, out):
+        k = m.kernel_size[0] * m.kernel_size[1] * (m.in_channels // m.groups)
+        macs[0] += out.numel() * k
+
+    def linear_hook(m, _inp, out):
+        macs[0] += out.numel() * m.in_features
+
+    hooks = [
+        m.register_forward_hook(conv_hook if isinstance(m, nn.Conv2d) else linear_hook)
+        for m in model.modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear))
+    ]
+    try:
+        with torch.no_grad():
+            model.eval()(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return {
+        "parameters": float(sum(p.numel() for p in model.parameters())),
+        "gmacs_per_image": macs[0] / len(x) / 1e9,
+    }
+
+
 # ---------------------------------------------------------------- ONNX
 
 
@@ -226,7 +254,12 @@ def export_detector(
             "config_sha256": config_hash(cfg),
             "git_sha": report.get("git_sha"),
             "best_epoch": int(ckpt["epoch"]) + 1,
-            **{k: v for k, v in ckpt.get("lineage", {}).items() if isinstance(v, (str, int))},
+            # how the backbone was initialised (its own run and file, prefixed: not this run's)
+            **{
+                (k if k == "init" else f"init_{k}"): v
+                for k, v in ckpt.get("lineage", {}).items()
+                if isinstance(v, (str, int))
+            },
         }
     ]
     manifest = export_detector_model(
@@ -437,6 +470,7 @@ def export_detector_model(
                 "parity_output_scale": scale,
                 "parity_detection_agreement": agreement,
                 "parity_images": len(parity_x),
+                **complexity(model, xt[:1]),
             },
             "tool_versions": tool_versions(),
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

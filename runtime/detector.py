@@ -182,7 +182,16 @@ class Detector:
         return tile_grid(height, width, self.tile_size, self.overlap)
 
     def _detect_raster(self, raster: Raster, timings: dict, progress) -> SceneResult:
+        from sarbridge.runtime.imageio import ArrayRaster
+
         H, W = raster.height, raster.width
+        if isinstance(raster, ArrayRaster) and raster.channels > 1:
+            # decoded in memory anyway (PNG/JPEG): collapse grey RGB(A) to one band once, not per tile
+            t0 = time.perf_counter()
+            raster = ArrayRaster(
+                to_single_channel(raster.read(), raster.path), raster.path, raster.georef
+            )
+            timings["preprocess"] += time.perf_counter() - t0
         tiles = self.plan(H, W)
         t0 = time.perf_counter()
         whole = None

@@ -351,16 +351,25 @@ def _georef_from_tiff_tags(page) -> GeoRef | None:
 
 
 class _RasterioRaster(Raster):
-    """Windowed reads through GDAL (the ``geo`` extra), for any GeoTIFF GDAL understands."""
+    """Windowed reads through GDAL (the ``geo`` extra), for any GeoTIFF GDAL understands.
+
+    GDAL's block cache is capped at ``GDAL_CACHE_MB`` (64 MiB): its default, a share of the
+    machine's RAM, would let a large scene's blocks pile up far beyond the tile batch.
+    """
+
+    GDAL_CACHE_MB = 64
 
     def __init__(self, path: Path):
         import rasterio
         from rasterio.errors import RasterioIOError
 
         self.path = path
+        self._env = rasterio.Env(GDAL_CACHEMAX=self.GDAL_CACHE_MB * 2**20)
+        self._env.__enter__()
         try:
             self._ds = rasterio.open(path)
         except RasterioIOError as exc:
+            self._env.__exit__(None, None, None)
             raise DataError(path, f"cannot open raster ({exc})") from exc
         self.height, self.width, self.channels = self._ds.height, self._ds.width, self._ds.count
         self.dtype = _check_dtype(path, np.dtype(self._ds.dtypes[0]))
@@ -379,7 +388,9 @@ class _RasterioRaster(Raster):
         return np.moveaxis(data, 0, -1)
 
     def close(self):
-        self._ds.close()
+        if not self._ds.closed:
+            self._ds.close()
+            self._env.__exit__(None, None, None)
 
 
 def _has_rasterio() -> bool:

@@ -285,6 +285,74 @@ def _run_detect(args) -> int:
     return 1 if failed else 0
 
 
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    b = sub.add_parser(
+        "bench",
+        help="accuracy against latency, memory, size and energy for exported models (torch-free)",
+        description="Each model x backend in its own process, through the deployed path "
+        "(tiling and merge as `sarbridge detect`): COCO AP, latency percentiles and throughput, "
+        "peak memory, size, power/energy where a probe exists. Writes results.json, report.md, "
+        "report.html and PNG plots. With --compare X Y: the differences between two reports, "
+        "regressions first.",
+    )
+    b.add_argument("--models", nargs="+", type=Path, help="artifact directories")
+    b.add_argument("--data", help="dataset root, absolute or under the data root (default: SSDD)")
+    b.add_argument("--split", default="test", help="dataset split (default test)")
+    b.add_argument("--max-images", type=int, help="only the first N images of the split")
+    b.add_argument("--scenes", nargs="*", type=Path, default=[], help="large scenes to time")
+    b.add_argument(
+        "--backends",
+        default="onnxruntime",
+        help="comma-separated: onnxruntime, pytorch (optional row)",
+    )
+    b.add_argument("--providers", help="comma-separated ONNX Runtime providers")
+    b.add_argument("--threads", type=int, help="inference threads")
+    b.add_argument(
+        "--batch-sizes", default="1,2,4,8", help="throughput batch sizes (default 1,2,4,8)"
+    )
+    b.add_argument("--iterations", type=int, default=50, help="timed images per batch size")
+    b.add_argument(
+        "--power", default="auto", help="auto | none | tegrastats | nvml | rapl (default auto)"
+    )
+    b.add_argument("--out", type=Path, help="report folder (reports/<name>)")
+    b.add_argument("--compare", nargs=2, type=Path, metavar=("BEFORE", "AFTER"))
+    b.set_defaults(func=_run_bench)
+
+
+def _run_bench(args) -> int:
+    from sarbridge.runtime.errors import SarbridgeError
+
+    if args.compare:
+        from sarbridge.benchmarks.bench import compare
+
+        lines = compare(*args.compare)
+        print("\n".join(lines) if lines else "no records in common")
+        return 1 if any(line.startswith("WORSE") for line in lines) else 0
+    if not args.models or not args.out:
+        raise SarbridgeError("sarbridge bench needs --models and --out (or --compare BEFORE AFTER)")
+    from sarbridge.benchmarks.bench import BenchSettings, run_bench
+
+    settings = BenchSettings(
+        data=args.data or "SSDD",
+        split=args.split,
+        max_images=args.max_images,
+        scenes=tuple(str(s) for s in args.scenes),
+        threads=args.threads,
+        batch_sizes=tuple(int(v) for v in args.batch_sizes.split(",") if v.strip()),
+        iterations=args.iterations,
+        power=args.power,
+        providers=tuple(p.strip() for p in (args.providers or "").split(",") if p.strip()),
+    )
+    results = run_bench(
+        [str(m) for m in args.models],
+        [b.strip() for b in args.backends.split(",") if b.strip()],
+        settings,
+        args.out,
+    )
+    print(f"report: {args.out / 'report.md'} (and report.html, results.json, plots)")
+    return 1 if results["failures"] else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sarbridge",
@@ -296,6 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_export(sub)
     _add_detect(sub)
+    _add_bench(sub)
     return parser
 
 
