@@ -154,7 +154,9 @@ def tables(results: dict) -> list[tuple[str, list[str], list[list[str]]]]:
                 r["precision"],
                 _fmt(a.get("AP50")),
                 _fmt(a.get("AP50_95")),
-                _fmt(a.get("AP_small") if (a.get("AP_small") or 0) >= 0 else None),  # -1: no small ships
+                _fmt(
+                    a.get("AP_small") if (a.get("AP_small") or 0) >= 0 else None
+                ),  # -1: no small ships
                 f"{_fmt(a.get('precision'), '.2f')} / {_fmt(a.get('recall'), '.2f')}",
                 _fmt(b1.get("p50_ms"), ".1f"),
                 f"{lat['best_images_per_s']:.1f} (b{lat['best_batch']})",

@@ -291,6 +291,41 @@ def export_detector(
     return manifest
 
 
+def _decode_dense_outputs(model, ort_raw, input_size, score_threshold, iou_threshold, max_det):
+    """Decode ONNX Runtime's raw outputs with the runtime's code; the manifest's decode fields."""
+    from sarbridge.runtime.decode import decode_yolo, yolo_grid
+
+    strides = [int(s) for s in model.strides]
+    if getattr(model, "decode", "dense_ltrb") == "yolo_anchors":
+        anchors = model.anchors.cpu().numpy()
+        cells, per_row, wh = yolo_grid(input_size, tuple(strides), anchors)
+        dets = [
+            decode_yolo(r, cells, per_row, wh, score_threshold, iou_threshold, max_det)
+            for r in ort_raw
+        ]
+        post = {
+            "decode": "yolo_anchors",
+            "strides": strides,
+            "anchors": [[[round(float(v), 4) for v in a] for a in level] for level in anchors],
+        }
+        meaning = (
+            "per (grid cell, anchor) of strides 8/16/32, level-major, row-major, anchors last: "
+            "tx, ty, tw, th, objectness logit, class logits; decoded by "
+            "sarbridge.runtime.decode.decode_yolo with postprocessing.anchors"
+        )
+        return dets, post, meaning
+    points, per_point = grid_points(input_size, tuple(strides))
+    dets = [
+        decode_dense(r, points, per_point, score_threshold, iou_threshold, max_det) for r in ort_raw
+    ]
+    meaning = (
+        "per grid point (strides 8/16/32, level-major, row-major): log-distances to the box's "
+        "left/top/right/bottom edges in strides, then class logits; decoded by "
+        "sarbridge.runtime.decode.decode_dense"
+    )
+    return dets, {"decode": "dense_ltrb", "strides": strides}, meaning
+
+
 def _run_report(run: Path) -> dict:
     import json
 
@@ -354,11 +389,9 @@ def export_detector_model(
                     1.0, float(np.abs(torch_raw).max())
                 )  # atol is relative to the output range
                 torch_dets = predict(model, xt)
-                points, strides = grid_points(input_size, tuple(model.strides))
-                ort_dets = [
-                    decode_dense(r, points, strides, score_threshold, iou_threshold, max_detections)
-                    for r in ort_raw
-                ]
+                ort_dets, post_extra, meaning = _decode_dense_outputs(
+                    model, ort_raw, input_size, score_threshold, iou_threshold, max_detections
+                )
                 n_out = torch_raw.shape[1]
                 inputs = [
                     {
@@ -370,14 +403,11 @@ def export_detector_model(
                 outputs = [
                     {
                         "name": "raw",
-                        "shape": ["batch", n_out, 4 + len(classes)],
+                        "shape": ["batch", n_out, int(torch_raw.shape[2])],
                         "dtype": "float32",
-                        "meaning": "per grid point (strides 8/16/32, level-major, row-major): "
-                        "log-distances to the box's left/top/right/bottom edges in strides, then "
-                        "class logits; decoded by sarbridge.runtime.decode.decode_dense",
+                        "meaning": meaning,
                     }
                 ]
-                post_extra = {"decode": "dense_ltrb", "strides": [int(s) for s in model.strides]}
             elif kind == "torchvision":
                 wrapper = BoxesExport(model, iou_threshold, max_detections, 0.001).eval()
                 _onnx_export(

@@ -108,3 +108,62 @@ def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
                 Image.fromarray(image[k], mode="F").resize((nw, nh), Image.BILINEAR)
             )
     return out, Letterbox(scale, h, w)
+
+
+# ---------------------------------------------------------------- anchor-based (YOLOv3)
+
+
+def yolo_grid(
+    input_size: int, strides: tuple[int, ...], anchors: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per output row of an anchor-based head: cell corner (x, y) [N, 2], stride [N], anchor (w, h) [N, 2].
+
+    Rows are level-major (strides in order), then row-major cells, then the level's anchors
+    (``anchors`` [L, A, 2] in input pixels).
+    """
+    anchors = np.asarray(anchors, np.float32).reshape(len(strides), -1, 2)
+    corners, strd, wh = [], [], []
+    for s, level in zip(strides, anchors, strict=True):
+        n = int(np.ceil(input_size / s))
+        ys, xs = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+        cells = np.stack([xs.ravel(), ys.ravel()], axis=1).astype(np.float32)  # [n*n, 2]
+        a = len(level)
+        corners.append(np.repeat(cells, a, axis=0))
+        strd.append(np.full(n * n * a, s, np.float32))
+        wh.append(np.tile(level, (n * n, 1)))
+    return np.concatenate(corners), np.concatenate(strd), np.concatenate(wh)
+
+
+def decode_yolo(
+    raw: np.ndarray,
+    cells: np.ndarray,
+    strides: np.ndarray,
+    anchors: np.ndarray,
+    score_threshold: float = 0.05,
+    iou_threshold: float = 0.5,
+    max_detections: int = 300,
+    pre_nms_top_k: int = 2000,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Boxes, scores and labels of one image from a YOLOv3 head's raw output [N, 5 + C].
+
+    Row layout: tx, ty, tw, th, objectness logit, class logits. The box is centred at
+    ``(cell + sigmoid(t_xy)) * stride`` with size ``anchor * exp(t_wh)``; the score is
+    ``sigmoid(obj) * sigmoid(cls)``.
+    """
+    raw = np.asarray(raw, dtype=np.float32)
+    scores_all = sigmoid(raw[:, 4:5]) * sigmoid(raw[:, 5:])
+    labels = scores_all.argmax(axis=1)
+    scores = scores_all[np.arange(len(labels)), labels]
+    keep = np.where(scores > score_threshold)[0]
+    if keep.size > pre_nms_top_k:
+        keep = keep[np.argsort(-scores[keep], kind="stable")[:pre_nms_top_k]]
+    r = raw[keep]
+    centre = (cells[keep] + sigmoid(r[:, :2])) * strides[keep, None]
+    size = anchors[keep] * np.exp(np.minimum(r[:, 2:4], MAX_LOG_DISTANCE))
+    boxes = np.concatenate([centre - size / 2, centre + size / 2], axis=1)
+    kept = batched_nms(boxes, scores[keep], labels[keep], iou_threshold)[:max_detections]
+    return (
+        boxes[kept].astype(np.float32),
+        scores[keep][kept].astype(np.float32),
+        labels[keep][kept].astype(np.int64),
+    )

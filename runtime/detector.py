@@ -21,14 +21,14 @@ from pathlib import Path
 import numpy as np
 
 from sarbridge.runtime.backends import open_backend
-from sarbridge.runtime.decode import decode_dense, grid_points, letterbox
+from sarbridge.runtime.decode import decode_dense, decode_yolo, grid_points, letterbox, yolo_grid
 from sarbridge.runtime.errors import SarbridgeError
 from sarbridge.runtime.imageio import GeoRef, Raster, open_raster
 from sarbridge.runtime.manifest import MANIFEST_NAME, load_manifest, preprocess_of
 from sarbridge.runtime.preprocess import clip_range, preprocess, scene_sample, to_single_channel
 from sarbridge.runtime.tiling import Tile, merge_tile_detections, tile_grid
 
-DECODERS = ("dense_ltrb", "boxes")
+DECODERS = ("dense_ltrb", "yolo_anchors", "boxes")
 STAGES = ("read", "preprocess", "model", "decode", "merge")
 
 
@@ -102,9 +102,18 @@ class Detector:
         self.iou_threshold = float(post["iou_threshold"])
         self.max_detections = int(post["max_detections"])
         self.classes = list(manifest["classes"])
+        strides = tuple(int(s) for s in post.get("strides", (8, 16, 32)))
         if self.decoder == "dense_ltrb":
-            strides = tuple(int(s) for s in post.get("strides", (8, 16, 32)))
             self._points, self._strides = grid_points(self.input_size, strides)
+        elif self.decoder == "yolo_anchors":
+            if "anchors" not in post:
+                raise SarbridgeError(
+                    f"{self.artifact / MANIFEST_NAME}: postprocessing.anchors is missing "
+                    "(needed by the yolo_anchors decode)"
+                )
+            self._cells, self._strides, self._anchors = yolo_grid(
+                self.input_size, strides, np.asarray(post["anchors"], np.float32)
+            )
         self.backend = open_backend(
             backend, self.artifact / manifest["model"]["file"], manifest, **backend_options
         )
@@ -126,6 +135,16 @@ class Detector:
                 outputs[0][k],
                 self._points,
                 self._strides,
+                self.score_threshold,
+                self.iou_threshold,
+                self.max_detections,
+            )
+        if self.decoder == "yolo_anchors":
+            return decode_yolo(
+                outputs[0][k],
+                self._cells,
+                self._strides,
+                self._anchors,
                 self.score_threshold,
                 self.iou_threshold,
                 self.max_detections,

@@ -175,3 +175,34 @@ def test_train_detect_run_resume_and_bnn_init(tmp_path, data, monkeypatch):
             torch.testing.assert_close(resumed[key][k], v, rtol=0, atol=0, msg=f"{key}.{k}")
     model, loaded_cfg, _ = load_detector(tmp_path / "b" / "tiny")
     assert loaded_cfg == cfg and not model.training
+
+
+def test_yolo_decode_torch_numpy_agree_and_kmeans_anchors():
+    from sarbridge.runtime.decode import decode_yolo, yolo_grid
+    from sarbridge.train.yolov3 import decode_torch, kmeans_anchors
+
+    model = build_detector("yolov3_darknet53", width=64)
+    size = 64
+    raw = model(torch.rand(1, 1, size, size))
+    assert raw.shape == (1, sum((size // s) ** 2 * 3 for s in (8, 16, 32)), 6)
+    cells, strides, anchors = yolo_grid(size, model.strides, model.anchors.numpy())
+    r = np.random.default_rng(0).normal(0, 1, raw.shape[1:]).astype(np.float32)
+    r[:, 4] = -20
+    # one ship: cell (3, 2) at stride 8, first anchor (10 x 13), offsets 0.5 -> centre (28, 20)
+    row = (2 * 8 + 3) * 3
+    r[row, :4] = [0.0, 0.0, np.log(2.0), 0.0]
+    r[row, 4:] = [8.0, 8.0]
+    boxes, scores, labels = decode_yolo(r, cells, strides, anchors, 0.5)
+    np.testing.assert_allclose(boxes[0], [28 - 10, 20 - 6.5, 28 + 10, 20 + 6.5], atol=1e-4)
+    t = decode_torch(
+        torch.from_numpy(r),
+        torch.from_numpy(cells),
+        torch.from_numpy(strides),
+        torch.from_numpy(anchors),
+    )
+    np.testing.assert_allclose(t[row].numpy(), boxes[0], atol=1e-4)
+    wh = np.concatenate(
+        [np.random.default_rng(1).normal(c, 1.0, (50, 2)) for c in ((8, 8), (20, 40), (60, 30))]
+    )
+    a = kmeans_anchors(np.abs(wh), k=3)
+    np.testing.assert_allclose(a, [[8, 8], [20, 40], [60, 30]], atol=2.0)  # sorted by area

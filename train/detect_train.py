@@ -69,6 +69,7 @@ class DetModel:
     name: str = "edge_det"
     backbone: str = "edge"
     width: int = 64
+    anchors: str = "kmeans"  # anchor-based detectors: "kmeans" on the training set, or "default"
 
 
 @dataclass(frozen=True)
@@ -337,6 +338,18 @@ def make_sets(cfg: DetConfig):
     )
 
 
+def training_set_anchors(train: DetectionSet, input_size: int, k: int = 9) -> np.ndarray:
+    """k-means anchors of the training boxes as the network sees them (letterboxed)."""
+    from sarbridge.train.yolov3 import kmeans_anchors
+
+    wh = [
+        (r.boxes[:, 2:] - r.boxes[:, :2]) * (input_size / max(r.height, r.width))
+        for r in train.records
+        if len(r.boxes)
+    ]
+    return kmeans_anchors(np.concatenate(wh), k=k)
+
+
 def train_detector(
     cfg: DetConfig, runs_dir: str | Path = "runs", resume: bool = False, progress: bool = True
 ) -> dict:
@@ -365,6 +378,12 @@ def _train(cfg: DetConfig, run_dir: Path, resume: bool, progress: bool, info: Di
     train, val, test, classes, summary = make_sets(cfg)
     model = build_detector(cfg, len(classes))
     lineage = initialise_backbone(model, cfg.init)
+    if hasattr(model, "set_anchors") and cfg.model.anchors == "kmeans":
+        anchors = training_set_anchors(train, cfg.data.input_size)
+        model.set_anchors(anchors)
+        lineage["anchors"] = [[round(float(v), 1) for v in a] for a in anchors]
+        if info.is_main:
+            print("anchors (k-means on the training boxes):", lineage["anchors"])
     model.to(info.device)
     net = wrap_ddp(model, info)
     o = cfg.optim

@@ -80,6 +80,18 @@ def edge_det(
 
 
 @register_detector(
+    "yolov3_darknet53", preprocess=SarPreprocess(), input_size=416, default_backbone="darknet53"
+)
+def yolov3_darknet53(
+    num_classes: int = 1, backbone: str = "darknet53", width: int = 512, input_size: int = 416
+) -> nn.Module:
+    # anchors: DEFAULT_ANCHORS until the trainer re-estimates them by k-means (DetModel.anchors)
+    from sarbridge.train.yolov3 import YOLOv3
+
+    return YOLOv3(num_classes=num_classes, backbone=backbone, width=width)
+
+
+@register_detector(
     "faster_rcnn_r50_fpn",
     preprocess=SarPreprocess(),
     input_size=512,
@@ -110,6 +122,10 @@ def detector_loss(model: nn.Module, images, targets: list[dict], input_size: int
     from sarbridge.train.edge_detector import detection_loss
 
     inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    if getattr(inner, "decode", "dense_ltrb") == "yolo_anchors":
+        from sarbridge.train.yolov3 import yolo_loss
+
+        return yolo_loss(inner, model(images).float(), targets, input_size)
     return detection_loss(model(images).float(), targets, input_size, tuple(inner.strides))
 
 
@@ -137,10 +153,18 @@ def detector_predict(
             )
             for o in model(images)
         ]
-    from sarbridge.runtime.decode import decode_dense, grid_points
+    from sarbridge.runtime.decode import decode_dense, decode_yolo, grid_points, yolo_grid
 
+    raw = model(images).float().cpu().numpy()  # [B, N, 4 + C] or [B, N, 5 + C]
+    if getattr(model, "decode", "dense_ltrb") == "yolo_anchors":
+        cells, strides, anchors = yolo_grid(
+            input_size, tuple(model.strides), model.anchors.cpu().numpy()
+        )
+        return [
+            decode_yolo(r, cells, strides, anchors, score_threshold, iou_threshold, max_detections)
+            for r in raw
+        ]
     points, strides = grid_points(input_size, tuple(model.strides))
-    raw = model(images).float().cpu().numpy()  # [B, N, 4 + C]
     return [
         decode_dense(r, points, strides, score_threshold, iou_threshold, max_detections)
         for r in raw
