@@ -244,6 +244,8 @@ def export_detector(
     ds = read_dataset(resolve_data_path(cfg.data.root))
     records = ds.split(cfg.data.test_split) or ds.records
     x = parity_inputs(records, params, cfg.data.input_size, parity_images)
+    if tile_size is None:
+        tile_size = training_scale_tile(ds.split(cfg.data.train_split) or ds.records)
     report = _run_report(run)
     lineage = [
         {
@@ -324,6 +326,19 @@ def _decode_dense_outputs(model, ort_raw, input_size, score_threshold, iou_thres
         "sarbridge.runtime.decode.decode_dense"
     )
     return dets, {"decode": "dense_ltrb", "strides": strides}, meaning
+
+
+def training_scale_tile(records, multiple: int = 32) -> int:
+    """The scene tile size that shows ships at the scale training saw them.
+
+    Training letterboxes each image into the network input, so an image's long side L becomes
+    the input size; a scene tile of the median L, letterboxed the same way, keeps the objects'
+    scale. (Rounded to a multiple of 32.)
+    """
+    sides = [max(r.height, r.width) for r in records]
+    if not sides:
+        raise ExportError("no training images to derive the tile size from; pass --tile-size")
+    return max(multiple, int(round(float(np.median(sides)) / multiple)) * multiple)
 
 
 def _run_report(run: Path) -> dict:

@@ -75,6 +75,8 @@ def edge_artifact(tmp_path_factory, data) -> Path:
                 str(root / "runs" / "tiny_edge"),
                 "--out",
                 str(art),
+                "--tile-size",
+                "128",
                 "--overlap",
                 "0.25",
                 "--parity-images",

@@ -197,7 +197,10 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     )
     onnx.add_argument("--out", type=Path, required=True, help="artifact directory to write")
     onnx.add_argument(
-        "--tile-size", type=int, help="scene tile side in pixels (default: the network input size)"
+        "--tile-size",
+        type=int,
+        help="scene tile side in pixels (default: the median long side of the training images, "
+        "so ships keep the scale training saw; each tile is letterboxed into the network input)",
     )
     onnx.add_argument(
         "--overlap", type=float, default=0.5, help="tile overlap fraction (default 0.5)"
