@@ -7,6 +7,14 @@ DATA   ?= $(or $(SARBRIDGE_DATA),../shared/data)
 OUT    ?= outputs
 
 export SARBRIDGE_DATA := $(abspath $(DATA))
+
+# Without the real data (no $(DATA)/SSDD), make demo runs on generated scenes instead:
+# BNN pretraining on synthetic optical/SAR pairs, the detector on synthetic ship boxes.
+SYNTH_DIR := $(abspath $(OUT)/demo/synthetic)
+NO_DATA   := $(if $(wildcard $(DATA)/SSDD/Annotations),,1)
+BNN_ARGS  ?=
+DET_ARGS  ?=
+BENCH_DATA ?= SSDD
 export HF_HUB_OFFLINE := 1
 
 .PHONY: setup demo train train-bnn train-det export detect bench test lint bench-tiling bench-bnn bench-runtime clean help
@@ -36,14 +44,14 @@ BNN_CONFIG ?= configs/bnn_edge.yaml
 BNN_RUN    ?= $(notdir $(basename $(BNN_CONFIG)))
 
 train-bnn: setup
-	$(BIN)/sarbridge train bnn --config $(BNN_CONFIG) --name $(BNN_RUN) --runs-dir runs $(if $(wildcard runs/$(BNN_RUN)/checkpoint.pt),--resume)
+	$(BIN)/sarbridge train bnn --config $(BNN_CONFIG) --name $(BNN_RUN) --runs-dir runs $(if $(wildcard runs/$(BNN_RUN)/checkpoint.pt),--resume) $(BNN_ARGS)
 	$(BIN)/sarbridge train bnn-export-backbone --from runs/$(BNN_RUN)
 
 DET_CONFIG ?= configs/det_edge.yaml
 DET_RUN    ?= det_edge_bnn
 
 train-det: setup
-	$(BIN)/sarbridge train detect --config $(DET_CONFIG) --init bnn:runs/$(BNN_RUN) --name $(DET_RUN) --runs-dir runs $(if $(wildcard runs/$(DET_RUN)/checkpoint.pt),--resume)
+	$(BIN)/sarbridge train detect --config $(DET_CONFIG) --init bnn:runs/$(BNN_RUN) --name $(DET_RUN) --runs-dir runs $(if $(wildcard runs/$(DET_RUN)/checkpoint.pt),--resume) $(DET_ARGS)
 
 train: train-bnn train-det
 
@@ -57,9 +65,25 @@ detect: setup
 	$(BIN)/sarbridge detect $(SCENES) --model $(ARTIFACT) --out $(OUT)/detect --overlay
 
 bench: setup
-	$(BIN)/sarbridge bench --models $(ARTIFACT) --backends onnxruntime,pytorch --scenes $(SCENES) --out reports/$(DET_RUN)
+	$(BIN)/sarbridge bench --models $(ARTIFACT) --data $(BENCH_DATA) --backends onnxruntime,pytorch --scenes $(SCENES) --out reports/$(DET_RUN)
+
+SYNTH_SET = BNN_RUN=bnn_edge_synthetic DET_RUN=det_edge_synthetic \
+	BNN_ARGS="--set data.roots=[$(SYNTH_DIR)] --set optim.epochs=10" \
+	DET_ARGS="--set data.root=$(SYNTH_DIR) --set optim.epochs=30 --set optim.warmup_steps=20" BENCH_DATA=$(SYNTH_DIR) \
+	SCENES="$(SYNTH_DIR)_scene/sar/000099.tif"
+DEMO_SET = $(if $(NO_DATA),$(SYNTH_SET))
 
 demo: setup
+ifeq ($(NO_DATA),1)
+	@echo "== no real data at $(DATA) (no SSDD): the demo runs on generated scenes (set DATA=... for the real job)"
+	@echo "== 1-2/8 skipped: real data checks"
+	@echo "== 3/8 synthetic 16-bit scenes with ground truth and optical renderings"
+	$(BIN)/sarbridge data synth --out $(SYNTH_DIR) --n 48 --size 512
+	$(BIN)/sarbridge data check $(SYNTH_DIR)
+	$(BIN)/sarbridge data synth --out $(SYNTH_DIR)_scene --n 1 --size 2048 --seed 99
+	@echo "== 4/8 a 2048 x 2048 synthetic scene cut into 512 px tiles at 0.5 overlap"
+	$(BIN)/sarbridge data tile $(SYNTH_DIR)_scene/sar/000099.tif --size 512 --overlap 0.5 --out $(OUT)/demo/tiles
+else
 	@echo "== 1/8 SSDD: format, counts per split, box statistics, bad items"
 	$(BIN)/sarbridge data check $(DATA)/SSDD
 	@echo "== 2/8 optical/SAR pairs for BNN pretraining"
@@ -70,19 +94,19 @@ demo: setup
 	$(BIN)/sarbridge data check $(OUT)/demo/synthetic
 	@echo "== 4/8 a real large scene cut into 512 px tiles at 0.5 overlap"
 	$(BIN)/sarbridge data tile $(DATA)/large_scenes_ioEclipse/vv2.jpg --size 512 --overlap 0.5 --out $(OUT)/demo/tiles
-	@echo "== 5/8 BNN pretraining on the real optical/SAR pairs, then the edge detector on SSDD from its SAR backbone"
-	$(MAKE) --no-print-directory train
-	@echo "== 6/8 ONNX export, checked against PyTorch on real SSDD test images"
-	$(MAKE) --no-print-directory export
-	@echo "== 7/8 sarbridge detect (torch-free) on the real large scenes, with overlays"
-	$(MAKE) --no-print-directory detect
+endif
+	@echo "== 5/8 BNN pretraining on optical/SAR pairs, then the edge detector from its SAR backbone"
+	$(MAKE) --no-print-directory train $(DEMO_SET)
+	@echo "== 6/8 ONNX export, checked against PyTorch on test images"
+	$(MAKE) --no-print-directory export $(DEMO_SET)
+	@echo "== 7/8 sarbridge detect (torch-free) on large scenes, with overlays"
+	$(MAKE) --no-print-directory detect $(DEMO_SET)
 	@echo "== 8/8 sarbridge bench: accuracy against latency, memory, size (and energy where a probe exists)"
-	$(MAKE) --no-print-directory bench
+	$(MAKE) --no-print-directory bench $(DEMO_SET)
 	@echo "outputs: $(OUT)/demo/synthetic (COCO + sar/ + opt/), $(OUT)/demo/tiles (tiles + tiles.json),"
-	@echo "         runs/$(BNN_RUN)/ (run.json with test metrics, checkpoint.pt, best.pt, sar_backbone.pt),"
-	@echo "         runs/$(DET_RUN)/ (run.json with SSDD test AP, checkpoint.pt, best.pt),"
-	@echo "         $(ARTIFACT)/ (model.onnx, manifest.json), $(OUT)/detect/ (COCO JSON + overlay PNG per scene),"
-	@echo "         reports/$(DET_RUN)/ (report.md, report.html, results.json, plots)"
+	@echo "         runs/ (BNN and detector runs: run.json with test metrics, checkpoints, sar_backbone.pt),"
+	@echo "         artifacts/ (model.onnx, manifest.json), $(OUT)/detect/ (COCO JSON + overlay PNG per scene),"
+	@echo "         reports/ (report.md, report.html, results.json, plots)"
 
 lint: setup
 	$(BIN)/ruff check .

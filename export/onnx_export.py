@@ -341,6 +341,16 @@ def training_scale_tile(records, multiple: int = 32) -> int:
     return max(multiple, int(round(float(np.median(sides)) / multiple)) * multiple)
 
 
+def _publish(manifest: dict, tmp: Path, out: Path) -> dict:
+    """Validate and write the manifest into the finished temporary folder, then move it to ``out``."""
+    save_manifest(manifest, tmp)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.chmod(0o755)
+    tmp.rename(out)
+    return manifest
+
+
 def _run_report(run: Path) -> dict:
     import json
 
@@ -473,7 +483,7 @@ def export_detector_model(
         agreement = set_agreement(zip(torch_dets, ort_dets, strict=True))
         n_dets = sum(len(d[1]) for d in torch_dets)
         print(
-            f"parity on {len(parity_x)} real images: max |PyTorch - ONNX Runtime| {max_abs:.2e}, "
+            f"parity on {len(parity_x)} test images: max |PyTorch - ONNX Runtime| {max_abs:.2e}, "
             f"detection agreement {agreement:.4f} ({n_dets} PyTorch detections at score {score_threshold})"
         )
         if not max_abs <= atol * scale or agreement < min_agreement:
@@ -520,12 +530,7 @@ def export_detector_model(
             "tool_versions": tool_versions(),
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         }
-        save_manifest(manifest, tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.chmod(0o755)
-        tmp.rename(out)
-        return manifest
+        return _publish(manifest, tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -573,7 +578,7 @@ def export_embedder(
             ref = sar(x).numpy()
         got = _session(path).run(None, {"sar": xn})[0]
         max_abs = float(np.abs(ref - got).max())
-        print(f"parity on {len(xn)} real SAR patches: max |PyTorch - ONNX Runtime| {max_abs:.2e}")
+        print(f"parity on {len(xn)} test SAR patches: max |PyTorch - ONNX Runtime| {max_abs:.2e}")
         if not max_abs <= atol:
             raise ExportError(
                 f"ONNX export of the SAR encoder does not match PyTorch: max abs difference "
@@ -624,12 +629,7 @@ def export_embedder(
             "tool_versions": tool_versions(),
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         }
-        save_manifest(manifest, tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.chmod(0o755)
-        tmp.rename(out)
-        return manifest
+        return _publish(manifest, tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -66,8 +66,22 @@ class Dataset:
     splits: dict[str, list[str]] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
 
+    DEFAULT_TEST_SHARE = 0.2
+
     def split(self, name: str) -> list[ImageRecord]:
-        """Records of split ``name`` (e.g. "train", "test"), in split-file order."""
+        """Records of split ``name`` (e.g. "train", "test"), in split-file order.
+
+        A dataset with neither a "train" nor a "test" split (e.g. one annotations.json of
+        generated scenes) gets a seeded default: 20 % of its images (a fixed permutation of the
+        sorted ids) are "test", the rest "train".
+        """
+        if name in ("train", "test") and not {"train", "test"} & set(self.splits):
+            ids = sorted(r.image_id for r in self.records)
+            order = np.random.default_rng(0).permutation(len(ids))
+            n_test = max(1, int(round(len(ids) * self.DEFAULT_TEST_SHARE))) if len(ids) > 1 else 0
+            chosen = set(ids[i] for i in order[:n_test])
+            want_test = name == "test"
+            return [r for r in self.records if (r.image_id in chosen) == want_test]
         if name not in self.splits:
             raise DataError(
                 self.root, f"no split '{name}'; this dataset has {sorted(self.splits) or 'none'}"

@@ -137,12 +137,12 @@ class PowerProbe:
             self._thread.join()
         self._sample()
         seconds = t1 - self._t0
-        watts = [w for _, w in self._samples]
         if self._e0 is not None and e1 is not None and e1 >= self._e0:
-            energy, method = e1 - self._e0, "counter"
-        else:
-            energy, method = integrate(self._samples, self._t0, t1), "sampled"
-        rails = {k: sum(v) / len(v) for k, v in self._rails.items()}
+            return self._reading(seconds, e1 - self._e0, "counter")
+        return self._reading(seconds, integrate(self._samples, self._t0, t1), "sampled")
+
+    def _reading(self, seconds: float, energy: float, method: str) -> PowerReading:
+        watts = [w for _, w in self._samples]
         return PowerReading(
             self.name,
             seconds,
@@ -151,7 +151,7 @@ class PowerProbe:
             len(self._samples),
             max(watts) if watts else None,
             method,
-            rails,
+            {k: sum(v) / len(v) for k, v in self._rails.items()},
         )
 
     def close(self) -> None:
@@ -295,20 +295,7 @@ class TegrastatsProbe(PowerProbe):
             self._proc.wait(timeout=5)
         if self._thread is not None:
             self._thread.join(timeout=5)
-        seconds = t1 - self._t0
-        energy = integrate(self._samples, self._t0, t1)
-        watts = [w for _, w in self._samples]
-        rails = {k: sum(v) / len(v) for k, v in self._rails.items()}
-        return PowerReading(
-            self.name,
-            seconds,
-            energy,
-            energy / seconds if seconds > 0 else 0.0,
-            len(self._samples),
-            max(watts) if watts else None,
-            "sampled",
-            rails,
-        )
+        return self._reading(t1 - self._t0, integrate(self._samples, self._t0, t1), "sampled")
 
 
 PROBES = {"tegrastats": TegrastatsProbe, "nvml": NvmlProbe, "rapl": RaplProbe}

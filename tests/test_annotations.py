@@ -112,3 +112,16 @@ def test_unknown_layout_is_a_clear_error(tmp_path):
     (tmp_path / "x.json").write_text("{}")
     with pytest.raises(DataError, match="no 'images' list"):
         read_coco(tmp_path / "x.json")
+
+
+def test_unsplit_dataset_gets_a_seeded_train_test_split(tmp_path):
+    from sarbridge.runtime.annotations import read_dataset
+    from sarbridge.runtime.datatools import write_synthetic
+
+    write_synthetic(tmp_path, 10, size=128, seed=0, bits=16, progress=False)
+    ds = read_dataset(tmp_path)
+    assert "train" not in ds.splits and "test" not in ds.splits
+    train, test = ds.split("train"), ds.split("test")
+    assert len(test) == 2 and len(train) == 8
+    assert {r.image_id for r in train}.isdisjoint(r.image_id for r in test)
+    assert [r.image_id for r in read_dataset(tmp_path).split("test")] == [r.image_id for r in test]
