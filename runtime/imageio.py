@@ -161,6 +161,17 @@ class ArrayRaster(Raster):
         return self._array[y0 : y0 + h, x0 : x0 + w]
 
 
+def _grey_bands(img) -> bool:
+    """True when the colour bands of a PIL image are identical (compared in C, no copies)."""
+    from PIL import ImageChops
+
+    colour = [b for b in img.getbands() if b != "A"]
+    first = img.getchannel(colour[0])
+    return all(
+        ImageChops.difference(first, img.getchannel(b)).getbbox() is None for b in colour[1:]
+    )
+
+
 def _pil_to_array(path: Path) -> np.ndarray:
     from PIL import Image
 
@@ -178,6 +189,9 @@ def _pil_to_array(path: Path) -> np.ndarray:
                 arr = np.array(img, dtype=np.uint16)
             elif mode == "CMYK":
                 arr = np.asarray(img.convert("RGB"))
+            elif mode in ("RGB", "RGBA", "LA") and _grey_bands(img):
+                arr = np.asarray(img.getchannel(0))  # a grey quick-look: one band, alpha dropped
+                mode = "L"
             else:
                 arr = np.asarray(img)
     except DataError:

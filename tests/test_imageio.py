@@ -92,8 +92,16 @@ def test_png_16bit_and_rgba_roundtrip(tmp_path, scene16, data):
 
     Image.fromarray(scene16).save(tmp_path / "s16.png")
     np.testing.assert_array_equal(read_image(tmp_path / "s16.png"), scene16)
+    # a grey RGBA quick-look (R = G = B, alpha) decodes to its one band
     real = read_image(data / "large_scenes_ioEclipse" / "Test_image.png")
-    assert real.shape == (1254, 2507, 4) and real.dtype == np.uint8
+    assert real.shape == (1254, 2507) and real.dtype == np.uint8
+    with Image.open(data / "large_scenes_ioEclipse" / "Test_image.png") as im:
+        np.testing.assert_array_equal(real, np.asarray(im.getchannel("R")))
+    # colour stays colour (preprocessing then refuses it as not single-band SAR)
+    rgb = np.zeros((8, 8, 3), np.uint8)
+    rgb[..., 0] = 200
+    Image.fromarray(rgb).save(tmp_path / "colour.png")
+    assert read_image(tmp_path / "colour.png").shape == (8, 8, 3)
     write_image(tmp_path / "w.tif", scene16)
     np.testing.assert_array_equal(read_image(tmp_path / "w.tif"), scene16)
     with pytest.raises(DataError, match="8-bit images only"):
