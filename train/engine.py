@@ -325,6 +325,8 @@ class Trainer:
                 shown = ", ".join(f"{k} {v:.4f}" for k, v in record.items() if isinstance(v, float))
                 print(f"epoch {epoch + 1}/{self.epochs}: {shown}", flush=True)
         self._write_run_json("finished")
+        if self.info.world_size > 1 and torch.distributed.is_initialized():
+            torch.distributed.barrier()  # every rank may read best.pt once the main one wrote it
         return self.history
 
     def _train_epoch(self, plan: EpochPlan, epoch: int) -> dict[str, float]:
