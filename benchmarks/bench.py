@@ -165,11 +165,16 @@ def bench_one(artifact: str, backend: str, settings: BenchSettings) -> dict:
     options = {"threads": settings.threads}
     if settings.providers and backend == "onnxruntime":
         options["providers"] = list(settings.providers)
+    # AP needs the low-score tail; precision/recall are read at the manifest's `operating` threshold
     det = Detector(
-        manifest, artifact_path, backend, batch_size=max(settings.batch_sizes), **options
+        manifest,
+        artifact_path,
+        backend,
+        batch_size=max(settings.batch_sizes),
+        score_threshold=0.001,
+        **options,
     )
     operating = float(manifest["postprocessing"]["score_threshold"])
-    det.score_threshold = 0.001  # AP needs the low-score tail; P/R is read at `operating`
     probe, probe_note = open_probe(settings.power)
     record: dict = {
         "model": manifest.get("name", artifact_path.name),
@@ -453,11 +458,12 @@ COMPARED = (  # (label, getter, higher is better)
     ("best images/s", lambda r: r["latency"]["best_images_per_s"], True),
     ("peak RSS MiB", lambda r: r["memory"]["peak_rss_mib"], False),
     ("model MiB", lambda r: r["size"]["file_mib"], False),
-    ("mJ/image", lambda r: _mj(r["power"]["energy_per_image_j"]), False),
+    ("mJ/image", lambda r: millijoules(r["power"]["energy_per_image_j"]), False),
 )
 
 
-def _mj(v):
+def millijoules(v):
+    """Joules -> millijoules (None stays None: not measured)."""
     return None if v is None else v * 1000
 
 

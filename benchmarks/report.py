@@ -7,6 +7,8 @@ import html
 import os
 from pathlib import Path
 
+from sarbridge.benchmarks.bench import millijoules
+
 
 def _label(r: dict) -> str:
     return f"{r['model']} [{r['backend']}]"
@@ -168,7 +170,7 @@ def tables(results: dict) -> list[tuple[str, list[str], list[list[str]]]]:
                 ),
                 _fmt(r["size"]["gmacs_per_image"], ".2f"),
                 _fmt(r["power"]["mean_w"], ".1f", "not measured"),
-                _fmt(_mj(r["power"]["energy_per_image_j"]), ".1f", "not measured"),
+                _fmt(millijoules(r["power"]["energy_per_image_j"]), ".1f", "not measured"),
             ]
         )
         pl = r["pipeline_latency"] or {}
@@ -249,10 +251,6 @@ def tables(results: dict) -> list[tuple[str, list[str], list[list[str]]]]:
             )
         )
     return out
-
-
-def _mj(v):
-    return None if v is None else v * 1000
 
 
 def _md_table(header, rows) -> str:

@@ -19,6 +19,7 @@ import json
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -41,7 +42,8 @@ def overhead(model: Path, scenes: list[Path], threads: int, repeats: int) -> lis
             res = det.detect(scene)
             t1 = time.perf_counter()
             write_json(
-                Path("/tmp") / f"sarbridge_bench_{scene.stem}.json", coco_document(res, det.classes)
+                Path(tempfile.gettempdir()) / f"sarbridge_bench_{scene.stem}.json",
+                coco_document(res, det.classes),
             )
             total = time.perf_counter() - t0
             runs.append((total, res.timings | {"write": time.perf_counter() - t1}, res))

@@ -25,7 +25,6 @@ class TorchBackend(Backend):
         manifest: dict,
         threads: int | None = None,
         device: str = "auto",
-        providers=None,
     ):
         from sarbridge.train.detect_train import load_detector
 

@@ -28,10 +28,11 @@ import torch
 from torch import nn
 
 from sarbridge.runtime.boxes import box_iou
-from sarbridge.runtime.decode import decode_dense, grid_points, letterbox
+from sarbridge.runtime.decode import letterbox
 from sarbridge.runtime.errors import SarbridgeError
 from sarbridge.runtime.manifest import SCHEMA_VERSION, save_manifest, sha256_file
 from sarbridge.runtime.preprocess import preprocess
+from sarbridge.train.detectors import decode_raw
 
 OPSET = 17
 MODEL_FILE = "model.onnx"
@@ -293,18 +294,11 @@ def export_detector(
     return manifest
 
 
-def _decode_dense_outputs(model, ort_raw, input_size, score_threshold, iou_threshold, max_det):
-    """Decode ONNX Runtime's raw outputs with the runtime's code; the manifest's decode fields."""
-    from sarbridge.runtime.decode import decode_yolo, yolo_grid
-
+def _dense_manifest_fields(model) -> tuple[dict, str]:
+    """The manifest's postprocessing decode fields and output meaning for a dense model."""
     strides = [int(s) for s in model.strides]
     if getattr(model, "decode", "dense_ltrb") == "yolo_anchors":
         anchors = model.anchors.cpu().numpy()
-        cells, per_row, wh = yolo_grid(input_size, tuple(strides), anchors)
-        dets = [
-            decode_yolo(r, cells, per_row, wh, score_threshold, iou_threshold, max_det)
-            for r in ort_raw
-        ]
         post = {
             "decode": "yolo_anchors",
             "strides": strides,
@@ -315,17 +309,13 @@ def _decode_dense_outputs(model, ort_raw, input_size, score_threshold, iou_thres
             "tx, ty, tw, th, objectness logit, class logits; decoded by "
             "sarbridge.runtime.decode.decode_yolo with postprocessing.anchors"
         )
-        return dets, post, meaning
-    points, per_point = grid_points(input_size, tuple(strides))
-    dets = [
-        decode_dense(r, points, per_point, score_threshold, iou_threshold, max_det) for r in ort_raw
-    ]
+        return post, meaning
     meaning = (
         "per grid point (strides 8/16/32, level-major, row-major): log-distances to the box's "
         "left/top/right/bottom edges in strides, then class logits; decoded by "
         "sarbridge.runtime.decode.decode_dense"
     )
-    return dets, {"decode": "dense_ltrb", "strides": strides}, meaning
+    return {"decode": "dense_ltrb", "strides": strides}, meaning
 
 
 def training_scale_tile(records, multiple: int = 32) -> int:
@@ -414,9 +404,10 @@ def export_detector_model(
                     1.0, float(np.abs(torch_raw).max())
                 )  # atol is relative to the output range
                 torch_dets = predict(model, xt)
-                ort_dets, post_extra, meaning = _decode_dense_outputs(
+                ort_dets = decode_raw(
                     model, ort_raw, input_size, score_threshold, iou_threshold, max_detections
                 )
+                post_extra, meaning = _dense_manifest_fields(model)
                 n_out = torch_raw.shape[1]
                 inputs = [
                     {
@@ -635,16 +626,25 @@ def export_embedder(
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def export_run(run: str | Path, out: str | Path, **kwargs) -> dict:
-    """Export whichever kind of run ``run`` is (detector or BNN)."""
-    from sarbridge.train.engine import load_checkpoint
-
+def export_run(
+    run: str | Path,
+    out: str | Path,
+    *,
+    parity_images: int = 16,
+    tile_size: int | None = None,
+    overlap: float = 0.5,
+) -> dict:
+    """Export whichever kind of run ``run`` is: a BNN run (its SAR encoder) or a detector run."""
     run = Path(run)
     if not (run / "best.pt").is_file():
         raise ExportError(f"{run}: no best.pt here; give a finished run directory (runs/<name>)")
-    config = load_checkpoint(run / "best.pt").get("config", {})
+    config = _run_report(run).get("config")
+    if config is None:  # no run.json: read the config from the checkpoint
+        from sarbridge.train.engine import load_checkpoint
+
+        config = load_checkpoint(run / "best.pt").get("config", {})
     if "patch_size" in config.get("data", {}) or "loss" in config:
-        return export_embedder(
-            run, out, **{k: v for k, v in kwargs.items() if k == "parity_patches"}
-        )
-    return export_detector(run, out, **{k: v for k, v in kwargs.items() if k != "parity_patches"})
+        return export_embedder(run, out, parity_patches=parity_images)
+    return export_detector(
+        run, out, parity_images=parity_images, tile_size=tile_size, overlap=overlap
+    )

@@ -58,21 +58,30 @@ def decode_dense(
         boxes [K, 4] xyxy in network-input pixels, scores [K], labels [K] int64.
     """
     raw = np.asarray(raw, dtype=np.float32)
-    reg, logits = raw[:, :4], raw[:, 4:]
-    scores_all = sigmoid(logits)  # [N, C]
+    keep, scores, labels = _candidates(sigmoid(raw[:, 4:]), score_threshold, pre_nms_top_k)
+    dist = np.exp(np.minimum(raw[keep, :4], MAX_LOG_DISTANCE)) * strides[keep, None]  # [K, 4]
+    p = points[keep]
+    boxes = np.concatenate([p - dist[:, :2], p + dist[:, 2:]], axis=1)
+    return _nms_top(boxes, scores, labels, iou_threshold, max_detections)
+
+
+def _candidates(scores_all: np.ndarray, score_threshold: float, top_k: int):
+    """Rows whose best class beats the threshold (at most ``top_k``, best first kept), with that
+    class's score and label per kept row."""
     labels = scores_all.argmax(axis=1)
     scores = scores_all[np.arange(len(labels)), labels]
     keep = np.where(scores > score_threshold)[0]
-    if keep.size > pre_nms_top_k:
-        keep = keep[np.argsort(-scores[keep], kind="stable")[:pre_nms_top_k]]
-    dist = np.exp(np.minimum(reg[keep], MAX_LOG_DISTANCE)) * strides[keep, None]  # [K, 4]
-    p = points[keep]
-    boxes = np.concatenate([p - dist[:, :2], p + dist[:, 2:]], axis=1)
-    kept = batched_nms(boxes, scores[keep], labels[keep], iou_threshold)[:max_detections]
+    if keep.size > top_k:
+        keep = keep[np.argsort(-scores[keep], kind="stable")[:top_k]]
+    return keep, scores[keep], labels[keep]
+
+
+def _nms_top(boxes, scores, labels, iou_threshold: float, max_detections: int):
+    kept = batched_nms(boxes, scores, labels, iou_threshold)[:max_detections]
     return (
         boxes[kept].astype(np.float32),
-        scores[keep][kept].astype(np.float32),
-        labels[keep][kept].astype(np.int64),
+        scores[kept].astype(np.float32),
+        labels[kept].astype(np.int64),
     )
 
 
@@ -151,19 +160,11 @@ def decode_yolo(
     ``sigmoid(obj) * sigmoid(cls)``.
     """
     raw = np.asarray(raw, dtype=np.float32)
-    scores_all = sigmoid(raw[:, 4:5]) * sigmoid(raw[:, 5:])
-    labels = scores_all.argmax(axis=1)
-    scores = scores_all[np.arange(len(labels)), labels]
-    keep = np.where(scores > score_threshold)[0]
-    if keep.size > pre_nms_top_k:
-        keep = keep[np.argsort(-scores[keep], kind="stable")[:pre_nms_top_k]]
+    keep, scores, labels = _candidates(
+        sigmoid(raw[:, 4:5]) * sigmoid(raw[:, 5:]), score_threshold, pre_nms_top_k
+    )
     r = raw[keep]
     centre = (cells[keep] + sigmoid(r[:, :2])) * strides[keep, None]
     size = anchors[keep] * np.exp(np.minimum(r[:, 2:4], MAX_LOG_DISTANCE))
     boxes = np.concatenate([centre - size / 2, centre + size / 2], axis=1)
-    kept = batched_nms(boxes, scores[keep], labels[keep], iou_threshold)[:max_detections]
-    return (
-        boxes[kept].astype(np.float32),
-        scores[keep][kept].astype(np.float32),
-        labels[keep][kept].astype(np.int64),
-    )
+    return _nms_top(boxes, scores, labels, iou_threshold, max_detections)

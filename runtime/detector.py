@@ -23,7 +23,7 @@ import numpy as np
 from sarbridge.runtime.backends import open_backend
 from sarbridge.runtime.decode import decode_dense, decode_yolo, grid_points, letterbox, yolo_grid
 from sarbridge.runtime.errors import SarbridgeError
-from sarbridge.runtime.imageio import GeoRef, Raster, open_raster
+from sarbridge.runtime.imageio import ArrayRaster, GeoRef, Raster, open_raster
 from sarbridge.runtime.manifest import MANIFEST_NAME, load_manifest, preprocess_of
 from sarbridge.runtime.preprocess import clip_range, preprocess, scene_sample, to_single_channel
 from sarbridge.runtime.tiling import Tile, merge_tile_detections, tile_grid
@@ -179,8 +179,6 @@ class Detector:
         Args:
             progress: a tqdm-like object to ``update(n)`` per tile (optional).
         """
-        from sarbridge.runtime.imageio import ArrayRaster
-
         timings = dict.fromkeys(STAGES, 0.0)
         t0 = time.perf_counter()
         if isinstance(scene, Raster):
@@ -201,8 +199,6 @@ class Detector:
         return tile_grid(height, width, self.tile_size, self.overlap)
 
     def _detect_raster(self, raster: Raster, timings: dict, progress) -> SceneResult:
-        from sarbridge.runtime.imageio import ArrayRaster
-
         H, W = raster.height, raster.width
         if isinstance(raster, ArrayRaster) and raster.channels > 1:
             # decoded in memory anyway (PNG/JPEG): collapse grey RGB(A) to one band once, not per tile

@@ -151,7 +151,7 @@ def test_bnn_encoder_exports_as_embed(tmp_path, data):
         },
     )
     train_bnn(cfg, tmp_path, progress=False)
-    manifest = export_run(tmp_path / "tiny_bnn", tmp_path / "bnn_art", parity_patches=4)
+    manifest = export_run(tmp_path / "tiny_bnn", tmp_path / "bnn_art", parity_images=4)
     assert manifest["task"] == "embed"
     assert manifest["outputs"][0]["shape"] == ["batch", 50]
     assert manifest["metrics"]["parity_max_abs_diff"] <= 1e-4

@@ -153,9 +153,22 @@ def detector_predict(
             )
             for o in model(images)
         ]
+    raw = model(images).float().cpu().numpy()  # [B, N, 4 + C] or [B, N, 5 + C]
+    return decode_raw(model, raw, input_size, score_threshold, iou_threshold, max_detections)
+
+
+def decode_raw(
+    model: nn.Module,
+    raw,
+    input_size: int,
+    score_threshold: float,
+    iou_threshold: float,
+    max_detections: int,
+):
+    """A dense model's raw numpy output [B, N, K] -> per image (boxes, scores, labels), through the
+    runtime's decode for the model's head (anchor-free ``decode_dense`` or YOLOv3 ``decode_yolo``)."""
     from sarbridge.runtime.decode import decode_dense, decode_yolo, grid_points, yolo_grid
 
-    raw = model(images).float().cpu().numpy()  # [B, N, 4 + C] or [B, N, 5 + C]
     if getattr(model, "decode", "dense_ltrb") == "yolo_anchors":
         cells, strides, anchors = yolo_grid(
             input_size, tuple(model.strides), model.anchors.cpu().numpy()

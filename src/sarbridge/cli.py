@@ -220,7 +220,6 @@ def _run_export_onnx(args) -> int:
         tile_size=args.tile_size,
         overlap=args.overlap,
         parity_images=args.parity_images,
-        parity_patches=args.parity_images,
     )
     print(f"{manifest['task']} artifact written: {args.out} (model.onnx, manifest.json)")
     return 0
