@@ -245,8 +245,10 @@ def export_detector(
     ds = read_dataset(resolve_data_path(cfg.data.root))
     records = ds.split(cfg.data.test_split) or ds.records
     x = parity_inputs(records, params, cfg.data.input_size, parity_images)
-    if tile_size is None:
-        tile_size = training_scale_tile(ds.split(cfg.data.train_split) or ds.records)
+    if tile_size is None:  # the tiles training saw, else the scale training saw
+        tile_size = cfg.data.tile_size or training_scale_tile(
+            ds.split(cfg.data.train_split) or ds.records
+        )
     report = _run_report(run)
     lineage = [
         {

@@ -59,117 +59,31 @@ class SceneResult:
         return len(self.scores)
 
 
-class Detector:
-    """An exported detection artifact loaded on a backend.
-
-    Args:
-        manifest: a validated manifest (see :func:`load_manifest`).
-        artifact: the folder holding the manifest and model file.
-        backend: backend name (``onnxruntime``).
-        batch_size: tiles per backend call.
-        score_threshold: overrides the manifest's operating threshold (e.g. 0.001 for AP).
-        backend_options: passed to the backend (``providers``, ``threads``).
+class ScenePipeline:
+    """Whole scenes through tiles: reads, one clip range per scene, tiles letterboxed into the
+    network input, :meth:`run_inputs` in batches, detections back to scene pixels, cross-tile
+    merge. The deployed :class:`Detector` and the training evaluation on large scenes are both
+    this pipeline; they differ only in how :meth:`run_inputs` runs the network.
     """
 
     def __init__(
         self,
-        manifest: dict,
-        artifact: str | Path,
-        backend: str = "onnxruntime",
+        params,
+        input_size: int,
+        tile_size: int,
+        overlap: float,
+        iou_threshold: float,
+        max_detections: int,
         batch_size: int = 8,
-        score_threshold: float | None = None,
-        **backend_options,
     ):
-        if manifest["task"] != "detect":
-            raise SarbridgeError(
-                f"{artifact}: this artifact's task is {manifest['task']!r}, not 'detect'"
-            )
-        self.manifest = manifest
-        self.artifact = Path(artifact)
-        post = manifest["postprocessing"]
-        self.decoder = post.get("decode", "dense_ltrb")
-        if self.decoder not in DECODERS:
-            raise SarbridgeError(
-                f"{self.artifact / MANIFEST_NAME}: postprocessing.decode {self.decoder!r} is not "
-                f"one of {DECODERS}"
-            )
-        self.params, self.input_size = preprocess_of(manifest)
-        self.tile_size = int(manifest["tiling"]["size"])
-        self.overlap = float(manifest["tiling"]["overlap"])
-        self.score_threshold = (
-            float(post["score_threshold"]) if score_threshold is None else float(score_threshold)
-        )
-        self.iou_threshold = float(post["iou_threshold"])
-        self.max_detections = int(post["max_detections"])
-        self.classes = list(manifest["classes"])
-        strides = tuple(int(s) for s in post.get("strides", (8, 16, 32)))
-        if self.decoder == "dense_ltrb":
-            self._points, self._strides = grid_points(self.input_size, strides)
-        elif self.decoder == "yolo_anchors":
-            if "anchors" not in post:
-                raise SarbridgeError(
-                    f"{self.artifact / MANIFEST_NAME}: postprocessing.anchors is missing "
-                    "(needed by the yolo_anchors decode)"
-                )
-            self._cells, self._strides, self._anchors = yolo_grid(
-                self.input_size, strides, np.asarray(post["anchors"], np.float32)
-            )
-        self.backend = open_backend(
-            backend, self.artifact / manifest["model"]["file"], manifest, **backend_options
-        )
-        cap = self.backend.max_batch
-        self.batch_size = max(1, min(batch_size, cap) if cap else batch_size)
-
-    @classmethod
-    def from_artifact(cls, path: str | Path, backend: str = "onnxruntime", **kwargs) -> Detector:
-        """Load ``path`` (an artifact folder or its manifest.json); the model hash is checked."""
-        path = Path(path)
-        folder = path if path.is_dir() else path.parent
-        return cls(load_manifest(path), folder, backend, **kwargs)
-
-    # ------------------------------------------------------------ network
-
-    def _decode(self, outputs: list[np.ndarray], k: int):
-        if self.decoder == "dense_ltrb":
-            return decode_dense(
-                outputs[0][k],
-                self._points,
-                self._strides,
-                self.score_threshold,
-                self.iou_threshold,
-                self.max_detections,
-            )
-        if self.decoder == "yolo_anchors":
-            return decode_yolo(
-                outputs[0][k],
-                self._cells,
-                self._strides,
-                self._anchors,
-                self.score_threshold,
-                self.iou_threshold,
-                self.max_detections,
-            )
-        boxes, scores, labels = outputs[0], outputs[1], outputs[2]  # batch-1 graph outputs
-        keep = scores > self.score_threshold
-        return (
-            boxes[keep].astype(np.float32),
-            scores[keep].astype(np.float32),
-            labels[keep].astype(np.int64),
-        )
+        self.params, self.input_size = params, int(input_size)
+        self.tile_size, self.overlap = int(tile_size), float(overlap)
+        self.iou_threshold, self.max_detections = float(iou_threshold), int(max_detections)
+        self.batch_size = max(1, int(batch_size))
 
     def run_inputs(self, inputs: np.ndarray, timings: dict | None = None) -> list:
         """Network inputs [B, C, S, S] -> per input (boxes, scores, labels) in input pixels."""
-        out = []
-        for start in range(0, len(inputs), self.batch_size):
-            chunk = inputs[start : start + self.batch_size]
-            t0 = time.perf_counter()
-            outputs = self.backend.run(chunk)
-            t1 = time.perf_counter()
-            out.extend(self._decode(outputs, k) for k in range(len(chunk)))
-            if timings is not None:
-                timings["model"] += t1 - t0
-                timings["decode"] += time.perf_counter() - t1
-        return out
+        raise NotImplementedError
 
     # ------------------------------------------------------------ scenes
 
@@ -273,6 +187,123 @@ class Detector:
             raster.georef,
             timings,
         )
+
+
+class Detector(ScenePipeline):
+    """An exported detection artifact loaded on a backend.
+
+    Args:
+        manifest: a validated manifest (see :func:`load_manifest`).
+        artifact: the folder holding the manifest and model file.
+        backend: backend name (``onnxruntime``).
+        batch_size: tiles per backend call.
+        score_threshold: overrides the manifest's operating threshold (e.g. 0.001 for AP).
+        backend_options: passed to the backend (``providers``, ``threads``).
+    """
+
+    def __init__(
+        self,
+        manifest: dict,
+        artifact: str | Path,
+        backend: str = "onnxruntime",
+        batch_size: int = 8,
+        score_threshold: float | None = None,
+        **backend_options,
+    ):
+        if manifest["task"] != "detect":
+            raise SarbridgeError(
+                f"{artifact}: this artifact's task is {manifest['task']!r}, not 'detect'"
+            )
+        self.manifest = manifest
+        self.artifact = Path(artifact)
+        post = manifest["postprocessing"]
+        self.decoder = post.get("decode", "dense_ltrb")
+        if self.decoder not in DECODERS:
+            raise SarbridgeError(
+                f"{self.artifact / MANIFEST_NAME}: postprocessing.decode {self.decoder!r} is not "
+                f"one of {DECODERS}"
+            )
+        params, input_size = preprocess_of(manifest)
+        super().__init__(
+            params,
+            input_size,
+            int(manifest["tiling"]["size"]),
+            float(manifest["tiling"]["overlap"]),
+            float(post["iou_threshold"]),
+            int(post["max_detections"]),
+            batch_size,
+        )
+        self.score_threshold = (
+            float(post["score_threshold"]) if score_threshold is None else float(score_threshold)
+        )
+        self.classes = list(manifest["classes"])
+        strides = tuple(int(s) for s in post.get("strides", (8, 16, 32)))
+        if self.decoder == "dense_ltrb":
+            self._points, self._strides = grid_points(self.input_size, strides)
+        elif self.decoder == "yolo_anchors":
+            if "anchors" not in post:
+                raise SarbridgeError(
+                    f"{self.artifact / MANIFEST_NAME}: postprocessing.anchors is missing "
+                    "(needed by the yolo_anchors decode)"
+                )
+            self._cells, self._strides, self._anchors = yolo_grid(
+                self.input_size, strides, np.asarray(post["anchors"], np.float32)
+            )
+        self.backend = open_backend(
+            backend, self.artifact / manifest["model"]["file"], manifest, **backend_options
+        )
+        cap = self.backend.max_batch
+        self.batch_size = max(1, min(self.batch_size, cap) if cap else self.batch_size)
+
+    @classmethod
+    def from_artifact(cls, path: str | Path, backend: str = "onnxruntime", **kwargs) -> Detector:
+        """Load ``path`` (an artifact folder or its manifest.json); the model hash is checked."""
+        path = Path(path)
+        folder = path if path.is_dir() else path.parent
+        return cls(load_manifest(path), folder, backend, **kwargs)
+
+    # ------------------------------------------------------------ network
+
+    def _decode(self, outputs: list[np.ndarray], k: int):
+        if self.decoder == "dense_ltrb":
+            return decode_dense(
+                outputs[0][k],
+                self._points,
+                self._strides,
+                self.score_threshold,
+                self.iou_threshold,
+                self.max_detections,
+            )
+        if self.decoder == "yolo_anchors":
+            return decode_yolo(
+                outputs[0][k],
+                self._cells,
+                self._strides,
+                self._anchors,
+                self.score_threshold,
+                self.iou_threshold,
+                self.max_detections,
+            )
+        boxes, scores, labels = outputs[0], outputs[1], outputs[2]  # batch-1 graph outputs
+        keep = scores > self.score_threshold
+        return (
+            boxes[keep].astype(np.float32),
+            scores[keep].astype(np.float32),
+            labels[keep].astype(np.int64),
+        )
+
+    def run_inputs(self, inputs: np.ndarray, timings: dict | None = None) -> list:
+        out = []
+        for start in range(0, len(inputs), self.batch_size):
+            chunk = inputs[start : start + self.batch_size]
+            t0 = time.perf_counter()
+            outputs = self.backend.run(chunk)
+            t1 = time.perf_counter()
+            out.extend(self._decode(outputs, k) for k in range(len(chunk)))
+            if timings is not None:
+                timings["model"] += t1 - t0
+                timings["decode"] += time.perf_counter() - t1
+        return out
 
     def close(self) -> None:
         self.backend.close()

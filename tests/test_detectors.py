@@ -238,3 +238,105 @@ def test_detector_trainer_under_ddp_two_gloo_processes(tmp_path, data):
     assert run["world_size"] == 2 and run["status"] == "finished"
     assert 0 <= run["final"]["test"]["AP50"] <= 1 and len(run["history"]) == 1
     assert (tmp_path / "ddp_det" / "best.pt").is_file()
+
+
+def _bright_ship_image(h, w, boxes):
+    img = np.zeros((1, h, w), np.float32)
+    for x0, y0, x1, y1 in boxes.astype(int):
+        img[:, y0:y1, x0:x1] = 1.0
+    return img
+
+
+def test_mosaic_keeps_boxes_on_their_ships_in_their_quadrants():
+    from sarbridge.train.detect_train import DetAugment, _mosaic
+
+    items = []
+    for k in range(4):
+        boxes = np.array([[20, 30, 60, 50], [200, 100, 230, 180], [5, 250, 40, 290]], np.float32)
+        boxes[:, [0, 2]] += 10 * k
+        items.append((_bright_ship_image(300, 400, boxes), boxes, np.full(3, k, np.int64)))
+    aug = DetAugment(scale_min=0.8, scale_max=1.2)
+    seen_quadrant_labels = set()
+    for seed in range(8):
+        canvas, boxes, labels = _mosaic(items, np.random.default_rng(seed), aug, 256)
+        assert canvas.shape == (1, 256, 256) and len(boxes) == len(labels)
+        for (x0, y0, x1, y1), lab in zip(boxes, labels, strict=True):
+            assert 0 <= x0 < x1 <= 256 and 0 <= y0 < y1 <= 256
+            inside = canvas[0, int(np.ceil(y0)) : int(y1), int(np.ceil(x0)) : int(x1)]
+            assert inside.size == 0 or inside.mean() > 0.8  # a box still covers its ship
+            seen_quadrant_labels.add(int(lab))
+    assert seen_quadrant_labels == {0, 1, 2, 3}  # every quadrant's image contributes ships
+
+
+def test_mosaic_and_multi_scale_batches_on_real_ssdd(data):
+    from sarbridge.train.config import from_dict
+    from sarbridge.train.detect_train import DetConfig, epoch_batches, make_sets
+    from sarbridge.train.engine import DistInfo
+
+    cfg = from_dict(
+        DetConfig,
+        {
+            "data": {"input_size": 160, "max_train_images": 24},
+            "augment": {"mosaic": 1.0, "close_mosaic": 1, "multi_scale": [0.6, 1.4]},
+            "optim": {"batch_size": 4, "epochs": 3},
+        },
+    )
+    train, *_ = make_sets(cfg)
+    sides = set()
+    for x, targets in epoch_batches(cfg, train, 0, DistInfo(), "cpu"):
+        side = x.shape[-1]
+        assert x.shape[-2] == side and side % 32 == 0 and 96 <= side <= 224
+        sides.add(side)
+        for t in targets:
+            assert len(t["boxes"]) == len(t["labels"])
+            if len(t["boxes"]):
+                assert float(t["boxes"].max()) <= side
+    assert len(sides) > 1
+    # a mosaic sample holds ships of several images; mosaic is off in the closing epoch
+    n0 = sum(
+        len(t["boxes"]) for _, ts in epoch_batches(cfg, train, 0, DistInfo(), "cpu") for t in ts
+    )
+    n2 = sum(
+        len(t["boxes"]) for _, ts in epoch_batches(cfg, train, 2, DistInfo(), "cpu") for t in ts
+    )
+    assert n0 > n2
+    model = build_detector("edge_det")
+    x, targets = next(epoch_batches(cfg, train, 0, DistInfo(), "cpu"))
+    loss, _ = detector_loss(model, x, targets, x.shape[-1])
+    assert torch.isfinite(loss)
+
+
+def test_yolo_positives_best_anchor_and_similar_shapes_at_the_centre_cell():
+    from sarbridge.train.yolov3 import yolo_positives
+
+    model = build_detector("yolov3_darknet53", width=64)
+    model.set_anchors(
+        [[4, 4], [8, 8], [10, 10], [20, 20], [30, 30], [40, 40], [80, 80], [90, 90], [100, 100]]
+    )
+    gt = torch.tensor([[20.0, 28.0, 30.0, 38.0], [100.0, 100.0, 190.0, 190.0]])  # 10 x 10, 90 x 90
+    rows, ship = yolo_positives(model, gt, 256)
+    A, sizes = 3, [32, 16, 8]
+    offsets = np.cumsum([0] + [n * n * A for n in sizes])
+    got = set()
+    for r, s in zip(rows.tolist(), ship.tolist(), strict=True):
+        level = int(np.searchsorted(offsets, r, side="right") - 1)
+        cell, a = divmod(r - int(offsets[level]), A)
+        cy, cx = divmod(cell, sizes[level])
+        stride = (8, 16, 32)[level]
+        centre = ((gt[s, :2] + gt[s, 2:]) / 2).tolist()
+        assert (cx, cy) == (int(centre[0] // stride), int(centre[1] // stride))
+        got.add((s, level * A + a))
+    # ship 0 (10 x 10): anchors 8, 10 (IoU > 0.25) and 20 (IoU 0.25, not above) -> 1, 2
+    assert {a for s, a in got if s == 0} == {1, 2}
+    assert {a for s, a in got if s == 1} == {6, 7, 8}
+
+
+@pytest.mark.parametrize("path", sorted(__import__("glob").glob("configs/det_*.yaml")))
+def test_detector_configs_load_and_name_registered_models(path):
+    from sarbridge.train.config import load_config
+    from sarbridge.train.detect_train import DetConfig
+
+    cfg = load_config(DetConfig, path)
+    assert cfg.model.name in list_detectors()
+    if cfg.augment.multi_scale:
+        assert len(cfg.augment.multi_scale) == 2

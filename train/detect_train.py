@@ -2,7 +2,10 @@
 
 Images go through the runtime's preprocessing, are letterboxed to the input
 size and augmented with flips, rot90 and scale jitter (no colour jitter: SAR
-intensities carry meaning). The official train split is split again (seeded)
+intensities carry meaning), optionally as 4-image mosaics and at a random input
+side per batch (multi-scale). Large scenes (``data.tile_size``) are trained on
+tiles cut by the runtime's tiler and evaluated whole, through the deployed
+tiling and cross-tile merge. The official train split is split again (seeded)
 into train and a validation share that picks the best checkpoint by AP50:95;
 the test split is scored once, at the end, through the same numpy decode the
 deployed model uses.
@@ -54,6 +57,10 @@ class DetData:
     input_size: int = 512
     preprocess: dict = field(default_factory=lambda: SarPreprocess().to_dict())
     max_train_images: int | None = None  # a subset for quick runs
+    # large scenes (AIR-SARShip style): train on tiles cut by the runtime's tiler, evaluate whole
+    # scenes through the deployed tiling and cross-tile merge; None: one image = one input
+    tile_size: int | None = None
+    tile_overlap: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -62,6 +69,10 @@ class DetAugment:
     rot90: bool = True
     scale_min: float = 0.6
     scale_max: float = 1.2
+    mosaic: float = 0.0  # probability that a training sample is a 4-image mosaic
+    close_mosaic: int = 0  # last epochs trained without mosaic (the deployed view: one image)
+    # (lo, hi): each batch's side a random multiple of 32 in [lo, hi] x data.input_size
+    multi_scale: tuple[float, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -178,8 +189,54 @@ class DetectionSet:
         return self._cache[rec.image_id]
 
 
-def _augment(img: np.ndarray, boxes: np.ndarray, rng, aug: DetAugment, size: int):
-    """Flip/rot90 (image [C, H, W], boxes [M, 4]) then scale jitter into a size x size canvas."""
+def _visible(boxes: np.ndarray, clipped: np.ndarray) -> np.ndarray:
+    """Ships that stay labelled after a crop: at least 40 % of the box and more than a pixel left."""
+
+    def area(b):
+        return np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
+
+    return (area(clipped) >= 0.4 * np.maximum(area(boxes), 1e-6)) & (area(clipped) > 1)
+
+
+class TiledSet(DetectionSet):
+    """Training tiles of large scenes: each scene is cut by the runtime's :func:`tile_grid`
+    (``size``, ``overlap``); a tile is a record of its own (boxes clipped to the tile, a ship
+    kept when at least 40 % of it is inside) whose image is a window of the scene's cached
+    preprocessed pixels (one clip range per scene, as deployed). Tiles without ships stay:
+    open sea is what most of a scene is."""
+
+    def __init__(self, scenes: list[ImageRecord], params: SarPreprocess, size: int, overlap: float):
+        from sarbridge.runtime.tiling import tile_grid
+
+        super().__init__([], params)
+        self.scenes = DetectionSet(scenes, params)
+        self.windows: list[tuple[int, object]] = []
+        for k, rec in enumerate(scenes):
+            for tile in tile_grid(rec.height, rec.width, size, overlap):
+                boxes = rec.boxes - np.array([tile.x0, tile.y0, tile.x0, tile.y0], np.float32)
+                clipped = np.clip(boxes, 0, [tile.w, tile.h, tile.w, tile.h]).astype(np.float32)
+                keep = _visible(boxes, clipped)
+                self.records.append(
+                    ImageRecord(
+                        f"{rec.image_id}@{tile.y0},{tile.x0}",
+                        rec.path,
+                        tile.h,
+                        tile.w,
+                        clipped[keep],
+                        rec.labels[keep],
+                    )
+                )
+                self.windows.append((k, tile))
+
+    def image(self, k: int) -> np.ndarray:
+        scene, tile = self.windows[k]
+        pixels = self.scenes.image(scene)
+        return pixels[:, tile.y0 : tile.y0 + tile.h, tile.x0 : tile.x0 + tile.w]
+
+
+def _geometric(img: np.ndarray, boxes: np.ndarray, rng, aug: DetAugment, size: int):
+    """Flip/rot90 (image [C, H, W], boxes [M, 4]) then resize by the letterbox scale to ``size``
+    times a scale jitter; returns the resized image and its boxes."""
     from PIL import Image
 
     _, h, w = img.shape
@@ -200,20 +257,80 @@ def _augment(img: np.ndarray, boxes: np.ndarray, rng, aug: DetAugment, size: int
     resized = np.stack(
         [np.asarray(Image.fromarray(c, mode="F").resize((nw, nh), Image.BILINEAR)) for c in img]
     )
-    boxes = boxes * np.array([nw / w, nh / h, nw / w, nh / h], np.float32)
-    # place into the canvas at a random offset (crop when larger)
+    return resized, boxes * np.array([nw / w, nh / h, nw / w, nh / h], np.float32)
+
+
+def _paste(canvas: np.ndarray, img: np.ndarray, boxes: np.ndarray, ox: int, oy: int, region):
+    """Paste ``img`` with its top-left corner at (ox, oy) into ``canvas``, clipped to ``region``
+    (x0, y0, x1, y1); returns the boxes moved and clipped, and which of them stay (a ship keeps
+    at least 40 % of its area and more than one pixel)."""
+    x0, y0, x1, y1 = region
+    _, nh, nw = img.shape
+    dx0, dy0 = max(x0, ox), max(y0, oy)
+    dx1, dy1 = min(x1, ox + nw), min(y1, oy + nh)
+    if dx1 > dx0 and dy1 > dy0:
+        canvas[:, dy0:dy1, dx0:dx1] = img[:, dy0 - oy : dy1 - oy, dx0 - ox : dx1 - ox]
+    moved = boxes + np.array([ox, oy, ox, oy], np.float32)
+    clipped = np.clip(moved, [x0, y0, x0, y0], [x1, y1, x1, y1]).astype(np.float32)
+    keep = _visible(moved, clipped)
+    return clipped[keep], keep
+
+
+def _augment(img: np.ndarray, boxes: np.ndarray, rng, aug: DetAugment, size: int):
+    """One image: geometric augmentation, placed at a random offset in a size x size canvas
+    (cropped when larger). Returns (canvas, boxes, keep mask over the input boxes)."""
+    resized, boxes = _geometric(img, boxes, rng, aug, size)
+    _, nh, nw = resized.shape
     ox = int(rng.integers(min(0, size - nw), max(0, size - nw) + 1))
     oy = int(rng.integers(min(0, size - nh), max(0, size - nh) + 1))
     canvas = np.zeros((img.shape[0], size, size), np.float32)
-    sy0, sx0 = max(0, -oy), max(0, -ox)
-    dy0, dx0 = max(0, oy), max(0, ox)
-    hh, ww = min(nh - sy0, size - dy0), min(nw - sx0, size - dx0)
-    canvas[:, dy0 : dy0 + hh, dx0 : dx0 + ww] = resized[:, sy0 : sy0 + hh, sx0 : sx0 + ww]
-    moved = boxes + np.array([ox, oy, ox, oy], np.float32)
-    clipped = np.clip(moved, 0, size)
-    area = lambda b: np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)  # noqa: E731
-    keep = (area(clipped) >= 0.4 * np.maximum(area(moved), 1e-6)) & (area(clipped) > 1)
-    return canvas, clipped[keep], keep
+    kept, keep = _paste(canvas, resized, boxes, ox, oy, (0, 0, size, size))
+    return canvas, kept, keep
+
+
+def _mosaic(items, rng, aug: DetAugment, size: int):
+    """Four images around a random centre of a size x size canvas, each at the training scale
+    (the letterbox scale times the jitter) with one of its corners at the centre, so each
+    quadrant shows the part of its image nearest that corner. ``items``: four (image [C, H, W],
+    boxes [M, 4], labels [M]). Returns (canvas, boxes, labels)."""
+    cx = int(rng.uniform(0.25, 0.75) * size)
+    cy = int(rng.uniform(0.25, 0.75) * size)
+    canvas = np.zeros((items[0][0].shape[0], size, size), np.float32)
+    all_boxes, all_labels = [], []
+    for q, (img, boxes, labels) in enumerate(items):
+        resized, moved = _geometric(img, boxes, rng, aug, size)
+        _, nh, nw = resized.shape
+        right, bottom = q % 2, q // 2  # quadrant: 0 top-left, 1 top-right, 2 bottom-left, 3 ...
+        ox = cx if right else cx - nw
+        oy = cy if bottom else cy - nh
+        region = (
+            cx if right else 0,
+            cy if bottom else 0,
+            size if right else cx,
+            size if bottom else cy,
+        )
+        kept, keep = _paste(canvas, resized, moved, ox, oy, region)
+        all_boxes.append(kept)
+        all_labels.append(labels[keep])
+    return canvas, np.concatenate(all_boxes), np.concatenate(all_labels)
+
+
+def batch_input_size(cfg: DetConfig, rng) -> int:
+    """The input side of one batch: the configured size, or with ``augment.multi_scale``
+    (lo, hi) a random multiple of 32 in [lo, hi] x size (YOLOv3's multi-scale training)."""
+    size = cfg.data.input_size
+    if not cfg.augment.multi_scale:
+        return size
+    if (
+        len(cfg.augment.multi_scale) != 2
+        or not 0 < cfg.augment.multi_scale[0] <= cfg.augment.multi_scale[1]
+    ):
+        raise SarbridgeError(
+            f"augment.multi_scale must be [lo, hi] with 0 < lo <= hi, got {list(cfg.augment.multi_scale)}"
+        )
+    lo, hi = cfg.augment.multi_scale
+    choices = list(range(max(32, int(np.ceil(size * lo / 32)) * 32), int(size * hi) + 1, 32))
+    return int(rng.choice(choices)) if choices else size
 
 
 def epoch_batches(cfg: DetConfig, data: DetectionSet, epoch: int, info: DistInfo, device):
@@ -221,24 +338,30 @@ def epoch_batches(cfg: DetConfig, data: DetectionSet, epoch: int, info: DistInfo
     rng = np.random.default_rng([cfg.seed, epoch])
     order = rng.permutation(len(data.records))
     B = cfg.optim.batch_size
-    size = cfg.data.input_size
+    aug = cfg.augment
+    mosaic = aug.mosaic if epoch < cfg.optim.epochs - aug.close_mosaic else 0.0
     for start in range(0, len(order) - B + 1, B):
+        size = batch_input_size(cfg, rng)
         seeds = rng.integers(0, 2**31, size=B)
         images, targets = [], []
         for k in shard(list(range(B)), info):
-            rec = data.records[order[start + k]]
-            img, boxes, keep = _augment(
-                data.image(order[start + k]),
-                rec.boxes,
-                np.random.default_rng(seeds[k]),
-                cfg.augment,
-                size,
-            )
+            r = np.random.default_rng(seeds[k])
+            i = int(order[start + k])
+            if mosaic and r.random() < mosaic:
+                picks = [i, *(int(j) for j in r.integers(0, len(data.records), 3))]
+                items = [
+                    (data.image(j), data.records[j].boxes, data.records[j].labels) for j in picks
+                ]
+                img, boxes, labels = _mosaic(items, r, aug, size)
+            else:
+                rec = data.records[i]
+                img, boxes, keep = _augment(data.image(i), rec.boxes, r, aug, size)
+                labels = rec.labels[keep]
             images.append(img)
             targets.append(
                 {
                     "boxes": torch.from_numpy(boxes.astype(np.float32)).to(device),
-                    "labels": torch.from_numpy(rec.labels[keep]).to(device),
+                    "labels": torch.from_numpy(np.asarray(labels, np.int64)).to(device),
                 }
             )
         yield torch.from_numpy(np.stack(images)).to(device), targets
@@ -269,8 +392,50 @@ def predict(
     return out
 
 
+def predict_scenes(model, data: DetectionSet, cfg: DetConfig, device) -> list[Detections]:
+    """Detections of whole scenes through the deployed path: the runtime's
+    :class:`~sarbridge.runtime.detector.ScenePipeline` (one clip range per scene, tiles of
+    ``data.tile_size`` with ``data.tile_overlap`` letterboxed into the input, cross-tile merge),
+    with the network run here in PyTorch."""
+    from sarbridge.runtime.detector import ScenePipeline
+    from sarbridge.train.detectors import detector_predict
+
+    e = cfg.eval
+
+    class _TorchScenes(ScenePipeline):
+        @torch.no_grad()
+        def run_inputs(self, inputs, timings=None):
+            x = torch.from_numpy(np.ascontiguousarray(inputs, np.float32)).to(device)
+            return detector_predict(
+                model,
+                x,
+                self.input_size,
+                e.score_threshold,
+                self.iou_threshold,
+                self.max_detections,
+            )
+
+    model.eval()
+    pipeline = _TorchScenes(
+        data.params,
+        cfg.data.input_size,
+        cfg.data.tile_size,
+        cfg.data.tile_overlap,
+        e.iou_threshold,
+        e.max_detections,
+    )
+    out = []
+    for rec in data.records:
+        r = pipeline.detect(read_image(rec.path))
+        out.append(Detections(rec.image_id, r.boxes, r.scores, r.labels))
+    return out
+
+
 def evaluate(model, data: DetectionSet, cfg: DetConfig, device, classes) -> dict[str, float]:
-    dets = predict(model, data, cfg, device)
+    if cfg.data.tile_size:
+        dets = predict_scenes(model, data, cfg, device)
+    else:
+        dets = predict(model, data, cfg, device)
     ap = coco_ap(data.records, dets, classes, cfg.eval.max_detections)
     pr = precision_recall_at(data.records, dets, cfg.eval.operating_threshold)
     return {**ap, "precision": pr["precision"], "recall": pr["recall"], "f1": pr["f1"]}
@@ -319,6 +484,11 @@ def make_sets(cfg: DetConfig):
     train = [train[i] for i in sorted(order[n_val:])]
     if cfg.data.max_train_images:
         train = train[: cfg.data.max_train_images]
+    train_set = (
+        TiledSet(train, params, cfg.data.tile_size, cfg.data.tile_overlap)
+        if cfg.data.tile_size
+        else DetectionSet(train, params)
+    )
     summary = {
         "root": str(ds.root),
         "format": ds.format,
@@ -329,8 +499,15 @@ def make_sets(cfg: DetConfig):
             "test": int(sum(len(r.boxes) for r in test)),
         },
     }
+    if cfg.data.tile_size:
+        summary["tiles"] = {
+            "size": cfg.data.tile_size,
+            "overlap": cfg.data.tile_overlap,
+            "train_tiles": len(train_set.records),
+            "train_tiles_with_ships": sum(1 for r in train_set.records if len(r.boxes)),
+        }
     return (
-        DetectionSet(train, params),
+        train_set,
         DetectionSet(val, params),
         DetectionSet(test, params),
         ds.classes,
@@ -431,7 +608,7 @@ def _train(cfg: DetConfig, run_dir: Path, resume: bool, progress: bool, info: Di
     def step(batch):
         x, targets = batch
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-            return detector_loss(net, x, targets, cfg.data.input_size)
+            return detector_loss(net, x, targets, x.shape[-1])
 
     def evaluate_epoch(epoch: int) -> dict[str, float]:
         if (epoch + 1) % cfg.eval.every and epoch + 1 != o.epochs:

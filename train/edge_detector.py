@@ -202,4 +202,4 @@ def detection_loss(
     cls_loss = F.binary_cross_entropy_with_logits(logits, cls_target, reduction="sum") / norm
     box_loss = torch.cat(box_losses).sum() / norm if box_losses else raw.sum() * 0
     loss = cls_loss + box_weight * box_loss
-    return loss, {"loss": loss.item(), "cls": cls_loss.item(), "box": float(box_loss)}
+    return loss, {"loss": loss.item(), "cls": cls_loss.item(), "box": float(box_loss.detach())}

@@ -373,7 +373,7 @@ class Trainer:
                 sums[k] = sums.get(k, 0.0) + float(v)
             if self.progress:
                 rate = items / max(time.perf_counter() - t0, 1e-9)
-                batches.set_postfix(loss=f"{float(loss):.4f}", items_s=f"{rate:.1f}")
+                batches.set_postfix(loss=f"{float(loss.detach()):.4f}", items_s=f"{rate:.1f}")
         if self.scheduler and not self.scheduler_per_step:
             self.scheduler.step()
         seconds = time.perf_counter() - t0
