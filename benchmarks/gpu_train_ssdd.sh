@@ -4,6 +4,7 @@
 # GPU; then PyTorch GPU latency/energy of the BNN-initialised edge detector (NVML).
 # Usage: SARBRIDGE_DATA=<data root> OUT=<results dir> bash benchmarks/gpu_train_ssdd.sh
 # Each training is capped at TRAIN_LIMIT seconds; a capped run keeps its best checkpoint.
+# DET_EXTRA: more --set overrides for the edge detector runs (e.g. "--set augment.mosaic=0").
 set -u
 OUT=${OUT:?set OUT}
 TRAIN_LIMIT=${TRAIN_LIMIT:-370}
@@ -12,7 +13,7 @@ mkdir -p "$OUT" runs logs
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee logs/gpu.txt
 python3 -c "import torch, sys; print('torch', torch.__version__, 'python', sys.version.split()[0])" | tee -a logs/gpu.txt
 common=(--set threads=3 --set data.input_size=512 --set optim.batch_size=16 --set optim.epochs=$EPOCHS
-        --set optim.warmup_steps=300 --set optim.lr=0.003 --no-progress)
+        --set optim.warmup_steps=300 --set optim.lr=0.003 --no-progress ${DET_EXTRA:-})
 timeout $TRAIN_LIMIT python3 -m sarbridge train detect --config configs/det_edge.yaml \
     --init bnn:runs/bnn_edge --name det_edge_bnn_512_e${EPOCHS}_gpu "${common[@]}" > logs/edge_bnn.log 2>&1 &
 timeout $TRAIN_LIMIT python3 -m sarbridge train detect --config configs/det_edge.yaml \
