@@ -145,6 +145,12 @@ def decode_torch(raw: torch.Tensor, cells, strides, anchors) -> torch.Tensor:
     return torch.cat([centre - size / 2, centre + size / 2], -1)
 
 
+def _level_layout(model: YOLOv3, input_size: int) -> tuple[list[int], np.ndarray]:
+    """Grid side per level and the first raw-output row of each level (plus the total)."""
+    sizes = [int(np.ceil(input_size / s)) for s in model.strides]
+    return sizes, np.cumsum([0] + [n * n * model.anchors_per_scale for n in sizes])
+
+
 def yolo_positives(
     model: YOLOv3, gt: torch.Tensor, input_size: int, match_iou: float = 0.25
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -156,8 +162,8 @@ def yolo_positives(
     which is what lets a short schedule learn where ships are.
     """
     A = model.anchors_per_scale
-    sizes = [int(np.ceil(input_size / s)) for s in model.strides]
-    offsets = torch.as_tensor(np.cumsum([0] + [n * n * A for n in sizes])[:-1], device=gt.device)
+    sizes, starts = _level_layout(model, input_size)
+    offsets = torch.as_tensor(starts[:-1], device=gt.device)
     flat_anchors = model.anchors.view(-1, 2).to(gt.device, gt.dtype)
     wh = (gt[:, 2:] - gt[:, :2]).clamp(min=1e-3)
     inter = torch.min(wh[:, None], flat_anchors[None]).prod(2)
@@ -192,9 +198,7 @@ def yolo_loss(
     obj_logit, cls_logit = raw[..., 4], raw[..., 5:]
     positive = torch.zeros_like(obj_logit, dtype=torch.bool)
     negative = torch.ones_like(obj_logit, dtype=torch.bool)
-    A = model.anchors_per_scale
-    sizes = [int(np.ceil(input_size / s)) for s in model.strides]
-    offsets = np.cumsum([0] + [n * n * A for n in sizes])
+    _, offsets = _level_layout(model, input_size)
     box_l, cls_l = [], []
     for b, t in enumerate(targets):
         gt, labels = t["boxes"], t["labels"]
