@@ -32,14 +32,20 @@ def _init_kind(init: str) -> str:
 
 
 def _recipe(config: dict) -> str:
-    """The run's augmentation beyond the defaults, in words ("base" when none)."""
-    a = config.get("augment", {})
+    """The run's training recipe beyond flips/rot90/scale jitter, in words ("base" when none):
+    mosaic, multi-scale, a box loss weight, and the EMA's decay and ramp (runs made before the
+    ramp was a setting used 2000 steps)."""
+    a, o, m = config.get("augment", {}), config.get("optim", {}), config.get("model", {})
     parts = []
     if a.get("mosaic"):
         parts.append(f"mosaic {a['mosaic']:g}")
     if a.get("multi_scale"):
         lo, hi = a["multi_scale"]
         parts.append(f"multi-scale {lo:g}-{hi:g}")
+    if m.get("box_weight") is not None:
+        parts.append(f"box weight {m['box_weight']:g}")
+    if o.get("ema"):
+        parts.append(f"EMA {o.get('ema_decay', 0.999):g} ramp {o.get('ema_ramp_steps', 2000)}")
     return ", ".join(parts) or "base"
 
 
@@ -77,10 +83,11 @@ def main(argv=None) -> int:
         )
     groups: dict[str, list[dict]] = {}
     for r in rows:
-        groups.setdefault(f"{_init_kind(r['init'])} | {r['recipe']}", []).append(r)
+        key = f"{_init_kind(r['init'])} | {r['recipe']} | {r['input']} px, {r['epochs']} ep"
+        groups.setdefault(key, []).append(r)
     summary = [
-        "| init | recipe | runs | AP50 mean (spread) | AP50:95 mean (spread) |",
-        "|---|---|---|---|---|",
+        "| init | recipe | schedule | runs | AP50 mean (spread) | AP50:95 mean (spread) |",
+        "|---|---|---|---|---|---|",
     ]
     agg = {}
     for kind, rs in groups.items():
@@ -100,7 +107,7 @@ def main(argv=None) -> int:
     text = (
         "## Test-split AP per run\n\n"
         + "\n".join(lines)
-        + "\n\n## By initialisation and recipe (mean, min-max over seeds)\n\n"
+        + "\n\n## By initialisation, recipe and schedule (mean, min-max over seeds)\n\n"
         + "\n".join(summary)
         + "\n"
     )

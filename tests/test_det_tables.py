@@ -3,7 +3,7 @@
 import json
 
 
-def _run(tmp_path, name, init, seed, ap50, augment):
+def _run(tmp_path, name, init, seed, ap50, augment, optim=None):
     run = tmp_path / name
     run.mkdir()
     config = {
@@ -11,7 +11,7 @@ def _run(tmp_path, name, init, seed, ap50, augment):
         "seed": seed,
         "model": {"name": "edge_det"},
         "data": {"input_size": 320},
-        "optim": {"epochs": 12},
+        "optim": {"epochs": 12, **(optim or {})},
         "augment": augment,
     }
     test = {"AP50": ap50, "AP50_95": ap50 / 2, "AP_small": 0.1, "precision": 0.9, "recall": 0.8}
@@ -28,12 +28,26 @@ def test_groups_by_init_and_recipe(tmp_path, capsys):
         _run(tmp_path, "b", "random", 1, 0.70, {"mosaic": 0.0}),
         _run(tmp_path, "c", "random", 0, 0.90, {"mosaic": 0.5}),
         _run(tmp_path, "d", "bnn:runs/x", 0, 0.60, {"mosaic": 0.5, "multi_scale": [0.75, 1.25]}),
+        _run(tmp_path, "e", "random", 0, 0.85, {"mosaic": 0.5}, {"ema": True, "ema_decay": 0.999}),
+        _run(
+            tmp_path,
+            "f",
+            "random",
+            0,
+            0.95,
+            {"mosaic": 0.5},
+            {"ema": True, "ema_decay": 0.995, "ema_ramp_steps": 200},
+        ),
     ]
     assert main([str(r) for r in runs] + ["--out", str(tmp_path / "out")]) == 0
     agg = json.loads((tmp_path / "out" / "tables.json").read_text())["by_init_recipe"]
-    assert agg["random | base"]["runs"] == 2
-    assert abs(agg["random | base"]["AP50"]["mean"] - 0.75) < 1e-9
-    assert agg["random | base"]["AP50"]["min"] == 0.70
-    assert agg["random | mosaic 0.5"]["AP50"]["max"] == 0.90
-    assert agg["bnn | mosaic 0.5, multi-scale 0.75-1.25"]["runs"] == 1
+    s = " | 320 px, 12 ep"
+    assert agg["random | base" + s]["runs"] == 2
+    assert abs(agg["random | base" + s]["AP50"]["mean"] - 0.75) < 1e-9
+    assert agg["random | base" + s]["AP50"]["min"] == 0.70
+    assert agg["random | mosaic 0.5" + s]["AP50"]["max"] == 0.90
+    assert agg["bnn | mosaic 0.5, multi-scale 0.75-1.25" + s]["runs"] == 1
+    # EMA settings are part of the recipe; runs from before the ramp setting used 2000 steps
+    assert agg["random | mosaic 0.5, EMA 0.999 ramp 2000" + s]["AP50"]["mean"] == 0.85
+    assert agg["random | mosaic 0.5, EMA 0.995 ramp 200" + s]["AP50"]["mean"] == 0.95
     assert "| c | random | mosaic 0.5 | 0 | 320 | 12 | 0.9000 |" in capsys.readouterr().out

@@ -340,3 +340,38 @@ def test_detector_configs_load_and_name_registered_models(path):
     assert cfg.model.name in list_detectors()
     if cfg.augment.multi_scale:
         assert len(cfg.augment.multi_scale) == 2
+
+
+def test_ema_ramp_follows_its_setting_and_averages_toward_the_weights():
+    from sarbridge.train.detect_train import ModelEMA
+
+    def averaged_after_a_jump(ramp_steps: int) -> tuple[float, float]:
+        model = torch.nn.Linear(2, 1)
+        with torch.no_grad():
+            model.weight.zero_()
+        ema = ModelEMA(model, decay=0.99, ramp_steps=ramp_steps)
+        for _ in range(200):  # weights 0 while the decay ramps up
+            ema.update(model)
+        with torch.no_grad():
+            model.weight.fill_(1.0)
+        for _ in range(50):
+            ema.update(model)
+        return ema.current_decay(), float(ema.module.weight.mean())
+
+    decay, w = averaged_after_a_jump(20)  # ramp done: 50 steps of 0.99 -> 1 - 0.99**50
+    assert decay == pytest.approx(0.99, rel=1e-3)
+    assert w == pytest.approx(1 - 0.99**50, abs=0.01)
+    decay, w = averaged_after_a_jump(2000)  # a ramp far beyond the schedule barely averages
+    assert decay < 0.12 and w > 0.999
+
+
+def test_box_weight_scales_the_anchor_free_box_loss():
+    torch.manual_seed(0)
+    model = build_detector("edge_det", num_classes=1, input_size=96).train()
+    x = torch.rand(2, 1, 96, 96)
+    torch.manual_seed(1)
+    _, low = detector_loss(model, x, _targets(), 96, box_weight=1.0)
+    _, high = detector_loss(model, x, _targets(), 96, box_weight=5.0)
+    assert low["box"] == pytest.approx(high["box"], rel=1e-4)
+    assert high["loss"] - high["cls"] == pytest.approx(5.0 * high["box"], rel=1e-3)
+    assert low["loss"] - low["cls"] == pytest.approx(1.0 * low["box"], rel=1e-3)

@@ -81,6 +81,7 @@ class DetModel:
     backbone: str = "edge"
     width: int = 64
     anchors: str = "kmeans"  # anchor-based detectors: "kmeans" on the training set, or "default"
+    box_weight: float | None = None  # anchor-free detectors: box (GIoU) loss weight; None: 2.0
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,9 @@ class DetOptim:
     milestones: tuple[float, ...] = (0.7, 0.9)  # step schedule: fractions of training
     ema: bool = True
     ema_decay: float = 0.999
+    # the EMA's decay ramps up as decay * (1 - exp(-step / ema_ramp_steps)); a ramp much longer
+    # than the schedule leaves the average at ~0.5 decay, i.e. no averaging at all
+    ema_ramp_steps: int = 200
 
 
 @dataclass(frozen=True)
@@ -447,16 +451,19 @@ def evaluate(model, data: DetectionSet, cfg: DetConfig, device, classes) -> dict
 class ModelEMA:
     """Exponential moving average of weights (decay ramps up over the first steps)."""
 
-    def __init__(self, model: torch.nn.Module, decay: float):
+    def __init__(self, model: torch.nn.Module, decay: float, ramp_steps: int = 200):
         self.module = copy.deepcopy(unwrap(model)).eval()
         for p in self.module.parameters():
             p.requires_grad_(False)
-        self.decay, self.updates = decay, 0
+        self.decay, self.ramp_steps, self.updates = decay, max(int(ramp_steps), 1), 0
+
+    def current_decay(self) -> float:
+        return self.decay * (1 - math.exp(-self.updates / self.ramp_steps))
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
         self.updates += 1
-        d = self.decay * (1 - math.exp(-self.updates / 2000))
+        d = self.current_decay()
         src = unwrap(model).state_dict()
         for k, v in self.module.state_dict().items():
             if v.dtype.is_floating_point:
@@ -569,7 +576,7 @@ def _train(cfg: DetConfig, run_dir: Path, resume: bool, progress: bool, info: Di
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, _lr_lambda(o, steps_per_epoch * o.epochs)
     )
-    ema = ModelEMA(model, o.ema_decay) if o.ema else None
+    ema = ModelEMA(model, o.ema_decay, o.ema_ramp_steps) if o.ema else None
     eval_model = (lambda: ema.module) if ema else (lambda: model)  # noqa: E731
     extra_state = None
     if ema:
@@ -608,7 +615,7 @@ def _train(cfg: DetConfig, run_dir: Path, resume: bool, progress: bool, info: Di
     def step(batch):
         x, targets = batch
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-            return detector_loss(net, x, targets, x.shape[-1])
+            return detector_loss(net, x, targets, x.shape[-1], box_weight=cfg.model.box_weight)
 
     def evaluate_epoch(epoch: int) -> dict[str, float]:
         if (epoch + 1) % cfg.eval.every and epoch + 1 != o.epochs:

@@ -113,8 +113,12 @@ def _kind(model: nn.Module) -> str:
     return getattr(model, "kind", "dense")
 
 
-def detector_loss(model: nn.Module, images, targets: list[dict], input_size: int):
-    """(loss, logs) of a batch: images [B, 1, S, S], targets {"boxes" [M, 4], "labels" [M]} per image."""
+def detector_loss(
+    model: nn.Module, images, targets: list[dict], input_size: int, box_weight: float | None = None
+):
+    """(loss, logs) of a batch: images [B, 1, S, S], targets {"boxes" [M, 4], "labels" [M]} per image.
+
+    ``box_weight`` sets the anchor-free detectors' box loss weight (None: their default)."""
     if _kind(model) == "torchvision":
         losses = model(images, targets)
         loss = sum(losses.values())
@@ -126,7 +130,10 @@ def detector_loss(model: nn.Module, images, targets: list[dict], input_size: int
         from sarbridge.train.yolov3 import yolo_loss
 
         return yolo_loss(inner, model(images).float(), targets, input_size)
-    return detection_loss(model(images).float(), targets, input_size, tuple(inner.strides))
+    weights = {} if box_weight is None else {"box_weight": box_weight}
+    return detection_loss(
+        model(images).float(), targets, input_size, tuple(inner.strides), **weights
+    )
 
 
 def detector_predict(
