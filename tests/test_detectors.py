@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from sarbridge.runtime.decode import decode_dense, grid_points, letterbox
+from sarbridge.runtime.errors import SarbridgeError
 from sarbridge.train.detectors import (
     build_detector,
     detector_loss,
@@ -375,3 +376,6 @@ def test_box_weight_scales_the_anchor_free_box_loss():
     assert low["box"] == pytest.approx(high["box"], rel=1e-4)
     assert high["loss"] - high["cls"] == pytest.approx(5.0 * high["box"], rel=1e-3)
     assert low["loss"] - low["cls"] == pytest.approx(1.0 * low["box"], rel=1e-3)
+    yolo = build_detector("yolov3_darknet53", num_classes=1, input_size=96)
+    with pytest.raises(SarbridgeError, match="anchor-free detectors only"):
+        detector_loss(yolo, x, _targets(), 96, box_weight=5.0)

@@ -119,13 +119,18 @@ def detector_loss(
     """(loss, logs) of a batch: images [B, 1, S, S], targets {"boxes" [M, 4], "labels" [M]} per image.
 
     ``box_weight`` sets the anchor-free detectors' box loss weight (None: their default)."""
+    inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    anchor_free = _kind(model) == "dense" and getattr(inner, "decode", "dense_ltrb") == "dense_ltrb"
+    if box_weight is not None and not anchor_free:
+        raise SarbridgeError(
+            f"model.box_weight applies to the anchor-free detectors only, not {type(inner).__name__}"
+        )
     if _kind(model) == "torchvision":
         losses = model(images, targets)
         loss = sum(losses.values())
         return loss, {"loss": loss.item(), **{k: v.item() for k, v in losses.items()}}
     from sarbridge.train.edge_detector import detection_loss
 
-    inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
     if getattr(inner, "decode", "dense_ltrb") == "yolo_anchors":
         from sarbridge.train.yolov3 import yolo_loss
 
