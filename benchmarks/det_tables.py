@@ -32,11 +32,14 @@ def _init_kind(init: str) -> str:
 
 
 def _recipe(config: dict) -> str:
-    """The run's training recipe beyond flips/rot90/scale jitter, in words ("base" when none):
-    mosaic, multi-scale, a box loss weight, and the EMA's decay and ramp (runs made before the
+    """The run's training recipe beyond flips/rot90 and 0.6-1.2 scale jitter, in words ("base"
+    when none): other scale jitter, mosaic, multi-scale, a box loss weight, and the EMA's decay and ramp (runs made before the
     ramp was a setting used 2000 steps)."""
     a, o, m = config.get("augment", {}), config.get("optim", {}), config.get("model", {})
     parts = []
+    scale = (a.get("scale_min", 0.6), a.get("scale_max", 1.2))
+    if scale != (0.6, 1.2):  # the trainer's default scale jitter
+        parts.append(f"scale {scale[0]:g}-{scale[1]:g}")
     if a.get("mosaic"):
         parts.append(f"mosaic {a['mosaic']:g}")
     if a.get("multi_scale"):

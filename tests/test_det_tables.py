@@ -38,6 +38,7 @@ def test_groups_by_init_and_recipe(tmp_path, capsys):
             {"mosaic": 0.5},
             {"ema": True, "ema_decay": 0.995, "ema_ramp_steps": 200},
         ),
+        _run(tmp_path, "g", "random", 0, 0.5, {"mosaic": 0.5, "scale_min": 0.5, "scale_max": 1.5}),
     ]
     assert main([str(r) for r in runs] + ["--out", str(tmp_path / "out")]) == 0
     agg = json.loads((tmp_path / "out" / "tables.json").read_text())["by_init_recipe"]
@@ -46,6 +47,7 @@ def test_groups_by_init_and_recipe(tmp_path, capsys):
     assert abs(agg["random | base" + s]["AP50"]["mean"] - 0.75) < 1e-9
     assert agg["random | base" + s]["AP50"]["min"] == 0.70
     assert agg["random | mosaic 0.5" + s]["AP50"]["max"] == 0.90
+    assert agg["random | scale 0.5-1.5, mosaic 0.5" + s]["runs"] == 1
     assert agg["bnn | mosaic 0.5, multi-scale 0.75-1.25" + s]["runs"] == 1
     # EMA settings are part of the recipe; runs from before the ramp setting used 2000 steps
     assert agg["random | mosaic 0.5, EMA 0.999 ramp 2000" + s]["AP50"]["mean"] == 0.85
