@@ -1,5 +1,5 @@
 """Initialisation comparison for detectors (Table-3 style): test AP per run, mean and spread per
-init and training recipe (the augmentation options beyond flips/rot90/scale jitter).
+initialisation, training recipe and schedule (input size, epochs).
 
     python -m sarbridge.benchmarks.det_tables runs/det_edge_bnn_s0 runs/det_edge_bnn_s1 \\
         runs/det_edge_random_s0 runs/det_edge_random_s1 --out benchmarks/results/det_edge_ssdd
@@ -33,8 +33,8 @@ def _init_kind(init: str) -> str:
 
 def _recipe(config: dict) -> str:
     """The run's training recipe beyond flips/rot90 and 0.6-1.2 scale jitter, in words ("base"
-    when none): other scale jitter, mosaic, multi-scale, a box loss weight, and the EMA's decay and ramp (runs made before the
-    ramp was a setting used 2000 steps)."""
+    when none): other scale jitter, mosaic, multi-scale, a box loss weight, and the EMA's decay
+    and ramp (runs made before the ramp was a setting used 2000 steps)."""
     a, o, m = config.get("augment", {}), config.get("optim", {}), config.get("model", {})
     parts = []
     scale = (a.get("scale_min", 0.6), a.get("scale_max", 1.2))

@@ -120,21 +120,23 @@ def detector_loss(
 
     ``box_weight`` sets the anchor-free detectors' box loss weight (None: their default)."""
     inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-    anchor_free = _kind(model) == "dense" and getattr(inner, "decode", "dense_ltrb") == "dense_ltrb"
-    if box_weight is not None and not anchor_free:
+    head = (
+        "torchvision" if _kind(model) == "torchvision" else getattr(inner, "decode", "dense_ltrb")
+    )
+    if box_weight is not None and head != "dense_ltrb":
         raise SarbridgeError(
             f"model.box_weight applies to the anchor-free detectors only, not {type(inner).__name__}"
         )
-    if _kind(model) == "torchvision":
+    if head == "torchvision":
         losses = model(images, targets)
         loss = sum(losses.values())
         return loss, {"loss": loss.item(), **{k: v.item() for k, v in losses.items()}}
-    from sarbridge.train.edge_detector import detection_loss
-
-    if getattr(inner, "decode", "dense_ltrb") == "yolo_anchors":
+    if head == "yolo_anchors":
         from sarbridge.train.yolov3 import yolo_loss
 
         return yolo_loss(inner, model(images).float(), targets, input_size)
+    from sarbridge.train.edge_detector import detection_loss
+
     weights = {} if box_weight is None else {"box_weight": box_weight}
     return detection_loss(
         model(images).float(), targets, input_size, tuple(inner.strides), **weights
