@@ -33,8 +33,9 @@ def _init_kind(init: str) -> str:
 
 def _recipe(config: dict) -> str:
     """The run's training recipe beyond flips/rot90 and 0.6-1.2 scale jitter, in words ("base"
-    when none): other scale jitter, mosaic, multi-scale, a box loss weight, and the EMA's decay
-    and ramp (runs made before the ramp was a setting used 2000 steps)."""
+    when none): other scale jitter, mosaic, multi-scale, a box loss weight, the EMA's decay
+    and ramp (runs made before the ramp was a setting used 2000 steps), and bfloat16 training
+    steps where ``optim.amp`` asked for them on any device."""
     a, o, m = config.get("augment", {}), config.get("optim", {}), config.get("model", {})
     parts = []
     scale = (a.get("scale_min", 0.6), a.get("scale_max", 1.2))
@@ -49,6 +50,8 @@ def _recipe(config: dict) -> str:
         parts.append(f"box weight {m['box_weight']:g}")
     if o.get("ema"):
         parts.append(f"EMA {o.get('ema_decay', 0.999):g} ramp {o.get('ema_ramp_steps', 2000)}")
+    if o.get("amp") == "bf16":
+        parts.append("bf16 steps")
     return ", ".join(parts) or "base"
 
 

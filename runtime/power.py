@@ -251,7 +251,12 @@ class RaplProbe(PowerProbe):
         return (e - prev[1]) / (t - prev[0]), {}
 
     def _sample(self) -> None:
-        watts, _ = self.read_watts()
+        try:
+            watts, _ = self.read_watts()
+        except (OSError, ValueError):
+            # a counter read that failed once (file busy, empty read): skip this sample; the
+            # energy comes from the exact counter, samples only keep wrap-arounds in view
+            return
         if watts > 0:
             self._samples.append((time.perf_counter(), watts))
 

@@ -39,6 +39,8 @@ def test_groups_by_init_and_recipe(tmp_path, capsys):
             {"ema": True, "ema_decay": 0.995, "ema_ramp_steps": 200},
         ),
         _run(tmp_path, "g", "random", 0, 0.5, {"mosaic": 0.5, "scale_min": 0.5, "scale_max": 1.5}),
+        _run(tmp_path, "h", "random", 0, 0.6, {"mosaic": 1.0}, {"amp": "bf16"}),
+        _run(tmp_path, "i", "random", 0, 0.4, {"mosaic": 1.0}, {"amp": "auto"}),
     ]
     assert main([str(r) for r in runs] + ["--out", str(tmp_path / "out")]) == 0
     agg = json.loads((tmp_path / "out" / "tables.json").read_text())["by_init_recipe"]
@@ -52,4 +54,6 @@ def test_groups_by_init_and_recipe(tmp_path, capsys):
     # EMA settings are part of the recipe; runs from before the ramp setting used 2000 steps
     assert agg["random | mosaic 0.5, EMA 0.999 ramp 2000" + s]["AP50"]["mean"] == 0.85
     assert agg["random | mosaic 0.5, EMA 0.995 ramp 200" + s]["AP50"]["mean"] == 0.95
+    assert agg["random | mosaic 1, bf16 steps" + s]["AP50"]["mean"] == 0.6
+    assert agg["random | mosaic 1" + s]["AP50"]["mean"] == 0.4
     assert "| c | random | mosaic 0.5 | 0 | 320 | 12 | 0.9000 |" in capsys.readouterr().out

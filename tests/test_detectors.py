@@ -177,6 +177,20 @@ def test_train_detect_run_resume_and_bnn_init(tmp_path, data, monkeypatch):
     model, loaded_cfg, _ = load_detector(tmp_path / "b" / "tiny")
     assert loaded_cfg == cfg and not model.training
 
+    from sarbridge.benchmarks.det_nms_sweep import main as nms_sweep
+
+    out = tmp_path / "nms.json"
+    assert nms_sweep([str(tmp_path / "b" / "tiny"), "--iou", "0.5", "0.7", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["split"], r["nms_iou"]) for r in rows] == [
+        ("val", 0.5),
+        ("test", 0.5),
+        ("val", 0.7),
+        ("test", 0.7),
+    ]
+    # the sweep at the run's own NMS IoU repeats the trainer's test score
+    assert rows[1]["AP50"] == pytest.approx(run["final"]["test"]["AP50"], abs=1e-9)
+
 
 def test_yolo_decode_torch_numpy_agree_and_kmeans_anchors():
     from sarbridge.runtime.decode import decode_yolo, yolo_grid
@@ -378,3 +392,60 @@ def test_box_weight_scales_the_anchor_free_box_loss():
     yolo = build_detector("yolov3_darknet53", num_classes=1, input_size=96)
     with pytest.raises(SarbridgeError, match="anchor-free detectors only"):
         detector_loss(yolo, x, _targets(), 96, box_weight=5.0)
+
+
+def test_training_precision_and_layout_settings(data):
+    """channels-last gives the float32 loss; bfloat16 autocast stays close to it and trains."""
+    from sarbridge.train.config import from_dict
+    from sarbridge.train.detect_train import DetConfig, autocast_dtype, epoch_batches, make_sets
+    from sarbridge.train.engine import DistInfo
+
+    cpu = torch.device("cpu")
+    assert autocast_dtype("auto", cpu) is None and autocast_dtype("off", cpu) is None
+    assert autocast_dtype("bf16", cpu) is torch.bfloat16
+    assert autocast_dtype("auto", torch.device("cuda")) is torch.bfloat16
+    with pytest.raises(SarbridgeError, match="optim.amp must be"):
+        autocast_dtype("fp8", cpu)
+
+    torch.manual_seed(0)
+    cfg = from_dict(
+        DetConfig, {"data": {"input_size": 160, "max_train_images": 8}, "optim": {"batch_size": 8}}
+    )
+    train, *_ = make_sets(cfg)
+    x, targets = next(epoch_batches(cfg, train, 0, DistInfo(), "cpu"))
+    torch.manual_seed(0)
+    model = build_detector("edge_det").eval()
+    raw_eval = model(x)
+    raw_train = model.train()(x)  # (updates BatchNorm's running statistics)
+    reference, _ = detector_loss(model, x, targets, 160)
+    model.to(memory_format=torch.channels_last)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    torch.manual_seed(0)  # the same weights, untouched statistics, channels-last
+    same_init = build_detector("edge_det").eval().to(memory_format=torch.channels_last)
+    torch.testing.assert_close(same_init(x_cl), raw_eval, rtol=1e-4, atol=1e-4)
+    # training-mode BatchNorm sums its batch statistics in another order: rounding only
+    torch.testing.assert_close(model(x_cl), raw_train, rtol=1e-2, atol=2e-2)
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    losses = []
+    for _ in range(10):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss, _ = detector_loss(model, x_cl, targets, 160)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[0] == pytest.approx(reference.item(), rel=0.05)
+    assert losses[-1] < 0.75 * losses[0]
+
+
+def test_step_speed_benchmark_times_every_setting(data, tmp_path):
+    import json
+
+    from sarbridge.benchmarks.det_step_speed import SETTINGS, main
+
+    out = tmp_path / "speed.json"
+    assert main(["--size", "96", "--batch", "2", "--steps", "1", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["amp"], r["channels_last"]) for r in rows] == list(SETTINGS)
+    assert all(r["median_step_s"] > 0 and np.isfinite(r["first_loss"]) for r in rows)
+    assert rows[0]["speedup"] == 1.0

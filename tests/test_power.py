@@ -76,13 +76,23 @@ def test_rapl_measure_window(tmp_path):
     d = _fake_rapl(tmp_path, 0, max_uj=10**12)
     probe = RaplProbe(tmp_path, interval_s=0.01)
 
-    def work():
-        (d / "energy_uj").write_text(str(3_000_000))  # 3 J used inside the window
+    def work():  # 3 J used inside the window, written at once as the kernel's counter is
+        (d / "energy_uj.new").write_text(str(3_000_000))
+        (d / "energy_uj.new").replace(d / "energy_uj")
 
     _, reading = probe.measure(work)
     assert reading.method == "counter"
     assert reading.energy_j == pytest.approx(3.0)
     assert reading.seconds > 0
+
+
+def test_rapl_sampler_skips_a_failed_read(tmp_path):
+    d = _fake_rapl(tmp_path, 0, max_uj=10**12)
+    probe = RaplProbe(tmp_path)
+    (d / "energy_uj").write_text("")  # a read that returns nothing
+    probe._sample()  # the sampling thread must not die on it
+    (d / "energy_uj").write_text(str(2_000_000))
+    assert probe.read_energy_j() == pytest.approx(2.0)
 
 
 def test_rapl_missing_is_a_clear_error(tmp_path):

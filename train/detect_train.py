@@ -100,6 +100,13 @@ class DetOptim:
     # the EMA's decay ramps up as decay * (1 - exp(-step / ema_ramp_steps)); a ramp much longer
     # than the schedule leaves the average at ~0.5 decay, i.e. no averaging at all
     ema_ramp_steps: int = 200
+    # mixed precision of the training step: "auto" (bfloat16 on CUDA, float32 elsewhere),
+    # "bf16" (bfloat16 autocast on any device; on a CPU with AVX512-BF16 about 1.7x faster
+    # than float32), "off". Evaluation always runs in float32, as the exported model does.
+    amp: str = "auto"
+    # channels-last memory layout for model and batches: the same numbers up to float rounding,
+    # faster convolutions (about 1.5x per training step on the CPU, benchmarks/results/det_edge_long)
+    channels_last: bool = True
 
 
 @dataclass(frozen=True)
@@ -555,6 +562,20 @@ def _lr_lambda(o: DetOptim, total_steps: int):
     return f
 
 
+def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of the training step for ``optim.amp`` on ``device`` (None: float32)."""
+    if amp not in ("auto", "bf16", "off"):
+        raise SarbridgeError(f"optim.amp must be 'auto', 'bf16' or 'off', not {amp!r}")
+    if amp == "off" or (amp == "auto" and device.type != "cuda"):
+        return None
+    if device.type == "cpu" and not torch.cpu._is_avx512_bf16_supported():
+        print(
+            "warning: optim.amp=bf16 on a CPU without AVX512-BF16: bfloat16 is emulated and "
+            "slower than float32"
+        )
+    return torch.bfloat16
+
+
 def _train(cfg: DetConfig, run_dir: Path, resume: bool, progress: bool, info: DistInfo) -> dict:
     from sarbridge.train.detectors import detector_loss
 
@@ -569,8 +590,11 @@ def _train(cfg: DetConfig, run_dir: Path, resume: bool, progress: bool, info: Di
         if info.is_main:
             print("anchors (k-means on the training boxes):", lineage["anchors"])
     model.to(info.device)
-    net = wrap_ddp(model, info)
     o = cfg.optim
+    layout = torch.channels_last if o.channels_last else torch.contiguous_format
+    model.to(memory_format=layout)
+    amp_dtype = autocast_dtype(o.amp, info.device)
+    net = wrap_ddp(model, info)
     optimizer = make_optimizer(net.parameters(), o.name, o.lr, o.weight_decay, o.momentum)
     steps_per_epoch = len(train.records) // o.batch_size
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -610,11 +634,13 @@ def _train(cfg: DetConfig, run_dir: Path, resume: bool, progress: bool, info: Di
             f"{cfg.model.name} ({n_params / 1e6:.2f} M parameters), init {cfg.init}: "
             f"{summary['images']['train']} train / {summary['images']['val']} val / {summary['images']['test']} test images"
         )
-    amp = info.device.type == "cuda"
 
     def step(batch):
         x, targets = batch
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+        x = x.contiguous(memory_format=layout)
+        with torch.autocast(
+            info.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
+        ):
             return detector_loss(net, x, targets, x.shape[-1], box_weight=cfg.model.box_weight)
 
     def evaluate_epoch(epoch: int) -> dict[str, float]:
