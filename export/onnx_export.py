@@ -227,8 +227,12 @@ def export_detector(
     atol: float = 1e-3,
     min_agreement: float = 0.98,
     name: str | None = None,
+    nms_iou: float | None = None,
 ) -> dict:
-    """Export a detector run to ``out`` (model.onnx + manifest.json); returns the manifest."""
+    """Export a detector run to ``out`` (model.onnx + manifest.json); returns the manifest.
+
+    ``nms_iou`` sets the deployed NMS IoU (default: the run's ``eval.iou_threshold``), e.g. a
+    value picked on validation with ``benchmarks/det_nms_sweep``."""
     from sarbridge.runtime.annotations import read_dataset
     from sarbridge.runtime.paths import resolve_data_path
     from sarbridge.runtime.preprocess import SarPreprocess
@@ -240,6 +244,9 @@ def export_detector(
     if not (run / "best.pt").is_file():
         raise ExportError(f"{run}: no best.pt here; is it a finished detector run directory?")
     model, cfg, ckpt = load_detector(run)
+    if nms_iou is not None and not 0.0 < nms_iou <= 1.0:
+        raise ExportError(f"NMS IoU must be in (0, 1], not {nms_iou}")
+    iou = cfg.eval.iou_threshold if nms_iou is None else float(nms_iou)
     classes = list(ckpt["classes"])
     params = SarPreprocess.from_dict(cfg.data.preprocess)
     ds = read_dataset(resolve_data_path(cfg.data.root))
@@ -276,12 +283,12 @@ def export_detector(
         input_size=cfg.data.input_size,
         parity_x=x,
         predict=lambda m, t: detector_predict(
-            m, t, cfg.data.input_size, cfg.eval.operating_threshold, cfg.eval.iou_threshold, 300
+            m, t, cfg.data.input_size, cfg.eval.operating_threshold, iou, 300
         ),
         tile_size=tile_size,
         overlap=overlap,
         score_threshold=cfg.eval.operating_threshold,
-        iou_threshold=cfg.eval.iou_threshold,
+        iou_threshold=iou,
         lineage=lineage,
         metrics={
             f"test_{k}": float(v)
@@ -635,6 +642,7 @@ def export_run(
     parity_images: int = 16,
     tile_size: int | None = None,
     overlap: float = 0.5,
+    nms_iou: float | None = None,
 ) -> dict:
     """Export whichever kind of run ``run`` is: a BNN run (its SAR encoder) or a detector run."""
     run = Path(run)
@@ -646,7 +654,9 @@ def export_run(
 
         config = load_checkpoint(run / "best.pt").get("config", {})
     if "patch_size" in config.get("data", {}) or "loss" in config:
+        if nms_iou is not None:
+            raise ExportError(f"{run} is a BNN run (an embedder): an NMS IoU does not apply")
         return export_embedder(run, out, parity_patches=parity_images)
     return export_detector(
-        run, out, parity_images=parity_images, tile_size=tile_size, overlap=overlap
+        run, out, parity_images=parity_images, tile_size=tile_size, overlap=overlap, nms_iou=nms_iou
     )

@@ -136,6 +136,19 @@ def test_set_agreement():
     assert set_agreement([(empty, empty)]) == 1.0 and set_agreement([(a, empty)]) == 0.0
 
 
+def test_export_sets_the_deployed_nms_iou(edge_artifact, tmp_path):
+    from sarbridge.export.onnx_export import export_run
+
+    run = edge_artifact.parents[1] / "runs" / "tiny_edge"
+    assert load_manifest(edge_artifact)["postprocessing"]["iou_threshold"] == 0.5  # the run's
+    manifest = export_run(run, tmp_path / "nms07", parity_images=2, nms_iou=0.7)
+    assert manifest["postprocessing"]["iou_threshold"] == 0.7
+    assert load_manifest(tmp_path / "nms07")["postprocessing"]["iou_threshold"] == 0.7
+    with pytest.raises(ExportError, match="NMS IoU must be in"):
+        export_run(run, tmp_path / "bad", parity_images=2, nms_iou=1.5)
+    assert not (tmp_path / "bad").exists()
+
+
 def test_bnn_encoder_exports_as_embed(tmp_path, data):
     from sarbridge.export.onnx_export import export_run
     from sarbridge.train.bnn_train import BNNConfig, train_bnn
@@ -156,3 +169,5 @@ def test_bnn_encoder_exports_as_embed(tmp_path, data):
     assert manifest["outputs"][0]["shape"] == ["batch", 50]
     assert manifest["metrics"]["parity_max_abs_diff"] <= 1e-4
     assert json.loads((tmp_path / "bnn_art" / "manifest.json").read_text())["task"] == "embed"
+    with pytest.raises(ExportError, match="an NMS IoU does not apply"):
+        export_run(tmp_path / "tiny_bnn", tmp_path / "bnn_nms", parity_images=4, nms_iou=0.7)

@@ -208,6 +208,12 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     onnx.add_argument(
         "--parity-images", type=int, default=16, help="real test images for the check"
     )
+    onnx.add_argument(
+        "--nms-iou",
+        type=float,
+        help="NMS IoU of the deployed detector (default: the run's eval.iou_threshold; pick one on "
+        "validation with python -m sarbridge.benchmarks.det_nms_sweep)",
+    )
     onnx.set_defaults(func=_run_export_onnx)
 
 
@@ -220,6 +226,7 @@ def _run_export_onnx(args) -> int:
         tile_size=args.tile_size,
         overlap=args.overlap,
         parity_images=args.parity_images,
+        nms_iou=args.nms_iou,
     )
     print(f"{manifest['task']} artifact written: {args.out} (model.onnx, manifest.json)")
     return 0
