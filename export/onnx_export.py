@@ -266,6 +266,8 @@ def export_detector(
             "config_sha256": config_hash(cfg),
             "git_sha": report.get("git_sha"),
             "best_epoch": int(ckpt["epoch"]) + 1,
+            # the NMS IoU of the run's test metrics (postprocessing holds the deployed one)
+            "test_metrics_nms_iou": float(cfg.eval.iou_threshold),
             # how the backbone was initialised (its own run and file, prefixed: not this run's)
             **{
                 (k if k == "init" else f"init_{k}"): v

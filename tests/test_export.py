@@ -144,6 +144,7 @@ def test_export_sets_the_deployed_nms_iou(edge_artifact, tmp_path):
     manifest = export_run(run, tmp_path / "nms07", parity_images=2, nms_iou=0.7)
     assert manifest["postprocessing"]["iou_threshold"] == 0.7
     assert load_manifest(tmp_path / "nms07")["postprocessing"]["iou_threshold"] == 0.7
+    assert manifest["lineage"][0]["test_metrics_nms_iou"] == 0.5  # what the test metrics used
     with pytest.raises(ExportError, match="NMS IoU must be in"):
         export_run(run, tmp_path / "bad", parity_images=2, nms_iou=1.5)
     assert not (tmp_path / "bad").exists()

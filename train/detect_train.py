@@ -562,13 +562,14 @@ def _lr_lambda(o: DetOptim, total_steps: int):
     return f
 
 
-def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of the training step for ``optim.amp`` on ``device`` (None: float32)."""
+def autocast_dtype(amp: str, device: torch.device, warn: bool = True) -> torch.dtype | None:
+    """The autocast dtype of the training step for ``optim.amp`` on ``device`` (None: float32);
+    ``warn``: say so when bfloat16 would be emulated (one process of a DDP job says it)."""
     if amp not in ("auto", "bf16", "off"):
         raise SarbridgeError(f"optim.amp must be 'auto', 'bf16' or 'off', not {amp!r}")
     if amp == "off" or (amp == "auto" and device.type != "cuda"):
         return None
-    if device.type == "cpu" and not torch.cpu._is_avx512_bf16_supported():
+    if warn and device.type == "cpu" and not torch.cpu._is_avx512_bf16_supported():
         print(
             "warning: optim.amp=bf16 on a CPU without AVX512-BF16: bfloat16 is emulated and "
             "slower than float32"
@@ -593,7 +594,7 @@ def _train(cfg: DetConfig, run_dir: Path, resume: bool, progress: bool, info: Di
     o = cfg.optim
     layout = torch.channels_last if o.channels_last else torch.contiguous_format
     model.to(memory_format=layout)
-    amp_dtype = autocast_dtype(o.amp, info.device)
+    amp_dtype = autocast_dtype(o.amp, info.device, warn=info.is_main)
     net = wrap_ddp(model, info)
     optimizer = make_optimizer(net.parameters(), o.name, o.lr, o.weight_decay, o.momentum)
     steps_per_epoch = len(train.records) // o.batch_size
