@@ -243,9 +243,9 @@ def export_detector(
     run = Path(run)
     if not (run / "best.pt").is_file():
         raise ExportError(f"{run}: no best.pt here; is it a finished detector run directory?")
-    model, cfg, ckpt = load_detector(run)
     if nms_iou is not None and not 0.0 < nms_iou <= 1.0:
         raise ExportError(f"NMS IoU must be in (0, 1], not {nms_iou}")
+    model, cfg, ckpt = load_detector(run)
     iou = cfg.eval.iou_threshold if nms_iou is None else float(nms_iou)
     classes = list(ckpt["classes"])
     params = SarPreprocess.from_dict(cfg.data.preprocess)

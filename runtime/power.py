@@ -16,6 +16,7 @@ Where none is available the result is ``None`` and reports say "not measured".
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import subprocess
@@ -111,7 +112,10 @@ class PowerProbe:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            self._sample()
+            # one failed read (file busy, empty read) skips its sample and sampling goes on;
+            # start() and stop() read directly and still report a probe that fails
+            with contextlib.suppress(OSError, ValueError):
+                self._sample()
             self._stop.wait(self.interval_s)
 
     def _sample(self) -> None:
@@ -251,12 +255,7 @@ class RaplProbe(PowerProbe):
         return (e - prev[1]) / (t - prev[0]), {}
 
     def _sample(self) -> None:
-        try:
-            watts, _ = self.read_watts()
-        except (OSError, ValueError):
-            # a counter read that failed once (file busy, empty read): skip this sample; the
-            # energy comes from the exact counter, samples only keep wrap-arounds in view
-            return
+        watts, _ = self.read_watts()
         if watts > 0:
             self._samples.append((time.perf_counter(), watts))
 

@@ -395,7 +395,8 @@ def test_box_weight_scales_the_anchor_free_box_loss():
 
 
 def test_training_precision_and_layout_settings(data):
-    """channels-last gives the float32 loss; bfloat16 autocast stays close to it and trains."""
+    """channels-last gives the same outputs up to rounding; bfloat16 autocast stays close to
+    the float32 loss and trains."""
     from sarbridge.train.config import from_dict
     from sarbridge.train.detect_train import DetConfig, autocast_dtype, epoch_batches, make_sets
     from sarbridge.train.engine import DistInfo
@@ -407,7 +408,6 @@ def test_training_precision_and_layout_settings(data):
     with pytest.raises(SarbridgeError, match="optim.amp must be"):
         autocast_dtype("fp8", cpu)
 
-    torch.manual_seed(0)
     cfg = from_dict(
         DetConfig, {"data": {"input_size": 160, "max_train_images": 8}, "optim": {"batch_size": 8}}
     )

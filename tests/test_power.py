@@ -87,12 +87,17 @@ def test_rapl_measure_window(tmp_path):
 
 
 def test_rapl_sampler_skips_a_failed_read(tmp_path):
+    import time
+
     d = _fake_rapl(tmp_path, 0, max_uj=10**12)
-    probe = RaplProbe(tmp_path)
-    (d / "energy_uj").write_text("")  # a read that returns nothing
-    probe._sample()  # the sampling thread must not die on it
+    probe = RaplProbe(tmp_path, interval_s=0.005)
+    probe.start()
+    (d / "energy_uj").write_text("")  # reads that return nothing for a few sampling intervals
+    time.sleep(0.05)
+    assert probe._thread.is_alive()  # the sampling thread must not die on them
     (d / "energy_uj").write_text(str(2_000_000))
-    assert probe.read_energy_j() == pytest.approx(2.0)
+    reading = probe.stop()
+    assert reading.energy_j == pytest.approx(2.0)
 
 
 def test_rapl_missing_is_a_clear_error(tmp_path):
