@@ -1,11 +1,13 @@
-"""Re-evaluate a trained detector run at several NMS IoU thresholds, on validation and test.
+"""Re-evaluate a trained detector run at several NMS IoU thresholds (and box-voting IoUs), on
+validation and test.
 
 Loads the run's best checkpoint (EMA weights where kept) and its config, rebuilds the
-same validation/test sets, and scores each NMS IoU with the trainer's evaluation (the
-runtime's decode and COCO evaluator). Pick the threshold on the validation rows; the
-test rows show what that choice gives.
+same validation/test sets, and scores each NMS IoU x box-voting IoU with the trainer's
+evaluation (the runtime's decode and COCO evaluator). Pick the setting on the validation
+rows; the test rows show what that choice gives.
 
-    python -m sarbridge.benchmarks.det_nms_sweep runs/det_edge_bnn_512_e60_m1 --iou 0.5 0.6 0.7
+    python -m sarbridge.benchmarks.det_nms_sweep runs/det_edge_bnn_512_e60_m1 --iou 0.5 0.6 0.7 \
+        --vote-iou off 0.7
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ import json
 from pathlib import Path
 
 
-def sweep(run: Path, ious: list[float], splits=("val", "test")) -> list[dict]:
+def sweep(
+    run: Path, ious: list[float], splits=("val", "test"), votes: tuple = (None,)
+) -> list[dict]:
     import torch
 
     from sarbridge.train.detect_train import evaluate, load_detector, make_sets
@@ -26,16 +30,32 @@ def sweep(run: Path, ious: list[float], splits=("val", "test")) -> list[dict]:
     sets = {"val": val, "test": test}
     rows = []
     for iou in ious:
-        c = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, iou_threshold=iou))
-        for split in splits:
-            m = evaluate(model, sets[split], c, torch.device("cpu"), classes)
-            rows.append({"split": split, "nms_iou": iou, **m})
-            print(
-                f"{split:5s} NMS IoU {iou:.2f}: AP50 {m['AP50']:.4f}  AP50:95 {m['AP50_95']:.4f}  "
-                f"AP small {m['AP_small']:.4f}  AR {m['AR']:.4f}",
-                flush=True,
-            )
+        for vote in votes:
+            e = dataclasses.replace(cfg.eval, iou_threshold=iou, vote_iou=vote)
+            c = dataclasses.replace(cfg, eval=e)
+            for split in splits:
+                m = evaluate(model, sets[split], c, torch.device("cpu"), classes)
+                rows.append({"split": split, "nms_iou": iou, "vote_iou": vote, **m})
+                print(
+                    f"{split:5s} NMS IoU {iou:.2f} vote {_vote_text(vote):4s}: "
+                    f"AP50 {m['AP50']:.4f}  AP50:95 {m['AP50_95']:.4f}  "
+                    f"AP75 {m['AP75']:.4f}  AP small {m['AP_small']:.4f}  AR {m['AR']:.4f}",
+                    flush=True,
+                )
     return rows
+
+
+def _vote_text(vote: float | None) -> str:
+    return "off" if vote is None else f"{vote:.2f}"
+
+
+def _vote_arg(text: str) -> float | None:
+    if text.lower() in ("off", "none"):
+        return None
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"a box-voting IoU is in (0, 1] or 'off', not {text}")
+    return value
 
 
 def main(argv=None) -> int:
@@ -44,15 +64,25 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("run", type=Path)
     ap.add_argument("--iou", nargs="+", type=float, default=[0.5, 0.6, 0.7])
+    ap.add_argument(
+        "--vote-iou",
+        nargs="+",
+        type=_vote_arg,
+        default=[None],
+        help="box-voting IoUs after NMS ('off': none; default off only)",
+    )
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", type=Path, help="also write the rows here")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    rows = sweep(args.run, args.iou)
+    rows = sweep(args.run, args.iou, votes=tuple(args.vote_iou))
     val = [r for r in rows if r["split"] == "val"]
     best = max(val, key=lambda r: r["AP50_95"])
-    print(f"best on validation (AP50:95): NMS IoU {best['nms_iou']:.2f}")
+    print(
+        f"best on validation (AP50:95): NMS IoU {best['nms_iou']:.2f}, "
+        f"box voting {_vote_text(best['vote_iou'])}"
+    )
     if args.json:
         args.json.write_text(json.dumps({"run": str(args.run), "rows": rows}, indent=2))
     return 0

@@ -1,6 +1,10 @@
 """Initialisation comparison for detectors (Table-3 style): test AP per run, mean and spread per
 initialisation, training recipe and schedule (input size, epochs).
 
+A run started from a trained detector (``--init det:<run>``) counts under its first ancestor's
+initialisation, with the schedules joined ("60+40" epochs); the evaluation's NMS IoU and box
+voting join the recipe where they differ from plain NMS at 0.5 (test AP depends on them).
+
     python -m sarbridge.benchmarks.det_tables runs/det_edge_bnn_s0 runs/det_edge_bnn_s1 \\
         runs/det_edge_random_s0 runs/det_edge_random_s1 --out benchmarks/results/det_edge_ssdd
 """
@@ -31,6 +35,20 @@ def _init_kind(init: str) -> str:
     return init.split(":", 1)[0]
 
 
+def _origin(rec: dict) -> tuple[str, str]:
+    """(initialisation kind, epochs) of a run, through the detector runs it continued."""
+    c = rec["config"]
+    epochs = str(c["optim"]["epochs"])
+    if _init_kind(c["init"]) != "det":
+        return _init_kind(c["init"]), epochs
+    parent = Path(c["init"].split(":", 1)[1])
+    if not (parent / "run.json").is_file():  # the parent is not here: say what is known
+        kind = (rec["final"].get("lineage", {}).get("parent_lineage") or {}).get("init", "det")
+        return f"{kind} (via {parent.name})", f"?+{epochs}"
+    kind, parent_epochs = _origin(_load(parent))
+    return kind, f"{parent_epochs}+{epochs}"
+
+
 def _recipe(config: dict) -> str:
     """The run's training recipe beyond flips/rot90 and 0.6-1.2 scale jitter, in words ("base"
     when none): other scale jitter, mosaic, multi-scale, a box loss weight, the EMA's decay
@@ -52,6 +70,11 @@ def _recipe(config: dict) -> str:
         parts.append(f"EMA {o.get('ema_decay', 0.999):g} ramp {o.get('ema_ramp_steps', 2000)}")
     if o.get("amp") == "bf16":
         parts.append("bf16 steps")
+    e = config.get("eval", {})
+    if e.get("iou_threshold", 0.5) != 0.5:
+        parts.append(f"NMS {e['iou_threshold']:g}")
+    if e.get("vote_iou") is not None:
+        parts.append(f"vote {e['vote_iou']:g}")
     return ", ".join(parts) or "base"
 
 
@@ -64,15 +87,16 @@ def main(argv=None) -> int:
     for run in args.runs:
         rec = _load(run)
         c = rec["config"]
+        kind, epochs = _origin(rec)
         rows.append(
             {
                 "run": run.name,
-                "init": c["init"],
+                "init": kind,
                 "recipe": _recipe(c),
                 "seed": c["seed"],
                 "model": c["model"]["name"],
                 "input": c["data"]["input_size"],
-                "epochs": c["optim"]["epochs"],
+                "epochs": epochs,
                 "best_epoch": rec["final"]["best_epoch"],
                 **{m: rec["final"]["test"][m] for m in METRICS},
             }

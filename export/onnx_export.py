@@ -228,16 +228,18 @@ def export_detector(
     min_agreement: float = 0.98,
     name: str | None = None,
     nms_iou: float | None = None,
+    vote_iou: float | str | None = None,
 ) -> dict:
     """Export a detector run to ``out`` (model.onnx + manifest.json); returns the manifest.
 
-    ``nms_iou`` sets the deployed NMS IoU (default: the run's ``eval.iou_threshold``), e.g. a
-    value picked on validation with ``benchmarks/det_nms_sweep``."""
+    ``nms_iou`` sets the deployed NMS IoU (default: the run's ``eval.iou_threshold``) and
+    ``vote_iou`` the deployed box voting after NMS (default: the run's ``eval.vote_iou``;
+    ``"off"`` for none), e.g. values picked on validation with ``benchmarks/det_nms_sweep``."""
     from sarbridge.runtime.annotations import read_dataset
     from sarbridge.runtime.paths import resolve_data_path
     from sarbridge.runtime.preprocess import SarPreprocess
     from sarbridge.train.config import config_hash
-    from sarbridge.train.detect_train import load_detector
+    from sarbridge.train.detect_train import lineage_origin, load_detector
     from sarbridge.train.detectors import detector_predict, detector_spec
 
     run = Path(run)
@@ -245,8 +247,12 @@ def export_detector(
         raise ExportError(f"{run}: no best.pt here; is it a finished detector run directory?")
     if nms_iou is not None and not 0.0 < nms_iou <= 1.0:
         raise ExportError(f"NMS IoU must be in (0, 1], not {nms_iou}")
+    if vote_iou not in (None, "off") and not 0.0 < float(vote_iou) <= 1.0:
+        raise ExportError(f"box-voting IoU must be in (0, 1] or 'off', not {vote_iou}")
     model, cfg, ckpt = load_detector(run)
     iou = cfg.eval.iou_threshold if nms_iou is None else float(nms_iou)
+    vote = {None: cfg.eval.vote_iou, "off": None}.get(vote_iou, vote_iou)
+    vote = None if vote is None else float(vote)
     classes = list(ckpt["classes"])
     params = SarPreprocess.from_dict(cfg.data.preprocess)
     ds = read_dataset(resolve_data_path(cfg.data.root))
@@ -257,6 +263,9 @@ def export_detector(
             ds.split(cfg.data.train_split) or ds.records
         )
     report = _run_report(run)
+    init = dict(ckpt.get("lineage", {}))
+    if init.get("init") == "det" and "origin" not in init:  # a continued run: name its origin
+        init.update(lineage_origin(init.get("parent_lineage") or {}))
     lineage = [
         {
             "step": "train",
@@ -268,10 +277,11 @@ def export_detector(
             "best_epoch": int(ckpt["epoch"]) + 1,
             # the NMS IoU of the run's test metrics (postprocessing holds the deployed one)
             "test_metrics_nms_iou": float(cfg.eval.iou_threshold),
+            "test_metrics_vote_iou": cfg.eval.vote_iou,
             # how the backbone was initialised (its own run and file, prefixed: not this run's)
             **{
                 (k if k == "init" else f"init_{k}"): v
-                for k, v in ckpt.get("lineage", {}).items()
+                for k, v in init.items()
                 if isinstance(v, (str, int))
             },
         }
@@ -285,12 +295,13 @@ def export_detector(
         input_size=cfg.data.input_size,
         parity_x=x,
         predict=lambda m, t: detector_predict(
-            m, t, cfg.data.input_size, cfg.eval.operating_threshold, iou, 300
+            m, t, cfg.data.input_size, cfg.eval.operating_threshold, iou, 300, vote
         ),
         tile_size=tile_size,
         overlap=overlap,
         score_threshold=cfg.eval.operating_threshold,
         iou_threshold=iou,
+        vote_iou=vote,
         lineage=lineage,
         metrics={
             f"test_{k}": float(v)
@@ -374,6 +385,7 @@ def export_detector_model(
     score_threshold: float = 0.3,
     iou_threshold: float = 0.5,
     max_detections: int = 300,
+    vote_iou: float | None = None,
     lineage: list[dict] | None = None,
     metrics: dict | None = None,
     atol: float = 1e-3,
@@ -384,10 +396,16 @@ def export_detector_model(
     """Export an in-memory detector (see :func:`export_detector`), check parity, write the artifact.
 
     Args:
+        vote_iou: box voting after the runtime's NMS (dense heads only); None: off.
         parity_x: real network inputs [B, C, S, S] (runtime preprocessing + letterbox).
         predict: ``predict(model, images) -> [(boxes, scores, labels)]`` in input pixels, the
             training evaluation's own prediction path at the operating threshold.
     """
+    if vote_iou is not None and kind != "dense":
+        raise ExportError(
+            f"box voting (vote_iou {vote_iou}) needs the runtime's NMS; a {kind!r} detector's "
+            "graph runs its own"
+        )
     model = model.eval().cpu()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -416,7 +434,13 @@ def export_detector_model(
                 )  # atol is relative to the output range
                 torch_dets = predict(model, xt)
                 ort_dets = decode_raw(
-                    model, ort_raw, input_size, score_threshold, iou_threshold, max_detections
+                    model,
+                    ort_raw,
+                    input_size,
+                    score_threshold,
+                    iou_threshold,
+                    max_detections,
+                    vote_iou,
                 )
                 post_extra, meaning = _dense_manifest_fields(model)
                 n_out = torch_raw.shape[1]
@@ -507,6 +531,7 @@ def export_detector_model(
                 "score_threshold": float(score_threshold),
                 "iou_threshold": float(iou_threshold),
                 "max_detections": int(max_detections),
+                **({} if vote_iou is None else {"vote_iou": float(vote_iou)}),
                 **post_extra,
             },
             "classes": list(classes),
@@ -645,6 +670,7 @@ def export_run(
     tile_size: int | None = None,
     overlap: float = 0.5,
     nms_iou: float | None = None,
+    vote_iou: float | str | None = None,
 ) -> dict:
     """Export whichever kind of run ``run`` is: a BNN run (its SAR encoder) or a detector run."""
     run = Path(run)
@@ -656,9 +682,17 @@ def export_run(
 
         config = load_checkpoint(run / "best.pt").get("config", {})
     if "patch_size" in config.get("data", {}) or "loss" in config:
-        if nms_iou is not None:
-            raise ExportError(f"{run} is a BNN run (an embedder): an NMS IoU does not apply")
+        if nms_iou is not None or vote_iou is not None:
+            raise ExportError(
+                f"{run} is a BNN run (an embedder): NMS and box-voting IoUs do not apply"
+            )
         return export_embedder(run, out, parity_patches=parity_images)
     return export_detector(
-        run, out, parity_images=parity_images, tile_size=tile_size, overlap=overlap, nms_iou=nms_iou
+        run,
+        out,
+        parity_images=parity_images,
+        tile_size=tile_size,
+        overlap=overlap,
+        nms_iou=nms_iou,
+        vote_iou=vote_iou,
     )

@@ -58,3 +58,32 @@ def batched_nms(
     # offset each class far apart so one NMS pass handles all classes
     offset = (boxes.max() + 1.0) * np.asarray(labels, dtype=np.float64)
     return nms(boxes + offset[:, None], scores, iou_threshold)
+
+
+def box_vote(
+    kept: np.ndarray,
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    labels: np.ndarray,
+    vote_iou: float,
+) -> np.ndarray:
+    """Box voting after NMS: each kept box becomes the score-weighted mean of every candidate of
+    its label that overlaps it by IoU >= ``vote_iou`` (itself included), so the boxes NMS
+    suppressed still refine the one it kept. Scores and the kept set do not change.
+
+    Args:
+        kept: indices [K] into the candidates ``boxes`` [N, 4], ``scores`` [N], ``labels`` [N].
+
+    Returns:
+        boxes [K, 4] float64.
+    """
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    kept = np.asarray(kept, dtype=np.int64)
+    if kept.size == 0:
+        return np.zeros((0, 4))
+    labels = np.asarray(labels)
+    iou = box_iou(boxes[kept], boxes)  # [K, N]
+    weights = (iou >= vote_iou) & (labels[kept][:, None] == labels[None, :])
+    weights = weights * np.asarray(scores, dtype=np.float64)[None, :]
+    weights[np.arange(kept.size), kept] = np.maximum(weights[np.arange(kept.size), kept], 1e-12)
+    return (weights @ boxes) / weights.sum(axis=1, keepdims=True)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sarbridge.runtime.boxes import batched_nms
+from sarbridge.runtime.boxes import batched_nms, box_vote
 
 MAX_LOG_DISTANCE = 8.0  # exp(8) * stride is far beyond any tile
 
@@ -47,12 +47,14 @@ def decode_dense(
     iou_threshold: float = 0.5,
     max_detections: int = 300,
     pre_nms_top_k: int = 2000,
+    vote_iou: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Boxes, scores and labels of one image from its raw dense output.
 
     Args:
         raw: [N, 4 + C] raw network output for one image.
         points, strides: from :func:`grid_points` for the network input size.
+        vote_iou: box voting after NMS (:func:`~sarbridge.runtime.boxes.box_vote`); None: off.
 
     Returns:
         boxes [K, 4] xyxy in network-input pixels, scores [K], labels [K] int64.
@@ -62,7 +64,7 @@ def decode_dense(
     dist = np.exp(np.minimum(raw[keep, :4], MAX_LOG_DISTANCE)) * strides[keep, None]  # [K, 4]
     p = points[keep]
     boxes = np.concatenate([p - dist[:, :2], p + dist[:, 2:]], axis=1)
-    return _nms_top(boxes, scores, labels, iou_threshold, max_detections)
+    return _nms_top(boxes, scores, labels, iou_threshold, max_detections, vote_iou)
 
 
 def _candidates(scores_all: np.ndarray, score_threshold: float, top_k: int):
@@ -76,10 +78,13 @@ def _candidates(scores_all: np.ndarray, score_threshold: float, top_k: int):
     return keep, scores[keep], labels[keep]
 
 
-def _nms_top(boxes, scores, labels, iou_threshold: float, max_detections: int):
+def _nms_top(
+    boxes, scores, labels, iou_threshold: float, max_detections: int, vote_iou: float | None
+):
     kept = batched_nms(boxes, scores, labels, iou_threshold)[:max_detections]
+    out = boxes[kept] if vote_iou is None else box_vote(kept, boxes, scores, labels, vote_iou)
     return (
-        boxes[kept].astype(np.float32),
+        out.astype(np.float32),
         scores[kept].astype(np.float32),
         labels[kept].astype(np.int64),
     )
@@ -152,6 +157,7 @@ def decode_yolo(
     iou_threshold: float = 0.5,
     max_detections: int = 300,
     pre_nms_top_k: int = 2000,
+    vote_iou: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Boxes, scores and labels of one image from a YOLOv3 head's raw output [N, 5 + C].
 
@@ -167,4 +173,4 @@ def decode_yolo(
     centre = (cells[keep] + sigmoid(r[:, :2])) * strides[keep, None]
     size = anchors[keep] * np.exp(np.minimum(r[:, 2:4], MAX_LOG_DISTANCE))
     boxes = np.concatenate([centre - size / 2, centre + size / 2], axis=1)
-    return _nms_top(boxes, scores, labels, iou_threshold, max_detections)
+    return _nms_top(boxes, scores, labels, iou_threshold, max_detections, vote_iou)

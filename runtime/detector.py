@@ -75,10 +75,12 @@ class ScenePipeline:
         iou_threshold: float,
         max_detections: int,
         batch_size: int = 8,
+        vote_iou: float | None = None,
     ):
         self.params, self.input_size = params, int(input_size)
         self.tile_size, self.overlap = int(tile_size), float(overlap)
         self.iou_threshold, self.max_detections = float(iou_threshold), int(max_detections)
+        self.vote_iou = None if vote_iou is None else float(vote_iou)  # box voting after NMS
         self.batch_size = max(1, int(batch_size))
 
     def run_inputs(self, inputs: np.ndarray, timings: dict | None = None) -> list:
@@ -232,7 +234,13 @@ class Detector(ScenePipeline):
             float(post["iou_threshold"]),
             int(post["max_detections"]),
             batch_size,
+            vote_iou=post.get("vote_iou"),
         )
+        if self.vote_iou is not None and self.decoder not in ("dense_ltrb", "yolo_anchors"):
+            raise SarbridgeError(
+                f"{self.artifact / MANIFEST_NAME}: postprocessing.vote_iou needs the runtime's "
+                f"NMS; the {self.decoder!r} decode takes the graph's own"
+            )
         self.score_threshold = (
             float(post["score_threshold"]) if score_threshold is None else float(score_threshold)
         )
@@ -273,6 +281,7 @@ class Detector(ScenePipeline):
                 self.score_threshold,
                 self.iou_threshold,
                 self.max_detections,
+                vote_iou=self.vote_iou,
             )
         if self.decoder == "yolo_anchors":
             return decode_yolo(
@@ -283,6 +292,7 @@ class Detector(ScenePipeline):
                 self.score_threshold,
                 self.iou_threshold,
                 self.max_detections,
+                vote_iou=self.vote_iou,
             )
         boxes, scores, labels = outputs[0], outputs[1], outputs[2]  # batch-1 graph outputs
         keep = scores > self.score_threshold

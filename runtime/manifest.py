@@ -14,7 +14,8 @@ Schema version 1 (all keys required unless marked optional)::
     outputs         [{name, shape, dtype, meaning?: str}]
     preprocessing   SarPreprocess fields + input_size: int
     tiling          {size: int, overlap: float in [0, 1)}
-    postprocessing  {score_threshold, iou_threshold: float in [0, 1], max_detections: int}
+    postprocessing  {score_threshold, iou_threshold: float in [0, 1], max_detections: int,
+                     vote_iou: optional float in (0, 1] (box voting after NMS), ...}
     classes         [str]
     precision       "fp32" | "fp16" | "int8" | "mixed"
     quantization    optional {scheme: str, ...}
@@ -149,6 +150,11 @@ def validate(manifest: dict, path: str | Path = "<manifest>") -> dict:
     for key in ("score_threshold", "iou_threshold"):
         if not 0 <= _need(post, key, float, "postprocessing.", path) <= 1:
             _fail(path, f"field 'postprocessing.{key}' must be in [0, 1]")
+    if (
+        post.get("vote_iou") is not None
+        and not 0 < _need(post, "vote_iou", float, "postprocessing.", path) <= 1
+    ):
+        _fail(path, "field 'postprocessing.vote_iou' must be in (0, 1] or null")
     if _need(post, "max_detections", int, "postprocessing.", path) <= 0:
         _fail(path, "field 'postprocessing.max_detections' must be positive")
     if not manifest["classes"] or not all(isinstance(c, str) for c in manifest["classes"]):

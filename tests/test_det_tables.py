@@ -3,7 +3,7 @@
 import json
 
 
-def _run(tmp_path, name, init, seed, ap50, augment, optim=None):
+def _run(tmp_path, name, init, seed, ap50, augment, optim=None, evaluation=None):
     run = tmp_path / name
     run.mkdir()
     config = {
@@ -13,6 +13,7 @@ def _run(tmp_path, name, init, seed, ap50, augment, optim=None):
         "data": {"input_size": 320},
         "optim": {"epochs": 12, **(optim or {})},
         "augment": augment,
+        "eval": evaluation or {"iou_threshold": 0.5},
     }
     test = {"AP50": ap50, "AP50_95": ap50 / 2, "AP_small": 0.1, "precision": 0.9, "recall": 0.8}
     final = {"best_epoch": 12, "test": test}
@@ -41,6 +42,18 @@ def test_groups_by_init_and_recipe(tmp_path, capsys):
         _run(tmp_path, "g", "random", 0, 0.5, {"mosaic": 0.5, "scale_min": 0.5, "scale_max": 1.5}),
         _run(tmp_path, "h", "random", 0, 0.6, {"mosaic": 1.0}, {"amp": "bf16"}),
         _run(tmp_path, "i", "random", 0, 0.4, {"mosaic": 1.0}, {"amp": "auto"}),
+        # a further schedule from run d, then one from that: d's init, the epochs joined
+        _run(tmp_path, "j", f"det:{tmp_path / 'd'}", 0, 0.7, {}, {"epochs": 4}),
+        _run(
+            tmp_path,
+            "k",
+            f"det:{tmp_path / 'j'}",
+            0,
+            0.72,
+            {},
+            {"epochs": 2},
+            {"iou_threshold": 0.7, "vote_iou": 0.7},
+        ),
     ]
     assert main([str(r) for r in runs] + ["--out", str(tmp_path / "out")]) == 0
     agg = json.loads((tmp_path / "out" / "tables.json").read_text())["by_init_recipe"]
@@ -56,4 +69,6 @@ def test_groups_by_init_and_recipe(tmp_path, capsys):
     assert agg["random | mosaic 0.5, EMA 0.995 ramp 200" + s]["AP50"]["mean"] == 0.95
     assert agg["random | mosaic 1, bf16 steps" + s]["AP50"]["mean"] == 0.6
     assert agg["random | mosaic 1" + s]["AP50"]["mean"] == 0.4
+    assert agg["bnn | base | 320 px, 12+4 ep"]["AP50"]["mean"] == 0.7
+    assert agg["bnn | NMS 0.7, vote 0.7 | 320 px, 12+4+2 ep"]["AP50"]["mean"] == 0.72
     assert "| c | random | mosaic 0.5 | 0 | 320 | 12 | 0.9000 |" in capsys.readouterr().out

@@ -47,6 +47,15 @@ def test_forward_loss_backward_predict(name):
         assert boxes.shape[1] == 4 and len(boxes) == len(scores) == len(labels) <= 50
         assert (labels >= 0).all()
     spec = detector_spec(name)
+    with torch.no_grad():
+        if spec.kind == "torchvision":  # its NMS is torchvision's: no voting to apply
+            with pytest.raises(SarbridgeError, match="box voting"):
+                detector_predict(model, x, 96, 0.0, 0.5, 50, vote_iou=0.7)
+        else:  # voting moves boxes, never adds, drops or rescores one
+            voted = detector_predict(model, x, 96, 0.0, 0.5, 50, vote_iou=0.7)
+            for (_, s0, l0), (_, s1, l1) in zip(preds, voted, strict=True):
+                np.testing.assert_array_equal(s0, s1)
+                np.testing.assert_array_equal(l0, l1)
     assert spec.input_size > 0 and spec.preprocess.channels == 1
 
 
@@ -180,16 +189,44 @@ def test_train_detect_run_resume_and_bnn_init(tmp_path, data, monkeypatch):
     from sarbridge.benchmarks.det_nms_sweep import main as nms_sweep
 
     out = tmp_path / "nms.json"
-    assert nms_sweep([str(tmp_path / "b" / "tiny"), "--iou", "0.5", "0.7", "--json", str(out)]) == 0
+    argv = [str(tmp_path / "b" / "tiny"), "--iou", "0.5", "0.7", "--vote-iou", "off", "0.6"]
+    assert nms_sweep([*argv, "--json", str(out)]) == 0
     rows = json.loads(out.read_text())["rows"]
-    assert [(r["split"], r["nms_iou"]) for r in rows] == [
-        ("val", 0.5),
-        ("test", 0.5),
-        ("val", 0.7),
-        ("test", 0.7),
+    assert [(r["split"], r["nms_iou"], r["vote_iou"]) for r in rows] == [
+        (split, iou, vote)
+        for iou in (0.5, 0.7)
+        for vote in (None, 0.6)
+        for split in ("val", "test")
     ]
     # the sweep at the run's own NMS IoU repeats the trainer's test score
     assert rows[1]["AP50"] == pytest.approx(run["final"]["test"]["AP50"], abs=1e-9)
+
+    # a further schedule from the trained detector: every weight comes from its best checkpoint
+    from dataclasses import replace
+
+    from sarbridge.train.detect_train import build_detector as build_from_cfg
+    from sarbridge.train.detect_train import initialise_from_detector
+
+    parent = tmp_path / "a" / "tiny"
+    fresh = build_from_cfg(cfg, 1)
+    lineage = initialise_from_detector(fresh, cfg, ["ship"], parent)
+    trained, _, _ = load_detector(parent)
+    for k, v in trained.state_dict().items():
+        torch.testing.assert_close(fresh.state_dict()[k], v, rtol=0, atol=0, msg=k)
+    assert lineage["init"] == "det" and lineage["parent_lineage"]["init"] == "file"
+    assert lineage["origin"] == "file" and lineage["origin_file"].endswith("sar_backbone.pt")
+    with pytest.raises(SarbridgeError, match="width 32"):
+        wider = replace(cfg, model=replace(cfg.model, width=32))
+        initialise_from_detector(build_from_cfg(wider, 1), wider, ["ship"], parent)
+    more = replace(cfg, name="tiny_more", init=f"det:{parent}", optim=replace(cfg.optim, epochs=1))
+    train_detector(more, tmp_path / "a", progress=False)
+    more_run = json.loads((tmp_path / "a" / "tiny_more" / "run.json").read_text())
+    assert more_run["final"]["lineage"]["run"] == str(parent)
+    # a run continued from that one still names where the chain began
+    again = initialise_from_detector(
+        build_from_cfg(cfg, 1), cfg, ["ship"], tmp_path / "a" / "tiny_more"
+    )
+    assert again["origin"] == "file" and again["parent_lineage"]["init"] == "det"
 
 
 def test_yolo_decode_torch_numpy_agree_and_kmeans_anchors():

@@ -148,6 +148,29 @@ def test_export_sets_the_deployed_nms_iou(edge_artifact, tmp_path):
     with pytest.raises(ExportError, match="NMS IoU must be in"):
         export_run(run, tmp_path / "bad", parity_images=2, nms_iou=1.5)
     assert not (tmp_path / "bad").exists()
+    with pytest.raises(ExportError, match="box-voting IoU must be in"):
+        export_run(run, tmp_path / "bad", parity_images=2, vote_iou=0.0)
+    assert not (tmp_path / "bad").exists()
+
+
+def test_export_with_box_voting_and_the_runtime_applies_it(edge_artifact, tmp_path):
+    from sarbridge.export.onnx_export import export_run
+    from sarbridge.runtime.decode import decode_dense
+    from sarbridge.runtime.detector import Detector
+
+    run = edge_artifact.parents[1] / "runs" / "tiny_edge"
+    manifest = export_run(run, tmp_path / "vote", parity_images=2, nms_iou=0.7, vote_iou=0.7)
+    assert manifest["postprocessing"]["vote_iou"] == 0.7
+    assert manifest["lineage"][0]["test_metrics_vote_iou"] is None  # the run's test had none
+    assert "vote_iou" not in load_manifest(edge_artifact)["postprocessing"]
+    det = Detector.from_artifact(tmp_path / "vote", score_threshold=0.001)
+    assert det.vote_iou == 0.7
+    x = np.random.default_rng(0).random((1, 1, det.input_size, det.input_size), np.float32)
+    raw = det.backend.run(x)[0][0]
+    want = decode_dense(raw, det._points, det._strides, 0.001, 0.7, 300, vote_iou=0.7)
+    got = det.run_inputs(x)[0]
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_bnn_encoder_exports_as_embed(tmp_path, data):
@@ -170,5 +193,7 @@ def test_bnn_encoder_exports_as_embed(tmp_path, data):
     assert manifest["outputs"][0]["shape"] == ["batch", 50]
     assert manifest["metrics"]["parity_max_abs_diff"] <= 1e-4
     assert json.loads((tmp_path / "bnn_art" / "manifest.json").read_text())["task"] == "embed"
-    with pytest.raises(ExportError, match="an NMS IoU does not apply"):
+    with pytest.raises(ExportError, match="box-voting IoUs do not apply"):
         export_run(tmp_path / "tiny_bnn", tmp_path / "bnn_nms", parity_images=4, nms_iou=0.7)
+    with pytest.raises(ExportError, match="box-voting IoUs do not apply"):
+        export_run(tmp_path / "tiny_bnn", tmp_path / "bnn_nms", parity_images=4, vote_iou=0.7)

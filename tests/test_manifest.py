@@ -70,6 +70,8 @@ def test_wrong_version_names_file_and_field(artifact):
         (lambda m: m.update(color="red"), "unknown fields"),
         (lambda m: m["preprocessing"].update(clip="sometimes"), "invalid 'preprocessing'"),
         (lambda m: m.update(task="segment"), "task must be one of"),
+        (lambda m: m["postprocessing"].update(vote_iou=0), "postprocessing.vote_iou"),
+        (lambda m: m["postprocessing"].update(vote_iou="0.7"), "postprocessing.vote_iou"),
     ],
 )
 def test_invalid_fields(mutate, match):

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from sarbridge.runtime.boxes import batched_nms, box_iou, nms
+from sarbridge.runtime.boxes import batched_nms, box_iou, box_vote, nms
 from sarbridge.runtime.imageio import ArrayRaster
 from sarbridge.runtime.tiling import merge_tile_detections, read_tile, tile_grid
 
@@ -93,3 +93,35 @@ def test_nms_hand_case():
     keep = batched_nms(boxes, scores, np.array([0, 1, 0, 1]), 0.5)
     assert sorted(keep.tolist()) == [0, 2, 3]
     assert box_iou(boxes[:1], boxes[1:2])[0, 0] == pytest.approx(81 / 119)
+
+
+def test_box_vote_hand_case():
+    boxes = np.array([[0, 0, 10, 10], [2, 0, 12, 10], [0, 0, 10, 10], [30, 30, 40, 40]], float)
+    scores = np.array([0.6, 0.2, 0.9, 0.5])
+    labels = np.array([0, 0, 1, 0])
+    kept = np.array([0, 3])
+    voted = box_vote(kept, boxes, scores, labels, 0.6)
+    # box 1 overlaps box 0 by IoU 80/120 >= 0.6 and shares its label: a 0.6/0.2 weighted mean;
+    # box 2 has another label; box 3 stands alone
+    np.testing.assert_allclose(voted[0], (0.6 * boxes[0] + 0.2 * boxes[1]) / 0.8)
+    np.testing.assert_allclose(voted[1], boxes[3])
+    np.testing.assert_allclose(box_vote(kept, boxes, scores, labels, 0.7), boxes[kept])
+    assert box_vote(np.zeros(0, int), boxes, scores, labels, 0.6).shape == (0, 4)
+
+
+def test_decode_with_box_voting():
+    from sarbridge.runtime.decode import decode_dense, grid_points
+
+    points, strides = grid_points(32, (8,))  # 16 points
+    raw = np.full((16, 5), -10.0, np.float32)
+    raw[5] = [0.0, 0.0, 0.0, 0.0, 3.0]  # a box of side 2 strides around point 5
+    raw[6] = [0.0, 0.0, 0.0, 0.0, 1.0]  # the same shape one point to the right, lower score
+    plain = decode_dense(raw, points, strides, 0.05, 0.5)
+    voted = decode_dense(raw, points, strides, 0.05, 0.5, vote_iou=0.3)
+    # NMS at 0.5 keeps both (IoU 1/3); voting at 0.3 pulls each towards the other
+    assert len(plain[0]) == len(voted[0]) == 2
+    np.testing.assert_array_equal(plain[1], voted[1])
+    s5, s6 = 1 / (1 + np.exp(-3.0)), 1 / (1 + np.exp(-1.0))
+    np.testing.assert_allclose(
+        voted[0][0], (s5 * plain[0][0] + s6 * plain[0][1]) / (s5 + s6), rtol=1e-5
+    )

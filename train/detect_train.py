@@ -14,6 +14,7 @@ deployed model uses.
 from __future__ import annotations
 
 import copy
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,6 +115,9 @@ class DetEval:
     score_threshold: float = 0.001  # for AP: keep low-score detections
     operating_threshold: float = 0.3  # precision/recall are reported here
     iou_threshold: float = 0.5
+    # box voting after NMS: kept boxes become the score-weighted mean of the candidates that
+    # overlap them by this IoU (runtime.boxes.box_vote); None: plain NMS
+    vote_iou: float | None = None
     max_detections: int = 300
     every: int = 1
 
@@ -124,7 +128,9 @@ class DetConfig:
     seed: int = 0
     threads: int | None = None
     device: str = "auto"
-    init: str = "random"  # "random" | "bnn:<run dir>" | "imagenet:<file>" | "file:<backbone .pt>"
+    # "random" | "bnn:<run dir>" | "imagenet:<file>" | "file:<backbone .pt>"
+    # | "det:<detector run dir>" (every weight, not just the backbone: a further schedule)
+    init: str = "random"
     data: DetData = DetData()
     augment: DetAugment = DetAugment()
     model: DetModel = DetModel()
@@ -147,11 +153,61 @@ def build_detector(cfg: DetConfig, num_classes: int) -> torch.nn.Module:
     )
 
 
+def initialise_from_detector(
+    model: torch.nn.Module, cfg: DetConfig, classes: list[str], run: str | Path
+) -> dict:
+    """Load every weight of ``model`` from a detector run's best checkpoint (its EMA weights when
+    it kept them): a further schedule from a trained detector. The run must hold the same
+    detector (name, backbone, width, classes); lineage keeps the parent's own initialisation."""
+    run = Path(run)
+    ckpt = load_checkpoint(run / "best.pt")
+    try:
+        parent = from_dict(DetConfig, ckpt["config"])
+        parent_classes = list(ckpt["classes"])
+        state = ckpt.get("ema", ckpt["model"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SarbridgeError(f"{run / 'best.pt'}: not a detector checkpoint ({exc})") from exc
+    mine = (cfg.model.name, cfg.model.backbone, cfg.model.width, list(classes))
+    theirs = (parent.model.name, parent.model.backbone, parent.model.width, parent_classes)
+    if mine != theirs:
+        raise SarbridgeError(
+            f"{run}: holds detector {theirs[0]} (backbone {theirs[1]}, width {theirs[2]}, "
+            f"classes {theirs[3]}), this run builds {mine[0]} (backbone {mine[1]}, "
+            f"width {mine[2]}, classes {mine[3]})"
+        )
+    model.load_state_dict(state)
+    parent_run = json.loads((run / "run.json").read_text()) if (run / "run.json").is_file() else {}
+    parent_lineage = (parent_run.get("final") or {}).get("lineage") or ckpt.get("lineage") or {}
+    return {
+        "init": "det",
+        "run": str(run),
+        "epoch": int(ckpt["epoch"]) + 1,
+        "parent_config_sha256": config_hash(parent),
+        **lineage_origin(parent_lineage),
+        "parent_lineage": parent_lineage,
+    }
+
+
+def lineage_origin(parent_lineage: dict) -> dict:
+    """Where a chain of detector runs began (``origin``: its first run's initialisation, with
+    that run's ``origin_file`` / ``origin_run``), flat for manifests, from the parent's lineage."""
+    if isinstance(parent_lineage.get("origin"), str):
+        return {k: v for k, v in parent_lineage.items() if k.startswith("origin")}
+    if parent_lineage.get("init") == "det":  # a parent from before origins were recorded
+        return lineage_origin(parent_lineage.get("parent_lineage") or {})
+    return {
+        "origin": str(parent_lineage.get("init", "unknown")),
+        **{f"origin_{k}": parent_lineage[k] for k in ("file", "run") if k in parent_lineage},
+    }
+
+
 def initialise_backbone(model: torch.nn.Module, init: str) -> dict:
     """Apply ``init`` to ``model.backbone``; return what was done (for lineage)."""
     from sarbridge.train.backbones import load_backbone_weights, load_imagenet_weights
 
     kind, _, arg = init.partition(":")
+    if kind == "det":
+        raise SarbridgeError("init det:<run> loads a whole detector: see initialise_from_detector")
     if kind == "random":
         return {"init": "random"}
     if kind == "imagenet":
@@ -178,7 +234,8 @@ def initialise_backbone(model: torch.nn.Module, init: str) -> dict:
             **{k: v for k, v in meta.items() if isinstance(v, (str, int))},
         }
     raise SarbridgeError(
-        f"unknown init {init!r}: use random, bnn:<run dir>, imagenet:<file> or file:<backbone .pt>"
+        f"unknown init {init!r}: use random, bnn:<run dir>, imagenet:<file>, "
+        "file:<backbone .pt> or det:<detector run dir>"
     )
 
 
@@ -396,7 +453,7 @@ def predict(
         boxed = [letterbox(data.image(k), size) for k in idx]
         x = torch.from_numpy(np.stack([b[0] for b in boxed])).to(device)
         preds = detector_predict(
-            model, x, size, e.score_threshold, e.iou_threshold, e.max_detections
+            model, x, size, e.score_threshold, e.iou_threshold, e.max_detections, e.vote_iou
         )
         for k, (boxes, scores, labels), (_, lb) in zip(idx, preds, boxed, strict=True):
             out.append(Detections(data.records[k].image_id, lb.to_image(boxes), scores, labels))
@@ -424,6 +481,7 @@ def predict_scenes(model, data: DetectionSet, cfg: DetConfig, device) -> list[De
                 e.score_threshold,
                 self.iou_threshold,
                 self.max_detections,
+                self.vote_iou,
             )
 
     model.eval()
@@ -434,6 +492,7 @@ def predict_scenes(model, data: DetectionSet, cfg: DetConfig, device) -> list[De
         cfg.data.tile_overlap,
         e.iou_threshold,
         e.max_detections,
+        vote_iou=e.vote_iou,
     )
     out = []
     for rec in data.records:
@@ -583,8 +642,15 @@ def _train(cfg: DetConfig, run_dir: Path, resume: bool, progress: bool, info: Di
     start_run(run_dir, resume, cfg.seed, cfg.threads)
     train, val, test, classes, summary = make_sets(cfg)
     model = build_detector(cfg, len(classes))
-    lineage = initialise_backbone(model, cfg.init)
-    if hasattr(model, "set_anchors") and cfg.model.anchors == "kmeans":
+    if cfg.init.startswith("det:"):
+        lineage = initialise_from_detector(model, cfg, list(classes), cfg.init[4:])
+    else:
+        lineage = initialise_backbone(model, cfg.init)
+    if (
+        hasattr(model, "set_anchors")
+        and cfg.model.anchors == "kmeans"
+        and not cfg.init.startswith("det:")
+    ):
         anchors = training_set_anchors(train, cfg.data.input_size)
         model.set_anchors(anchors)
         lineage["anchors"] = [[round(float(v), 1) for v in a] for a in anchors]

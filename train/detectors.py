@@ -150,9 +150,16 @@ def detector_predict(
     score_threshold: float,
     iou_threshold: float,
     max_detections: int,
+    vote_iou: float | None = None,
 ):
-    """Per image (boxes [K, 4], scores [K], labels [K]) in network-input pixels, as numpy."""
+    """Per image (boxes [K, 4], scores [K], labels [K]) in network-input pixels, as numpy.
+    ``vote_iou``: box voting after NMS (dense heads; torchvision's own NMS has none)."""
     if _kind(model) == "torchvision":
+        if vote_iou is not None:
+            raise SarbridgeError(
+                "box voting (vote_iou) needs the runtime's NMS; the two-stage detector runs "
+                "torchvision's: leave eval.vote_iou unset"
+            )
         heads = model.detector.roi_heads
         heads.score_thresh, heads.nms_thresh, heads.detections_per_img = (
             score_threshold,
@@ -168,7 +175,9 @@ def detector_predict(
             for o in model(images)
         ]
     raw = model(images).float().cpu().numpy()  # [B, N, 4 + C] or [B, N, 5 + C]
-    return decode_raw(model, raw, input_size, score_threshold, iou_threshold, max_detections)
+    return decode_raw(
+        model, raw, input_size, score_threshold, iou_threshold, max_detections, vote_iou
+    )
 
 
 def decode_raw(
@@ -178,6 +187,7 @@ def decode_raw(
     score_threshold: float,
     iou_threshold: float,
     max_detections: int,
+    vote_iou: float | None = None,
 ):
     """A dense model's raw numpy output [B, N, K] -> per image (boxes, scores, labels), through the
     runtime's decode for the model's head (anchor-free ``decode_dense`` or YOLOv3 ``decode_yolo``)."""
@@ -188,11 +198,22 @@ def decode_raw(
             input_size, tuple(model.strides), model.anchors.cpu().numpy()
         )
         return [
-            decode_yolo(r, cells, strides, anchors, score_threshold, iou_threshold, max_detections)
+            decode_yolo(
+                r,
+                cells,
+                strides,
+                anchors,
+                score_threshold,
+                iou_threshold,
+                max_detections,
+                vote_iou=vote_iou,
+            )
             for r in raw
         ]
     points, strides = grid_points(input_size, tuple(model.strides))
     return [
-        decode_dense(r, points, strides, score_threshold, iou_threshold, max_detections)
+        decode_dense(
+            r, points, strides, score_threshold, iou_threshold, max_detections, vote_iou=vote_iou
+        )
         for r in raw
     ]

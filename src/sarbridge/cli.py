@@ -125,7 +125,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     )
     det.add_argument("--config", type=Path, help="YAML config (configs/det_*.yaml)")
     det.add_argument(
-        "--init", help="random | bnn:runs/<bnn-run> | imagenet:<local file> | file:<backbone .pt>"
+        "--init",
+        help="random | bnn:runs/<bnn-run> | imagenet:<local file> | file:<backbone .pt> "
+        "| det:runs/<detector-run> (all weights: a further schedule)",
     )
     det.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     det.add_argument("--name", help="run name (default: the config's name)")
@@ -214,7 +216,21 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
         help="NMS IoU of the deployed detector (default: the run's eval.iou_threshold; pick one on "
         "validation with python -m sarbridge.benchmarks.det_nms_sweep)",
     )
+    onnx.add_argument(
+        "--vote-iou",
+        help="box voting after NMS at this IoU, or 'off' (default: the run's eval.vote_iou; "
+        "pick on validation with det_nms_sweep --vote-iou)",
+    )
     onnx.set_defaults(func=_run_export_onnx)
+
+
+def _vote_iou_arg(text: str | None) -> float | str | None:
+    if text is None or text.strip().lower() in ("off", "none"):
+        return None if text is None else "off"
+    try:
+        return float(text)
+    except ValueError:
+        raise SystemExit(f"--vote-iou takes an IoU in (0, 1] or 'off', not {text!r}") from None
 
 
 def _run_export_onnx(args) -> int:
@@ -227,6 +243,7 @@ def _run_export_onnx(args) -> int:
         overlap=args.overlap,
         parity_images=args.parity_images,
         nms_iou=args.nms_iou,
+        vote_iou=_vote_iou_arg(args.vote_iou),
     )
     print(f"{manifest['task']} artifact written: {args.out} (model.onnx, manifest.json)")
     return 0
