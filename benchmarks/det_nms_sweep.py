@@ -50,12 +50,12 @@ def _vote_text(vote: float | None) -> str:
 
 
 def _vote_arg(text: str) -> float | None:
-    if text.lower() in ("off", "none"):
-        return None
-    value = float(text)
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"a box-voting IoU is in (0, 1] or 'off', not {text}")
-    return value
+    from sarbridge.runtime.boxes import parse_vote_iou
+
+    try:
+        return parse_vote_iou(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def main(argv=None) -> int:

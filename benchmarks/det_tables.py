@@ -43,7 +43,7 @@ def _origin(rec: dict) -> tuple[str, str]:
         return _init_kind(c["init"]), epochs
     parent = Path(c["init"].split(":", 1)[1])
     if not (parent / "run.json").is_file():  # the parent is not here: say what is known
-        kind = (rec["final"].get("lineage", {}).get("parent_lineage") or {}).get("init", "det")
+        kind = rec["final"].get("lineage", {}).get("origin", "det")
         return f"{kind} (via {parent.name})", f"?+{epochs}"
     kind, parent_epochs = _origin(_load(parent))
     return kind, f"{parent_epochs}+{epochs}"

@@ -60,6 +60,20 @@ def batched_nms(
     return nms(boxes + offset[:, None], scores, iou_threshold)
 
 
+def parse_vote_iou(text: str) -> float | None:
+    """A box-voting IoU given as text: ``off`` / ``none`` -> None (plain NMS), else a number in
+    (0, 1]; ValueError otherwise."""
+    if text.strip().lower() in ("off", "none"):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value <= 1:
+        raise ValueError(f"a box-voting IoU is in (0, 1] or 'off', not {text!r}")
+    return value
+
+
 def box_vote(
     kept: np.ndarray,
     boxes: np.ndarray,

@@ -72,3 +72,15 @@ def test_groups_by_init_and_recipe(tmp_path, capsys):
     assert agg["bnn | base | 320 px, 12+4 ep"]["AP50"]["mean"] == 0.7
     assert agg["bnn | NMS 0.7, vote 0.7 | 320 px, 12+4+2 ep"]["AP50"]["mean"] == 0.72
     assert "| c | random | mosaic 0.5 | 0 | 320 | 12 | 0.9000 |" in capsys.readouterr().out
+
+
+def test_continued_run_whose_parent_is_elsewhere(tmp_path):
+    from sarbridge.benchmarks.det_tables import main
+
+    run = _run(tmp_path, "m", f"det:{tmp_path / 'gone'}", 0, 0.8, {}, {"epochs": 5})
+    rec = json.loads((run / "run.json").read_text())
+    rec["final"]["lineage"] = {"init": "det", "origin": "bnn"}
+    (run / "run.json").write_text(json.dumps(rec))
+    assert main([str(run), "--out", str(tmp_path / "out")]) == 0
+    agg = json.loads((tmp_path / "out" / "tables.json").read_text())["by_init_recipe"]
+    assert list(agg) == ["bnn (via gone) | base | 320 px, ?+5 ep"]

@@ -159,18 +159,22 @@ def test_export_with_box_voting_and_the_runtime_applies_it(edge_artifact, tmp_pa
     from sarbridge.runtime.detector import Detector
 
     run = edge_artifact.parents[1] / "runs" / "tiny_edge"
-    manifest = export_run(run, tmp_path / "vote", parity_images=2, nms_iou=0.7, vote_iou=0.7)
-    assert manifest["postprocessing"]["vote_iou"] == 0.7
+    manifest = export_run(run, tmp_path / "vote", parity_images=2, nms_iou=0.7, vote_iou=0.3)
+    assert manifest["postprocessing"]["vote_iou"] == 0.3
     assert manifest["lineage"][0]["test_metrics_vote_iou"] is None  # the run's test had none
     assert "vote_iou" not in load_manifest(edge_artifact)["postprocessing"]
     det = Detector.from_artifact(tmp_path / "vote", score_threshold=0.001)
-    assert det.vote_iou == 0.7
+    assert det.vote_iou == 0.3
     x = np.random.default_rng(0).random((1, 1, det.input_size, det.input_size), np.float32)
     raw = det.backend.run(x)[0][0]
-    want = decode_dense(raw, det._points, det._strides, 0.001, 0.7, 300, vote_iou=0.7)
+    want = decode_dense(raw, det._points, det._strides, 0.001, 0.7, 300, vote_iou=0.3)
     got = det.run_inputs(x)[0]
     for a, b in zip(got, want, strict=True):
         np.testing.assert_array_equal(a, b)
+    plain = decode_dense(raw, det._points, det._strides, 0.001, 0.7, 300)
+    # the tiny model's boxes are about one grid step wide (neighbours overlap by IoU ~1/3):
+    # voting at 0.3 moves them, so the check above fails if the runtime ignores vote_iou
+    assert not np.array_equal(plain[0], want[0])
 
 
 def test_bnn_encoder_exports_as_embed(tmp_path, data):

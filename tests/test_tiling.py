@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from sarbridge.runtime.boxes import batched_nms, box_iou, box_vote, nms
+from sarbridge.runtime.boxes import batched_nms, box_iou, box_vote, nms, parse_vote_iou
 from sarbridge.runtime.imageio import ArrayRaster
 from sarbridge.runtime.tiling import merge_tile_detections, read_tile, tile_grid
 
@@ -107,6 +107,10 @@ def test_box_vote_hand_case():
     np.testing.assert_allclose(voted[1], boxes[3])
     np.testing.assert_allclose(box_vote(kept, boxes, scores, labels, 0.7), boxes[kept])
     assert box_vote(np.zeros(0, int), boxes, scores, labels, 0.6).shape == (0, 4)
+    assert parse_vote_iou("OFF") is None and parse_vote_iou("0.7") == 0.7
+    for bad in ("0", "1.5", "seven"):
+        with pytest.raises(ValueError, match="box-voting IoU"):
+            parse_vote_iou(bad)
 
 
 def test_decode_with_box_voting():

@@ -642,15 +642,12 @@ def _train(cfg: DetConfig, run_dir: Path, resume: bool, progress: bool, info: Di
     start_run(run_dir, resume, cfg.seed, cfg.threads)
     train, val, test, classes, summary = make_sets(cfg)
     model = build_detector(cfg, len(classes))
-    if cfg.init.startswith("det:"):
+    continued = cfg.init.startswith("det:")  # a trained detector: anchors come with it
+    if continued:
         lineage = initialise_from_detector(model, cfg, list(classes), cfg.init[4:])
     else:
         lineage = initialise_backbone(model, cfg.init)
-    if (
-        hasattr(model, "set_anchors")
-        and cfg.model.anchors == "kmeans"
-        and not cfg.init.startswith("det:")
-    ):
+    if hasattr(model, "set_anchors") and cfg.model.anchors == "kmeans" and not continued:
         anchors = training_set_anchors(train, cfg.data.input_size)
         model.set_anchors(anchors)
         lineage["anchors"] = [[round(float(v), 1) for v in a] for a in anchors]

@@ -225,12 +225,16 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
 
 def _vote_iou_arg(text: str | None) -> float | str | None:
-    if text is None or text.strip().lower() in ("off", "none"):
-        return None if text is None else "off"
+    """--vote-iou for export: None (the run's setting), "off", or an IoU."""
+    from sarbridge.runtime.boxes import parse_vote_iou
+
+    if text is None:
+        return None
     try:
-        return float(text)
-    except ValueError:
-        raise SystemExit(f"--vote-iou takes an IoU in (0, 1] or 'off', not {text!r}") from None
+        value = parse_vote_iou(text)
+    except ValueError as exc:
+        raise SystemExit(f"--vote-iou: {exc}") from None
+    return "off" if value is None else value
 
 
 def _run_export_onnx(args) -> int:
