@@ -13,7 +13,13 @@ from sarbridge.train.detectors import (
     detector_spec,
     list_detectors,
 )
-from sarbridge.train.edge_detector import decode_boxes, detection_loss, grid, task_aligned_assign
+from sarbridge.train.edge_detector import (
+    box_distributions,
+    decode_boxes,
+    dfl_loss,
+    grid,
+    task_aligned_assign,
+)
 
 
 def _targets():
@@ -65,16 +71,63 @@ def test_dense_output_layout():
     assert raw.shape == (1, sum((96 // s) ** 2 for s in model.strides), 5)
 
 
-def test_edge_detector_budget():
+@pytest.mark.parametrize("box_bins", [0, 16])
+def test_edge_detector_budget(box_bins):
     from torch.utils.flop_counter import FlopCounterMode
 
-    model = build_detector("edge_det")
+    model = build_detector("edge_det", box_bins=box_bins)
     params = sum(p.numel() for p in model.parameters())
     with FlopCounterMode(display=False) as counter:
         model(torch.rand(1, 1, 512, 512))
     flops = counter.get_total_flops()
-    print(f"edge_det: {params / 1e6:.2f} M parameters, {flops / 1e9:.2f} GFLOPs at 512x512")
+    print(
+        f"edge_det (box bins {box_bins}): {params / 1e6:.2f} M parameters, "
+        f"{flops / 1e9:.2f} GFLOPs at 512x512"
+    )
     assert params <= 2.5e6 and flops <= 4.0e9
+
+
+def test_box_bins_head_trains_on_bins_and_outputs_log_distances():
+    torch.manual_seed(0)
+    model = build_detector("edge_det", num_classes=1, box_bins=16)
+    x = torch.rand(2, 1, 96, 96)
+    loss, logs = detector_loss(model.train(), x, _targets(), 96)
+    assert logs["dfl"] > 0 and logs["box"] > 0
+    loss.backward()
+    assert all(p.grad is not None for p in model.reg_out.parameters())
+    model.eval()
+    with torch.no_grad():
+        with box_distributions(model):
+            bins = model(x)
+        raw = model(x)
+    n = sum((96 // s) ** 2 for s in model.strides)
+    assert bins.shape == (2, n, 4 * 16 + 1) and raw.shape == (2, n, 5)
+    # what the graph exports (and the runtime decodes as exp(reg) * stride) is the logarithm of
+    # the bins' expected distance, the same distance the loss trains
+    expected = (bins[..., :64].unflatten(-1, (4, 16)).softmax(-1) * torch.arange(16.0)).sum(-1)
+    torch.testing.assert_close(raw[..., :4].exp(), expected.clamp(min=1e-3))
+    torch.testing.assert_close(raw[..., 4:], bins[..., 64:])
+    with pytest.raises(ValueError, match="box_bins"):
+        build_detector("edge_det", box_bins=1)
+
+
+def test_dfl_loss_is_least_on_the_two_bins_around_the_distance():
+    target = torch.tensor([[3.3, 0.0, 7.5, 20.0]])  # 20 is beyond the last bin: clamped to it
+
+    def split(dist, r=16):  # probability on the two bins either side of each distance
+        p = torch.full((4, r), 1e-6)
+        for i, d in enumerate(dist.clamp(0, r - 1 - 1e-3).tolist()):
+            left = int(d)
+            p[i, left] += left + 1 - d
+            p[i, left + 1] += d - left
+        return p.log()[None]
+
+    best = dfl_loss(split(target[0]), target)
+    assert best < dfl_loss(split(target[0] + 0.5), target)
+    assert best < dfl_loss(split(target[0] - 0.3), target)
+    assert best < dfl_loss(torch.zeros(1, 4, 16), target)
+    mean = (split(target[0]).softmax(-1) * torch.arange(16.0)).sum(-1)
+    torch.testing.assert_close(mean, target.clamp(max=15 - 1e-3), atol=1e-3, rtol=0)
 
 
 def test_torch_and_numpy_decode_agree_and_roundtrip():
@@ -113,7 +166,8 @@ def test_assignment_gives_every_ship_positives():
     assert (target[fg] > 0).all() and (target[~fg] == 0).all()
 
 
-def test_a_few_steps_on_real_ssdd_lower_the_loss(data):
+@pytest.mark.parametrize("box_bins", [0, 16])
+def test_a_few_steps_on_real_ssdd_lower_the_loss(data, box_bins):
     from sarbridge.train.config import from_dict
     from sarbridge.train.detect_train import DetConfig, epoch_batches, make_sets
     from sarbridge.train.engine import DistInfo
@@ -125,11 +179,11 @@ def test_a_few_steps_on_real_ssdd_lower_the_loss(data):
     train, *_ = make_sets(cfg)
     x, targets = next(epoch_batches(cfg, train, 0, DistInfo(), "cpu"))
     assert sum(len(t["boxes"]) for t in targets) > 0
-    model = build_detector("edge_det")
+    model = build_detector("edge_det", box_bins=box_bins)
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
     losses = []
     for _ in range(12):
-        loss, _ = detection_loss(model(x), targets, 192)
+        loss, _ = detector_loss(model, x, targets, 192)
         opt.zero_grad()
         loss.backward()
         opt.step()

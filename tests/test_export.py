@@ -44,11 +44,15 @@ def test_exported_run_manifest_and_graph(edge_artifact):
     assert graph.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
 
 
-@pytest.mark.parametrize("name", list_detectors())
-def test_every_registered_detector_exports_with_parity(name, tmp_path, data):
+@pytest.mark.parametrize(
+    "name, options",
+    [(name, {}) for name in list_detectors()] + [("edge_det", {"box_bins": 16})],
+    ids=list_detectors() + ["edge_det-box_bins"],
+)
+def test_every_registered_detector_exports_with_parity(name, options, tmp_path, data):
     torch.manual_seed(0)
     size = 128
-    model = build_detector(name, num_classes=1, input_size=size).eval()
+    model = build_detector(name, num_classes=1, input_size=size, **options).eval()
     ds = read_dataset(data / "SSDD")
     x = parity_inputs(ds.split("test"), SarPreprocess(), size, 3)
     kind = detector_spec(name).kind

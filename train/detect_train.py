@@ -83,6 +83,9 @@ class DetModel:
     width: int = 64
     anchors: str = "kmeans"  # anchor-based detectors: "kmeans" on the training set, or "default"
     box_weight: float | None = None  # anchor-free detectors: box (GIoU) loss weight; None: 2.0
+    # edge detector's box regression: 0 one log-distance per side; R > 0 a distribution over R
+    # bins per side trained with distribution focal loss (exported as log-distances all the same)
+    box_bins: int = 0
 
 
 @dataclass(frozen=True)
@@ -144,12 +147,20 @@ class DetConfig:
 def build_detector(cfg: DetConfig, num_classes: int) -> torch.nn.Module:
     from sarbridge.train.detectors import build_detector as build
 
+    extra = {}
+    if cfg.model.box_bins:
+        if cfg.model.name != "edge_det":
+            raise SarbridgeError(
+                f"model.box_bins applies to the edge detector (edge_det) only, not {cfg.model.name}"
+            )
+        extra["box_bins"] = cfg.model.box_bins
     return build(
         cfg.model.name,
         num_classes=num_classes,
         backbone=cfg.model.backbone,
         width=cfg.model.width,
         input_size=cfg.data.input_size,
+        **extra,
     )
 
 
@@ -167,13 +178,19 @@ def initialise_from_detector(
         state = ckpt.get("ema", ckpt["model"])
     except (KeyError, TypeError, ValueError) as exc:
         raise SarbridgeError(f"{run / 'best.pt'}: not a detector checkpoint ({exc})") from exc
-    mine = (cfg.model.name, cfg.model.backbone, cfg.model.width, list(classes))
-    theirs = (parent.model.name, parent.model.backbone, parent.model.width, parent_classes)
+    mine = (cfg.model.name, cfg.model.backbone, cfg.model.width, list(classes), cfg.model.box_bins)
+    theirs = (
+        parent.model.name,
+        parent.model.backbone,
+        parent.model.width,
+        parent_classes,
+        parent.model.box_bins,
+    )
     if mine != theirs:
         raise SarbridgeError(
             f"{run}: holds detector {theirs[0]} (backbone {theirs[1]}, width {theirs[2]}, "
-            f"classes {theirs[3]}), this run builds {mine[0]} (backbone {mine[1]}, "
-            f"width {mine[2]}, classes {mine[3]})"
+            f"classes {theirs[3]}, box bins {theirs[4]}), this run builds {mine[0]} (backbone "
+            f"{mine[1]}, width {mine[2]}, classes {mine[3]}, box bins {mine[4]})"
         )
     model.load_state_dict(state)
     parent_run = json.loads((run / "run.json").read_text()) if (run / "run.json").is_file() else {}

@@ -71,12 +71,17 @@ def build_detector(
 
 @register_detector("edge_det", preprocess=SarPreprocess(), input_size=512, default_backbone="edge")
 def edge_det(
-    num_classes: int = 1, backbone: str = "edge", width: int = 64, input_size: int = 512
+    num_classes: int = 1,
+    backbone: str = "edge",
+    width: int = 64,
+    input_size: int = 512,
+    box_bins: int = 0,
 ) -> nn.Module:
     # input_size: any multiple of 32 works; the graph does not depend on it
+    # box_bins: 0 log-distance boxes, R > 0 distribution (DFL) boxes over R bins
     from sarbridge.train.edge_detector import EdgeDetector
 
-    return EdgeDetector(num_classes=num_classes, backbone=backbone, width=width)
+    return EdgeDetector(num_classes=num_classes, backbone=backbone, width=width, box_bins=box_bins)
 
 
 @register_detector(
@@ -135,11 +140,17 @@ def detector_loss(
         from sarbridge.train.yolov3 import yolo_loss
 
         return yolo_loss(inner, model(images).float(), targets, input_size)
-    from sarbridge.train.edge_detector import detection_loss
+    from sarbridge.train.edge_detector import box_distributions, detection_loss
 
     weights = {} if box_weight is None else {"box_weight": box_weight}
+    bins = getattr(inner, "box_bins", 0)
+    if bins:
+        with box_distributions(inner):
+            raw = model(images)
+    else:
+        raw = model(images)
     return detection_loss(
-        model(images).float(), targets, input_size, tuple(inner.strides), **weights
+        raw.float(), targets, input_size, tuple(inner.strides), box_bins=bins, **weights
     )
 
 

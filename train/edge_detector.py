@@ -10,11 +10,19 @@ Training uses task-aligned assignment (TOOD/YOLOv8 style): for each ship, the
 top-k grid points (inside the box or near its centre) by
 ``score^alpha * IoU^beta`` become positives, with soft classification targets
 scaled to the best IoU; losses are BCE for classes and GIoU for boxes.
+
+Box regression, two forms (``box_bins``):
+- 0: one log-distance per side (distance = exp(reg) * stride);
+- R > 0: distribution focal loss (GFL / YOLOv8 style): each side's distance in strides is a
+  softmax over R bins 0 .. R-1, its expectation the distance, trained with the DFL term beside
+  GIoU. The exported graph computes the expectation itself and outputs its logarithm, so the
+  runtime's decode (and the manifest's head) is the same for both forms.
 """
 
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -30,10 +38,21 @@ class EdgeDetector(nn.Module):
     strides = (8, 16, 32)
 
     def __init__(
-        self, num_classes: int = 1, backbone: str = "edge", width: int = 64, in_channels: int = 1
+        self,
+        num_classes: int = 1,
+        backbone: str = "edge",
+        width: int = 64,
+        in_channels: int = 1,
+        box_bins: int = 0,
     ):
         super().__init__()
+        if box_bins == 1 or box_bins < 0:
+            raise ValueError(
+                f"box_bins must be 0 (log-distance boxes) or at least 2, not {box_bins}"
+            )
         self.num_classes = num_classes
+        self.box_bins = box_bins
+        self.emit_box_bins = False  # set by box_distributions()
         self.backbone = build_backbone(backbone, in_channels=in_channels)
         c3, c4, c5 = self.backbone.out_channels
         w = width
@@ -52,7 +71,11 @@ class EdgeDetector(nn.Module):
             nn.Sequential(conv_bn_act(w, w), conv_bn_act(w, w)) for _ in self.strides
         )
         self.cls_out = nn.ModuleList(nn.Conv2d(w, num_classes, 1) for _ in self.strides)
-        self.reg_out = nn.ModuleList(nn.Conv2d(w, 4, 1) for _ in self.strides)
+        self.reg_out = nn.ModuleList(nn.Conv2d(w, 4 * max(box_bins, 1), 1) for _ in self.strides)
+        # bin values 0 .. R-1 (in strides) for the expectation; a buffer so it moves with the model
+        self.register_buffer(
+            "bin_values", torch.arange(max(box_bins, 1), dtype=torch.float32), persistent=False
+        )
         prior = -math.log((1 - 0.01) / 0.01)  # start with 1% foreground probability
         for conv in self.cls_out:
             nn.init.constant_(conv.bias, prior)
@@ -60,6 +83,10 @@ class EdgeDetector(nn.Module):
             nn.init.zeros_(conv.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """raw [B, N, 4 + C]: per grid point 4 log-distances (left, top, right, bottom, in strides)
+        and C class logits; inside :func:`box_distributions` (training with box_bins) the
+        4 * R bin logits instead of the log-distances, [B, N, 4 * R + C]. (A flag, not an
+        argument: the graph stays traceable and DDP's forward is the one that runs.)"""
         c3, c4, c5 = self.backbone(x)
         p5 = self.lat5(c5)
         p4 = self.td4(
@@ -72,10 +99,28 @@ class EdgeDetector(nn.Module):
         n5 = self.bu5(torch.cat([self.down4(n4), p5], 1))
         outs = []
         for k, feat in enumerate((p3, n4, n5)):
-            reg = self.reg_out[k](self.reg_towers[k](feat))  # [B, 4, h, w]
+            reg = self.reg_out[k](self.reg_towers[k](feat))  # [B, 4 * max(R, 1), h, w]
+            if self.box_bins and not self.emit_box_bins:
+                reg = torch.log(self.expected_distance(reg.unflatten(1, (4, self.box_bins))))
             cls = self.cls_out[k](self.cls_towers[k](feat))  # [B, C, h, w]
             outs.append(torch.cat([reg, cls], 1).flatten(2))  # [B, 4 + C, h*w]
         return torch.cat(outs, 2).transpose(1, 2)  # [B, N, 4 + C]
+
+    def expected_distance(self, bin_logits: torch.Tensor) -> torch.Tensor:
+        """Distance [B, 4, h, w] in strides from bin logits [B, 4, R, h, w], kept above 1e-3
+        strides so that its logarithm stays finite."""
+        values = self.bin_values.view(1, 1, -1, 1, 1).to(bin_logits.dtype)
+        return (bin_logits.softmax(2) * values).sum(2).clamp(min=1e-3)
+
+
+@contextmanager
+def box_distributions(model: nn.Module):
+    """Within the block, a box_bins EdgeDetector outputs its bin logits (what the loss needs)."""
+    model.emit_box_bins = True
+    try:
+        yield model
+    finally:
+        model.emit_box_bins = False
 
 
 def grid(input_size: int, strides, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -176,30 +221,64 @@ def task_aligned_assign(
     return fg, gt_idx, target
 
 
+def dfl_loss(bin_logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Distribution focal loss [K] of bin logits [K, 4, R] against distances [K, 4] in strides:
+    cross-entropy towards the two bins either side of each distance, weighted by nearness."""
+    r = bin_logits.shape[-1]
+    target = target.clamp(0, r - 1 - 1e-3)
+    left = target.floor().long()
+    w_right = target - left
+    flat = bin_logits.reshape(-1, r)
+    ce_left = F.cross_entropy(flat, left.reshape(-1), reduction="none").view_as(target)
+    ce_right = F.cross_entropy(flat, (left + 1).reshape(-1), reduction="none").view_as(target)
+    return (ce_left * (1 - w_right) + ce_right * w_right).mean(-1)
+
+
 def detection_loss(
     raw: torch.Tensor,
     targets: list[dict],
     input_size: int,
     strides=(8, 16, 32),
     box_weight: float = 2.0,
+    box_bins: int = 0,
+    dfl_weight: float = 0.5,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Loss of raw outputs [B, N, 4 + C] against targets ({"boxes" [M, 4], "labels" [M]} per image)."""
+    """Loss of raw outputs against targets ({"boxes" [M, 4], "labels" [M]} per image).
+
+    raw: [B, N, 4 + C] log-distances and class logits, or with ``box_bins`` R the bin logits
+    [B, N, 4 * R + C] (the model run inside ``box_distributions``); then the DFL term joins."""
     points, strd = grid(input_size, strides, raw.device)
-    reg, logits = raw[..., :4], raw[..., 4:]
-    boxes = decode_boxes(reg, points, strd)  # [B, N, 4]
+    if box_bins:
+        bins = raw[..., : 4 * box_bins].unflatten(-1, (4, box_bins))  # [B, N, 4, R]
+        logits = raw[..., 4 * box_bins :]
+        values = torch.arange(box_bins, dtype=raw.dtype, device=raw.device)
+        dist = (bins.softmax(-1) * values).sum(-1) * strd[:, None]
+        boxes = torch.cat([points - dist[..., :2], points + dist[..., 2:]], -1)
+    else:
+        logits = raw[..., 4:]
+        boxes = decode_boxes(raw[..., :4], points, strd)  # [B, N, 4]
     scores = logits.sigmoid()
     cls_target = torch.zeros_like(logits)
-    box_losses, weights = [], []
+    box_losses, dfl_losses = [], []
     for b, t in enumerate(targets):
         fg, gt_idx, soft = task_aligned_assign(
             scores[b].detach(), boxes[b].detach(), points, strd, t["boxes"], t["labels"]
         )
         if fg.any():
+            gt = t["boxes"][gt_idx[fg]]
             cls_target[b, fg, t["labels"][gt_idx[fg]]] = soft[fg]
-            box_losses.append(giou_loss(boxes[b, fg], t["boxes"][gt_idx[fg]]) * soft[fg])
-            weights.append(soft[fg])
+            box_losses.append(giou_loss(boxes[b, fg], gt) * soft[fg])
+            if box_bins:
+                p = points[fg]
+                ltrb = torch.cat([p - gt[:, :2], gt[:, 2:] - p], -1) / strd[fg, None]
+                dfl_losses.append(dfl_loss(bins[b, fg], ltrb) * soft[fg])
     norm = max(float(cls_target.sum()), 1.0)
     cls_loss = F.binary_cross_entropy_with_logits(logits, cls_target, reduction="sum") / norm
     box_loss = torch.cat(box_losses).sum() / norm if box_losses else raw.sum() * 0
     loss = cls_loss + box_weight * box_loss
-    return loss, {"loss": loss.item(), "cls": cls_loss.item(), "box": float(box_loss.detach())}
+    logs = {"cls": cls_loss.item(), "box": float(box_loss.detach())}
+    if box_bins:
+        dfl = torch.cat(dfl_losses).sum() / norm if dfl_losses else raw.sum() * 0
+        loss = loss + dfl_weight * dfl
+        logs["dfl"] = float(dfl.detach())
+    return loss, {"loss": loss.item(), **logs}
