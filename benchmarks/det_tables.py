@@ -51,7 +51,8 @@ def _origin(rec: dict) -> tuple[str, str]:
 
 def _recipe(config: dict) -> str:
     """The run's training recipe beyond flips/rot90 and 0.6-1.2 scale jitter, in words ("base"
-    when none): other scale jitter, mosaic, multi-scale, a box loss weight, the EMA's decay
+    when none): other scale jitter, mosaic, multi-scale, a box loss weight, a distribution (DFL)
+    box head, the EMA's decay
     and ramp (runs made before the ramp was a setting used 2000 steps), and bfloat16 training
     steps where ``optim.amp`` asked for them on any device."""
     a, o, m = config.get("augment", {}), config.get("optim", {}), config.get("model", {})
@@ -66,6 +67,8 @@ def _recipe(config: dict) -> str:
         parts.append(f"multi-scale {lo:g}-{hi:g}")
     if m.get("box_weight") is not None:
         parts.append(f"box weight {m['box_weight']:g}")
+    if m.get("box_bins"):
+        parts.append(f"DFL boxes {m['box_bins']} bins")
     if o.get("ema"):
         parts.append(f"EMA {o.get('ema_decay', 0.999):g} ramp {o.get('ema_ramp_steps', 2000)}")
     if o.get("amp") == "bf16":

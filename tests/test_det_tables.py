@@ -3,13 +3,13 @@
 import json
 
 
-def _run(tmp_path, name, init, seed, ap50, augment, optim=None, evaluation=None):
+def _run(tmp_path, name, init, seed, ap50, augment, optim=None, evaluation=None, model=None):
     run = tmp_path / name
     run.mkdir()
     config = {
         "init": init,
         "seed": seed,
-        "model": {"name": "edge_det"},
+        "model": {"name": "edge_det", **(model or {})},
         "data": {"input_size": 320},
         "optim": {"epochs": 12, **(optim or {})},
         "augment": augment,
@@ -42,6 +42,7 @@ def test_groups_by_init_and_recipe(tmp_path, capsys):
         _run(tmp_path, "g", "random", 0, 0.5, {"mosaic": 0.5, "scale_min": 0.5, "scale_max": 1.5}),
         _run(tmp_path, "h", "random", 0, 0.6, {"mosaic": 1.0}, {"amp": "bf16"}),
         _run(tmp_path, "i", "random", 0, 0.4, {"mosaic": 1.0}, {"amp": "auto"}),
+        _run(tmp_path, "l", "random", 0, 0.3, {"mosaic": 1.0}, None, None, {"box_bins": 16}),
         # a further schedule from run d, then one from that: d's init, the epochs joined
         _run(tmp_path, "j", f"det:{tmp_path / 'd'}", 0, 0.7, {}, {"epochs": 4}),
         _run(
@@ -69,6 +70,7 @@ def test_groups_by_init_and_recipe(tmp_path, capsys):
     assert agg["random | mosaic 0.5, EMA 0.995 ramp 200" + s]["AP50"]["mean"] == 0.95
     assert agg["random | mosaic 1, bf16 steps" + s]["AP50"]["mean"] == 0.6
     assert agg["random | mosaic 1" + s]["AP50"]["mean"] == 0.4
+    assert agg["random | mosaic 1, DFL boxes 16 bins" + s]["AP50"]["mean"] == 0.3
     assert agg["bnn | base | 320 px, 12+4 ep"]["AP50"]["mean"] == 0.7
     assert agg["bnn | NMS 0.7, vote 0.7 | 320 px, 12+4+2 ep"]["AP50"]["mean"] == 0.72
     assert "| c | random | mosaic 0.5 | 0 | 320 | 12 | 0.9000 |" in capsys.readouterr().out
