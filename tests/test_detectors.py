@@ -109,6 +109,16 @@ def test_box_bins_head_trains_on_bins_and_outputs_log_distances():
     torch.testing.assert_close(raw[..., 4:], bins[..., 64:])
     with pytest.raises(ValueError, match="box_bins"):
         build_detector("edge_det", box_bins=1)
+    from sarbridge.train.config import from_dict
+    from sarbridge.train.detect_train import DetConfig
+    from sarbridge.train.detect_train import build_detector as build_from_config
+
+    with pytest.raises(SarbridgeError, match="model.box_bins must be"):
+        build_from_config(from_dict(DetConfig, {"model": {"box_bins": 1}}), 1)
+    with pytest.raises(SarbridgeError, match="edge detector"):
+        build_from_config(
+            from_dict(DetConfig, {"model": {"name": "yolov3_darknet53", "box_bins": 16}}), 1
+        )
 
 
 def test_dfl_loss_is_least_on_the_two_bins_around_the_distance():

@@ -153,6 +153,10 @@ def build_detector(cfg: DetConfig, num_classes: int) -> torch.nn.Module:
             raise SarbridgeError(
                 f"model.box_bins applies to the edge detector (edge_det) only, not {cfg.model.name}"
             )
+        if cfg.model.box_bins < 2:
+            raise SarbridgeError(
+                f"model.box_bins must be 0 (log-distance boxes) or at least 2, not {cfg.model.box_bins}"
+            )
         extra["box_bins"] = cfg.model.box_bins
     return build(
         cfg.model.name,
