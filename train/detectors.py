@@ -13,6 +13,7 @@ Two kinds of model sit behind one training/evaluation interface
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 from torch import nn
@@ -144,10 +145,7 @@ def detector_loss(
 
     weights = {} if box_weight is None else {"box_weight": box_weight}
     bins = getattr(inner, "box_bins", 0)
-    if bins:
-        with box_distributions(inner):
-            raw = model(images)
-    else:
+    with box_distributions(inner) if bins else nullcontext():
         raw = model(images)
     return detection_loss(
         raw.float(), targets, input_size, tuple(inner.strides), box_bins=bins, **weights
