@@ -121,6 +121,19 @@ def test_box_bins_head_trains_on_bins_and_outputs_log_distances():
         )
 
 
+def test_expected_distance_is_the_softmax_expectation_and_stays_finite():
+    model = build_detector("edge_det", box_bins=16)
+    logits = torch.randn(2, 4, 16, 3, 3) * 4
+    softmax_mean = (logits.softmax(2) * torch.arange(16.0).view(1, 1, -1, 1, 1)).sum(2)
+    torch.testing.assert_close(model.expected_distance(logits), softmax_mean.clamp(min=1e-3))
+    # logits far beyond exp's range (float16 overflows at 11.1): the distance is the top bin's
+    peaked = torch.full((1, 4, 16, 1, 1), -500.0)
+    peaked[0, torch.arange(4), torch.tensor([0, 3, 9, 15])] = 500.0
+    for dtype in (torch.float32, torch.float16):
+        dist = model.expected_distance(peaked.to(dtype)).float().flatten()
+        torch.testing.assert_close(dist, torch.tensor([1e-3, 3.0, 9.0, 15.0]))
+
+
 def test_dfl_loss_is_least_on_the_two_bins_around_the_distance():
     target = torch.tensor([[3.3, 0.0, 7.5, 20.0]])  # 20 is beyond the last bin: clamped to it
 

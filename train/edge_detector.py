@@ -108,9 +108,16 @@ class EdgeDetector(nn.Module):
 
     def expected_distance(self, bin_logits: torch.Tensor) -> torch.Tensor:
         """Distance [B, 4, h, w] in strides from bin logits [B, 4, R, h, w], kept above 1e-3
-        strides so that its logarithm stays finite."""
+        strides so that its logarithm stays finite.
+
+        The softmax is written out (exp of the logits less their maximum, weighted sum over
+        plain sum): the same numbers, but ONNX Runtime's Softmax on a middle axis of a 5-D
+        tensor cost about 7 ms per 512 x 512 image on one CPU thread against 0.5 ms for these
+        reductions (about 10% of the whole model). The exponentials stay at or below 1, so
+        FP16 engines do not overflow."""
         values = self.bin_values.view(1, 1, -1, 1, 1).to(bin_logits.dtype)
-        return (bin_logits.softmax(2) * values).sum(2).clamp(min=1e-3)
+        weights = torch.exp(bin_logits - bin_logits.amax(2, keepdim=True))
+        return ((weights * values).sum(2) / weights.sum(2)).clamp(min=1e-3)
 
 
 @contextmanager
