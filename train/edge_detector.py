@@ -112,9 +112,9 @@ class EdgeDetector(nn.Module):
 
         The softmax is written out (exp of the logits less their maximum, weighted sum over
         plain sum): the same numbers, but ONNX Runtime's Softmax on a middle axis of a 5-D
-        tensor cost about 7 ms per 512 x 512 image on one CPU thread against 0.5 ms for these
-        reductions (about 10% of the whole model). The exponentials stay at or below 1, so
-        FP16 engines do not overflow."""
+        tensor cost 3-5 ms per 512 x 512 image on one CPU thread against 0.5-0.8 ms for these
+        reductions, roughly a tenth of the model's time (benchmarks/results/cpu_epyc_2core_dfl).
+        The exponentials stay at or below 1, so FP16 engines do not overflow."""
         values = self.bin_values.view(1, 1, -1, 1, 1).to(bin_logits.dtype)
         weights = torch.exp(bin_logits - bin_logits.amax(2, keepdim=True))
         return ((weights * values).sum(2) / weights.sum(2)).clamp(min=1e-3)
