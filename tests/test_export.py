@@ -13,6 +13,7 @@ onnx = pytest.importorskip("onnx")
 from sarbridge.export.onnx_export import (  # noqa: E402
     ExportError,
     export_detector_model,
+    matched_max_abs,
     parity_inputs,
     set_agreement,
 )
@@ -138,6 +139,19 @@ def test_set_agreement():
     assert same == 1.0 and set_agreement([(a, moved)]) == 0.0
     empty = (np.zeros((0, 4)), np.zeros(0), np.zeros(0, int))
     assert set_agreement([(empty, empty)]) == 1.0 and set_agreement([(a, empty)]) == 0.0
+
+
+def test_parity_difference_compares_matched_detections_not_slots():
+    """Two near-tied detections in swapped order are the same output; a moved box is not."""
+    boxes = np.array([[0, 0, 10, 10], [50, 50, 60, 60], [80, 0, 90, 12]], np.float32)
+    a = (boxes, np.array([0.9, 0.4294143, 0.4294142], np.float32), np.zeros(3, np.int64))
+    swapped = (boxes[[0, 2, 1]], np.array([0.9, 0.4294142, 0.4294142], np.float32), a[2])
+    assert np.abs(a[0] - swapped[0]).max() == 50  # slot by slot: another ship
+    assert matched_max_abs(a, swapped) == pytest.approx(1e-7, abs=1e-7)
+    nudged = (boxes + np.float32(0.5), a[1], a[2])
+    assert matched_max_abs(a, nudged) == pytest.approx(0.5)
+    empty = (np.zeros((0, 4)), np.zeros(0), np.zeros(0, np.int64))
+    assert matched_max_abs(a, empty) == 0.0 and set_agreement([(a, empty)]) == 0.0
 
 
 def test_export_sets_the_deployed_nms_iou(edge_artifact, tmp_path):
