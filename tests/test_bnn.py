@@ -79,6 +79,8 @@ def test_config_rejects_unknown_keys_and_bad_types(tmp_path):
         from_dict(BNNConfig, {"optim": {"epoch": 3}})
     with pytest.raises(ConfigError, match="optim.epochs' must be an integer"):
         from_dict(BNNConfig, {"optim": {"epochs": "many"}})
+    with pytest.raises(ConfigError, match="optim.name' must be a string.*YAML.*quote it"):
+        load_config(BNNConfig, "configs/bnn_edge.yaml", ["optim.name=off"])
     cfg = load_config(
         BNNConfig, "configs/bnn_resnet50.yaml", ["optim.epochs=3", "data.input_size=128"]
     )

@@ -57,6 +57,11 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             raise ConfigError(f"'{where}' must be true or false, got {value!r}")
         return value
     if hint is str:
+        if isinstance(value, bool):
+            raise ConfigError(
+                f"'{where}' must be a string, got {value!r} (YAML reads an unquoted "
+                "off/on/no/yes/false/true as a boolean: quote it)"
+            )
         if not isinstance(value, str):
             raise ConfigError(f"'{where}' must be a string, got {value!r}")
         return value

@@ -6,8 +6,9 @@ intensities carry meaning), optionally as 4-image mosaics and at a random input
 side per batch (multi-scale). Large scenes (``data.tile_size``) are trained on
 tiles cut by the runtime's tiler and evaluated whole, through the deployed
 tiling and cross-tile merge. The official train split is split again (seeded)
-into train and a validation share that picks the best checkpoint by AP50:95;
-the test split is scored once, at the end, through the same numpy decode the
+into train and a validation share that picks the best checkpoint by AP50:95
+(``data.val_fraction: 0`` trains on the whole train split and keeps the last
+epoch, for a schedule already fixed on validation); the test split is scored once, at the end, through the same numpy decode the
 deployed model uses.
 """
 
@@ -53,7 +54,7 @@ class DetData:
     root: str = "SSDD"
     train_split: str = "train"
     test_split: str = "test"
-    val_fraction: float = 0.1  # of the train split, for checkpoint selection
+    val_fraction: float = 0.1  # of the train split, for checkpoint selection (0: none, last epoch)
     split_seed: int = 0
     input_size: int = 512
     preprocess: dict = field(default_factory=lambda: SarPreprocess().to_dict())
@@ -106,7 +107,8 @@ class DetOptim:
     ema_ramp_steps: int = 200
     # mixed precision of the training step: "auto" (bfloat16 on CUDA, float32 elsewhere),
     # "bf16" (bfloat16 autocast on any device; on a CPU with AVX512-BF16 about 1.7x faster
-    # than float32), "off". Evaluation always runs in float32, as the exported model does.
+    # than float32, on one without it emulated and many times slower), "fp32" (or "off":
+    # float32 steps). Evaluation always runs in float32, as the exported model does.
     amp: str = "auto"
     # channels-last memory layout for model and batches: the same numbers up to float rounding,
     # faster convolutions (about 1.5x per training step on the CPU, benchmarks/results/det_edge_long)
@@ -571,6 +573,11 @@ def make_sets(cfg: DetConfig):
     params = SarPreprocess.from_dict(cfg.data.preprocess)
     train = ds.split(cfg.data.train_split)
     test = ds.split(cfg.data.test_split)
+    if not 0 <= cfg.data.val_fraction < 1:
+        raise SarbridgeError(
+            f"data.val_fraction must be in [0, 1), not {cfg.data.val_fraction} "
+            "(0: no validation split, the last epoch is kept)"
+        )
     rng = np.random.default_rng(cfg.data.split_seed)
     order = rng.permutation(len(train))
     n_val = int(round(len(train) * cfg.data.val_fraction))
@@ -645,14 +652,14 @@ def _lr_lambda(o: DetOptim, total_steps: int):
 def autocast_dtype(amp: str, device: torch.device, warn: bool = True) -> torch.dtype | None:
     """The autocast dtype of the training step for ``optim.amp`` on ``device`` (None: float32);
     ``warn``: say so when bfloat16 would be emulated (one process of a DDP job says it)."""
-    if amp not in ("auto", "bf16", "off"):
-        raise SarbridgeError(f"optim.amp must be 'auto', 'bf16' or 'off', not {amp!r}")
-    if amp == "off" or (amp == "auto" and device.type != "cuda"):
+    if amp not in ("auto", "bf16", "fp32", "off"):
+        raise SarbridgeError(f"optim.amp must be 'auto', 'bf16' or 'fp32' ('off'), not {amp!r}")
+    if amp in ("fp32", "off") or (amp == "auto" and device.type != "cuda"):
         return None
     if warn and device.type == "cpu" and not torch.cpu._is_avx512_bf16_supported():
         print(
             "warning: optim.amp=bf16 on a CPU without AVX512-BF16: bfloat16 is emulated and "
-            "slower than float32"
+            "many times slower than float32 (--set optim.amp=fp32 trains in float32)"
         )
     return torch.bfloat16
 
@@ -719,6 +726,8 @@ def _train(cfg: DetConfig, run_dir: Path, resume: bool, progress: bool, info: Di
             f"{cfg.model.name} ({n_params / 1e6:.2f} M parameters), init {cfg.init}: "
             f"{summary['images']['train']} train / {summary['images']['val']} val / {summary['images']['test']} test images"
         )
+        if not len(val.records):
+            print("no validation split (data.val_fraction 0): the last epoch is the one kept")
 
     def step(batch):
         x, targets = batch
@@ -738,7 +747,7 @@ def _train(cfg: DetConfig, run_dir: Path, resume: bool, progress: bool, info: Di
         batches=lambda epoch: epoch_batches(cfg, train, epoch, info, info.device),
         step=step,
         batch_items=lambda batch: len(batch[0]),
-        evaluate=evaluate_epoch,
+        evaluate=evaluate_epoch if len(val.records) else None,
         steps_per_epoch=steps_per_epoch,
     )
     trainer.fit(plan, summary | {"config_sha256": config_hash(cfg)})
