@@ -34,6 +34,8 @@ def sweep(
             e = dataclasses.replace(cfg.eval, iou_threshold=iou, vote_iou=vote)
             c = dataclasses.replace(cfg, eval=e)
             for split in splits:
+                if not len(sets[split].records):
+                    continue  # a run trained without a validation split
                 m = evaluate(model, sets[split], c, torch.device("cpu"), classes)
                 rows.append({"split": split, "nms_iou": iou, "vote_iou": vote, **m})
                 print(
@@ -78,11 +80,14 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     rows = sweep(args.run, args.iou, votes=tuple(args.vote_iou))
     val = [r for r in rows if r["split"] == "val"]
-    best = max(val, key=lambda r: r["AP50_95"])
-    print(
-        f"best on validation (AP50:95): NMS IoU {best['nms_iou']:.2f}, "
-        f"box voting {_vote_text(best['vote_iou'])}"
-    )
+    if val:
+        best = max(val, key=lambda r: r["AP50_95"])
+        print(
+            f"best on validation (AP50:95): NMS IoU {best['nms_iou']:.2f}, "
+            f"box voting {_vote_text(best['vote_iou'])}"
+        )
+    else:
+        print("the run has no validation split: nothing to pick a setting on")
     if args.json:
         args.json.write_text(json.dumps({"run": str(args.run), "rows": rows}, indent=2))
     return 0

@@ -338,6 +338,41 @@ def test_yolo_decode_torch_numpy_agree_and_kmeans_anchors():
 
 
 @pytest.mark.slow
+def test_training_without_validation_keeps_the_last_epoch(tmp_path, data):
+    """data.val_fraction 0: every train image is trained on, best.pt is the last epoch."""
+    import json
+
+    from sarbridge.train import engine
+    from sarbridge.train.config import from_dict
+    from sarbridge.train.detect_train import DetConfig, make_sets, train_detector
+
+    base = {
+        "name": "noval",
+        "threads": 1,
+        "data": {"input_size": 128, "max_train_images": 16, "val_fraction": 0.0},
+        "optim": {"epochs": 2, "batch_size": 8, "warmup_steps": 2},
+    }
+    cfg = from_dict(DetConfig, base)
+    train, val, *_ = make_sets(cfg)
+    assert len(val.records) == 0 and len(train.records) == 16
+    report = train_detector(cfg, tmp_path, progress=False)
+    run = json.loads((tmp_path / "noval" / "run.json").read_text())
+    assert run["best"] == {"metric": "epoch", "value": 1}
+    assert all(not any(k.startswith("val_") for k in r) for r in run["history"])
+    best = engine.load_checkpoint(tmp_path / "noval" / "best.pt")
+    last = engine.load_checkpoint(tmp_path / "noval" / "checkpoint.pt")
+    assert best["epoch"] == last["epoch"] == 1 and report["best_epoch"] == 2
+    for k, v in last["ema"].items():
+        torch.testing.assert_close(best["ema"][k], v, rtol=0, atol=0)
+    from sarbridge.benchmarks.det_nms_sweep import main as nms_sweep
+
+    out = tmp_path / "nms.json"
+    assert nms_sweep([str(tmp_path / "noval"), "--iou", "0.7", "--json", str(out)]) == 0
+    assert [r["split"] for r in json.loads(out.read_text())["rows"]] == ["test"]
+    with pytest.raises(SarbridgeError, match="val_fraction"):
+        make_sets(from_dict(DetConfig, base | {"data": {"val_fraction": 1.0}}))
+
+
 def test_detector_trainer_under_ddp_two_gloo_processes(tmp_path, data):
     """The shared engine's DDP path through the detector trainer: 2 processes, one run directory."""
     import json
@@ -517,6 +552,9 @@ def test_training_precision_and_layout_settings(data):
 
     cpu = torch.device("cpu")
     assert autocast_dtype("auto", cpu) is None and autocast_dtype("off", cpu) is None
+    assert (
+        autocast_dtype("fp32", cpu) is None and autocast_dtype("fp32", torch.device("cuda")) is None
+    )
     assert autocast_dtype("bf16", cpu) is torch.bfloat16
     assert autocast_dtype("auto", torch.device("cuda")) is torch.bfloat16
     with pytest.raises(SarbridgeError, match="optim.amp must be"):

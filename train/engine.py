@@ -4,7 +4,8 @@ A run lives in ``runs/<name>/``:
 
 * ``checkpoint.pt``: the last completed epoch (model, optimizer, scheduler,
   epoch, history, config), loadable with ``torch.load(weights_only=True)``;
-* ``best.pt``: the same at the best validation metric;
+* ``best.pt``: the same at the best validation metric (the last epoch when a run has no
+  validation);
 * ``run.json``: resolved config, git sha, data summary, metrics per epoch.
 
 Every file is written to a temporary name and renamed, so a run killed at any
@@ -306,13 +307,15 @@ class Trainer:
     def fit(self, plan: EpochPlan, data_summary: dict | None = None) -> list[dict]:
         if self.info.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+        if plan.evaluate is None:
+            self.best_metric = "epoch"  # nothing to select by: best.pt is the last epoch
         self._write_run_json("running", data_summary)
         for epoch in range(self.start_epoch, self.epochs):
             logs = self._train_epoch(plan, epoch)
             metrics = plan.evaluate(epoch) if plan.evaluate else {}
             record = {"epoch": epoch, **logs, **metrics}
             self.history.append(record)
-            value = metrics.get(self.best_metric, -math.inf)
+            value = record.get(self.best_metric, -math.inf)
             is_best = value > self.best_value
             if is_best:
                 self.best_value = value

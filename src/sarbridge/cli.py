@@ -121,7 +121,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "detect",
         help="train a SAR ship detector (edge_det) from BNN, ImageNet or random initialisation",
         description="Trains on the official train split (a seeded share held out for validation picks the best "
-        "checkpoint by AP50:95) and scores the test split once at the end.",
+        "checkpoint by AP50:95; --set data.val_fraction=0 trains on all of it and keeps the last "
+        "epoch) and scores the test split once at the end.",
     )
     det.add_argument("--config", type=Path, help="YAML config (configs/det_*.yaml)")
     det.add_argument(
