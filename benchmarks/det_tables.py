@@ -54,7 +54,8 @@ def _recipe(config: dict) -> str:
     when none): other scale jitter, mosaic, multi-scale, a box loss weight, a distribution (DFL)
     box head, the EMA's decay
     and ramp (runs made before the ramp was a setting used 2000 steps), and bfloat16 training
-    steps where ``optim.amp`` asked for them on any device."""
+    steps where ``optim.amp`` asked for them on any device; a run with no validation split
+    (trained on every train image, last epoch kept)."""
     a, o, m = config.get("augment", {}), config.get("optim", {}), config.get("model", {})
     parts = []
     scale = (a.get("scale_min", 0.6), a.get("scale_max", 1.2))
@@ -73,6 +74,8 @@ def _recipe(config: dict) -> str:
         parts.append(f"EMA {o.get('ema_decay', 0.999):g} ramp {o.get('ema_ramp_steps', 2000)}")
     if o.get("amp") == "bf16":
         parts.append("bf16 steps")
+    if config.get("data", {}).get("val_fraction", 0.1) == 0:
+        parts.append("all train images, last epoch")
     e = config.get("eval", {})
     if e.get("iou_threshold", 0.5) != 0.5:
         parts.append(f"NMS {e['iou_threshold']:g}")

@@ -56,6 +56,11 @@ def test_groups_by_init_and_recipe(tmp_path, capsys):
             {"iou_threshold": 0.7, "vote_iou": 0.7},
         ),
     ]
+    whole = _run(tmp_path, "n", "random", 0, 0.5, {"mosaic": 1.0})  # no validation split
+    rec = json.loads((whole / "run.json").read_text())
+    rec["config"]["data"]["val_fraction"] = 0.0
+    (whole / "run.json").write_text(json.dumps(rec))
+    runs.append(whole)
     assert main([str(r) for r in runs] + ["--out", str(tmp_path / "out")]) == 0
     agg = json.loads((tmp_path / "out" / "tables.json").read_text())["by_init_recipe"]
     s = " | 320 px, 12 ep"
@@ -70,6 +75,7 @@ def test_groups_by_init_and_recipe(tmp_path, capsys):
     assert agg["random | mosaic 0.5, EMA 0.995 ramp 200" + s]["AP50"]["mean"] == 0.95
     assert agg["random | mosaic 1, bf16 steps" + s]["AP50"]["mean"] == 0.6
     assert agg["random | mosaic 1" + s]["AP50"]["mean"] == 0.4
+    assert agg["random | mosaic 1, all train images, last epoch" + s]["AP50"]["mean"] == 0.5
     assert agg["random | mosaic 1, DFL boxes 16 bins" + s]["AP50"]["mean"] == 0.3
     assert agg["bnn | base | 320 px, 12+4 ep"]["AP50"]["mean"] == 0.7
     assert agg["bnn | NMS 0.7, vote 0.7 | 320 px, 12+4+2 ep"]["AP50"]["mean"] == 0.72
