@@ -8,8 +8,8 @@ tiles cut by the runtime's tiler and evaluated whole, through the deployed
 tiling and cross-tile merge. The official train split is split again (seeded)
 into train and a validation share that picks the best checkpoint by AP50:95
 (``data.val_fraction: 0`` trains on the whole train split and keeps the last
-epoch, for a schedule already fixed on validation); the test split is scored once, at the end, through the same numpy decode the
-deployed model uses.
+epoch, for a schedule already fixed on validation); the test split is scored
+once, at the end, through the same numpy decode the deployed model uses.
 """
 
 from __future__ import annotations
@@ -727,7 +727,10 @@ def _train(cfg: DetConfig, run_dir: Path, resume: bool, progress: bool, info: Di
             f"{summary['images']['train']} train / {summary['images']['val']} val / {summary['images']['test']} test images"
         )
         if not len(val.records):
-            print("no validation split (data.val_fraction 0): the last epoch is the one kept")
+            print(
+                f"no validation images (data.val_fraction {cfg.data.val_fraction:g}): "
+                "the last epoch is the one kept"
+            )
 
     def step(batch):
         x, targets = batch
