@@ -3,14 +3,16 @@
 import json
 
 
-def _run(tmp_path, name, init, seed, ap50, augment, optim=None, evaluation=None, model=None):
+def _run(
+    tmp_path, name, init, seed, ap50, augment, optim=None, evaluation=None, model=None, data=None
+):
     run = tmp_path / name
     run.mkdir()
     config = {
         "init": init,
         "seed": seed,
         "model": {"name": "edge_det", **(model or {})},
-        "data": {"input_size": 320},
+        "data": {"input_size": 320, **(data or {})},
         "optim": {"epochs": 12, **(optim or {})},
         "augment": augment,
         "eval": evaluation or {"iou_threshold": 0.5},
@@ -56,11 +58,8 @@ def test_groups_by_init_and_recipe(tmp_path, capsys):
             {"iou_threshold": 0.7, "vote_iou": 0.7},
         ),
     ]
-    whole = _run(tmp_path, "n", "random", 0, 0.5, {"mosaic": 1.0})  # no validation split
-    rec = json.loads((whole / "run.json").read_text())
-    rec["config"]["data"]["val_fraction"] = 0.0
-    (whole / "run.json").write_text(json.dumps(rec))
-    runs.append(whole)
+    # no validation split
+    runs.append(_run(tmp_path, "n", "random", 0, 0.5, {"mosaic": 1.0}, data={"val_fraction": 0.0}))
     assert main([str(r) for r in runs] + ["--out", str(tmp_path / "out")]) == 0
     agg = json.loads((tmp_path / "out" / "tables.json").read_text())["by_init_recipe"]
     s = " | 320 px, 12 ep"

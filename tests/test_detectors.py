@@ -373,6 +373,7 @@ def test_training_without_validation_keeps_the_last_epoch(tmp_path, data):
         make_sets(from_dict(DetConfig, base | {"data": {"val_fraction": 1.0}}))
 
 
+@pytest.mark.slow
 def test_detector_trainer_under_ddp_two_gloo_processes(tmp_path, data):
     """The shared engine's DDP path through the detector trainer: 2 processes, one run directory."""
     import json
