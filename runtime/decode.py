@@ -92,15 +92,27 @@ def _nms_top(
 
 @dataclass(frozen=True)
 class Letterbox:
-    """How an image was fitted into a square network input: ``input = image * scale``, then padded."""
+    """How an image was fitted into a square network input: resized to ``resized_width`` x
+    ``resized_height`` (the long side the input size), then padded bottom/right.
 
-    scale: float
+    The two sides are rounded to whole pixels, so the short side's factor differs slightly from
+    the long side's (350 -> 358 px is 1.0229 where 500 -> 512 is 1.024); boxes go back by each
+    axis's own factor, as training scales its boxes."""
+
     height: int
     width: int
+    resized_height: int
+    resized_width: int
+
+    @property
+    def scale(self) -> float:
+        """The long side's factor (input size / long side)."""
+        return max(self.resized_height, self.resized_width) / max(self.height, self.width)
 
     def to_image(self, boxes: np.ndarray) -> np.ndarray:
         """Boxes from network-input pixels back to image pixels, clipped to the image."""
-        out = np.asarray(boxes, np.float32).reshape(-1, 4) / self.scale
+        sx, sy = self.resized_width / self.width, self.resized_height / self.height
+        out = np.asarray(boxes, np.float32).reshape(-1, 4) / np.array([sx, sy, sx, sy], np.float32)
         return np.clip(out, 0, [self.width, self.height, self.width, self.height]).astype(
             np.float32
         )
@@ -121,7 +133,7 @@ def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
             out[k, :nh, :nw] = np.asarray(
                 Image.fromarray(image[k], mode="F").resize((nw, nh), Image.BILINEAR)
             )
-    return out, Letterbox(scale, h, w)
+    return out, Letterbox(h, w, nh, nw)
 
 
 # ---------------------------------------------------------------- anchor-based (YOLOv3)

@@ -175,6 +175,12 @@ def test_torch_and_numpy_decode_agree_and_roundtrip():
     boxed, lb = letterbox(img, 200)
     assert boxed.shape == (1, 200, 200) and lb.scale == 2.0
     np.testing.assert_allclose(lb.to_image(np.array([[20, 40, 60, 100]])), [[10, 20, 30, 50]])
+    # sides rounded to whole pixels: each axis goes back by its own factor, as training scaled it
+    _, lb = letterbox(np.zeros((1, 350, 500), np.float32), 512)
+    assert (lb.resized_height, lb.resized_width) == (358, 512) and lb.scale == 512 / 500
+    ship = np.array([[400.0, 300.0, 415.0, 315.0]])
+    as_trained = ship * np.array([512 / 500, 358 / 350, 512 / 500, 358 / 350])
+    np.testing.assert_allclose(lb.to_image(as_trained), ship, atol=1e-3)
 
 
 def test_assignment_gives_every_ship_positives():
