@@ -14,6 +14,7 @@ from sarbridge.train.detectors import (
     list_detectors,
 )
 from sarbridge.train.edge_detector import (
+    bin_expectation,
     box_distributions,
     decode_boxes,
     dfl_loss,
@@ -181,6 +182,15 @@ def test_torch_and_numpy_decode_agree_and_roundtrip():
     ship = np.array([[400.0, 300.0, 415.0, 315.0]])
     as_trained = ship * np.array([512 / 500, 358 / 350, 512 / 500, 358 / 350])
     np.testing.assert_allclose(lb.to_image(as_trained), ship, atol=1e-3)
+
+
+def test_bin_expectation_is_the_softmax_mean_on_any_axis():
+    logits = torch.randn(2, 4, 16, 3, 5) * 4
+    values = torch.arange(16.0)
+    want = (logits.softmax(2) * values.view(1, 1, -1, 1, 1)).sum(2)
+    torch.testing.assert_close(bin_expectation(logits, values.view(1, 1, -1, 1, 1), 2), want)
+    last = logits.movedim(2, -1)
+    torch.testing.assert_close(bin_expectation(last, values, -1), want)
 
 
 def test_assignment_gives_every_ship_positives():

@@ -108,16 +108,25 @@ class EdgeDetector(nn.Module):
 
     def expected_distance(self, bin_logits: torch.Tensor) -> torch.Tensor:
         """Distance [B, 4, h, w] in strides from bin logits [B, 4, R, h, w], kept above 1e-3
-        strides so that its logarithm stays finite.
+        strides so that its logarithm stays finite (see :func:`bin_expectation`)."""
+        values = self.bin_values.view(1, 1, -1, 1, 1)
+        return bin_expectation(bin_logits, values, 2).clamp(min=1e-3)
 
-        The softmax is written out (exp of the logits less their maximum, weighted sum over
-        plain sum): the same numbers, but ONNX Runtime's Softmax on a middle axis of a 5-D
-        tensor cost 3-5 ms per 512 x 512 image on one CPU thread against 0.5-0.8 ms for these
-        reductions, roughly a tenth of the model's time (benchmarks/results/cpu_epyc_2core_dfl).
-        The exponentials stay at or below 1, so FP16 engines do not overflow."""
-        values = self.bin_values.view(1, 1, -1, 1, 1).to(bin_logits.dtype)
-        weights = torch.exp(bin_logits - bin_logits.amax(2, keepdim=True))
-        return ((weights * values).sum(2) / weights.sum(2)).clamp(min=1e-3)
+
+def bin_expectation(bin_logits: torch.Tensor, values: torch.Tensor, dim: int) -> torch.Tensor:
+    """Expected bin value (``values``: 0 .. R-1, shaped to broadcast along ``dim``) under the
+    softmax of the logits: the DFL head's box-side distance in strides, for the exported graph
+    and the loss alike. (``values`` comes in shaped, from a buffer: traced graphs hold a
+    constant and no shape arithmetic.)
+
+    The softmax is written out (exp of the logits less their maximum, weighted sum over
+    plain sum): the same numbers, but ONNX Runtime's Softmax on a middle axis of a 5-D
+    tensor cost 3-5 ms per 512 x 512 image on one CPU thread against 0.5-0.8 ms for these
+    reductions, roughly a tenth of the model's time (benchmarks/results/cpu_epyc_2core_dfl).
+    The exponentials stay at or below 1, so FP16 engines do not overflow."""
+    values = values.to(bin_logits.dtype)
+    weights = torch.exp(bin_logits - bin_logits.amax(dim, keepdim=True))
+    return (weights * values).sum(dim) / weights.sum(dim)
 
 
 @contextmanager
@@ -259,7 +268,7 @@ def detection_loss(
         bins = raw[..., : 4 * box_bins].unflatten(-1, (4, box_bins))  # [B, N, 4, R]
         logits = raw[..., 4 * box_bins :]
         values = torch.arange(box_bins, dtype=raw.dtype, device=raw.device)
-        dist = (bins.softmax(-1) * values).sum(-1) * strd[:, None]
+        dist = bin_expectation(bins, values, -1) * strd[:, None]
         boxes = torch.cat([points - dist[..., :2], points + dist[..., 2:]], -1)
     else:
         logits = raw[..., 4:]
