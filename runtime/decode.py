@@ -118,21 +118,32 @@ class Letterbox:
         )
 
 
-def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
-    """Resize [C, H, W] float input so its long side is ``size`` and pad bottom/right with zeros."""
+def resize_by(image: np.ndarray, scale: float) -> np.ndarray:
+    """Resize [C, H, W] float input by ``scale`` (bilinear), each side rounded to whole pixels
+    (at least one); the input is returned as it is (made contiguous) when neither side changes."""
     from PIL import Image
 
-    c, h, w = image.shape
-    scale = size / max(h, w)
+    _, h, w = image.shape
     nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-    out = np.zeros((c, size, size), np.float32)
-    for k in range(c):
-        if (nh, nw) == (h, w):
-            out[k, :h, :w] = image[k]
-        else:
-            out[k, :nh, :nw] = np.asarray(
-                Image.fromarray(image[k], mode="F").resize((nw, nh), Image.BILINEAR)
+    if (nh, nw) == (h, w):
+        return np.ascontiguousarray(image)
+    return np.stack(
+        [
+            np.asarray(
+                Image.fromarray(np.ascontiguousarray(c), mode="F").resize((nw, nh), Image.BILINEAR)
             )
+            for c in image
+        ]
+    )
+
+
+def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
+    """Resize [C, H, W] float input so its long side is ``size`` and pad bottom/right with zeros."""
+    c, h, w = image.shape
+    resized = resize_by(image, size / max(h, w))
+    _, nh, nw = resized.shape
+    out = np.zeros((c, size, size), np.float32)
+    out[:, :nh, :nw] = resized
     return out, Letterbox(h, w, nh, nw)
 
 

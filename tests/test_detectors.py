@@ -184,6 +184,25 @@ def test_torch_and_numpy_decode_agree_and_roundtrip():
     np.testing.assert_allclose(lb.to_image(as_trained), ship, atol=1e-3)
 
 
+def test_training_view_without_augmentation_is_the_letterboxed_view():
+    # the training resize (scale jitter 1, no flips) and the deployed letterbox give the same
+    # pixels and the same box scaling
+    from sarbridge.train.detect_train import DetAugment, _geometric
+
+    rng = np.random.default_rng(0)
+    img = rng.random((2, 350, 500), dtype=np.float32)
+    ship = np.array([[400.0, 300.0, 415.0, 315.0]], np.float32)
+    still = DetAugment(flip=False, rot90=False, scale_min=1.0, scale_max=1.0)
+    trained, boxes = _geometric(img, ship, rng, still, 512)
+    deployed, lb = letterbox(img, 512)
+    assert trained.shape == (2, 358, 512)
+    np.testing.assert_array_equal(deployed[:, :358, :512], trained)
+    np.testing.assert_allclose(lb.to_image(boxes), ship, atol=1e-3)
+    # a side already at the input size is left as it is
+    same, _ = _geometric(img[:, :, :350], ship, rng, still, 350)
+    np.testing.assert_array_equal(same, img[:, :, :350])
+
+
 def test_bin_expectation_is_the_softmax_mean_on_any_axis():
     logits = torch.randn(2, 4, 16, 3, 5) * 4
     values = torch.arange(16.0)

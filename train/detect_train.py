@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from sarbridge.runtime.annotations import ImageRecord, read_dataset
-from sarbridge.runtime.decode import letterbox
+from sarbridge.runtime.decode import letterbox, resize_by
 from sarbridge.runtime.errors import SarbridgeError
 from sarbridge.runtime.imageio import read_image
 from sarbridge.runtime.metrics import Detections, coco_ap, precision_recall_at
@@ -328,8 +328,6 @@ class TiledSet(DetectionSet):
 def _geometric(img: np.ndarray, boxes: np.ndarray, rng, aug: DetAugment, size: int):
     """Flip/rot90 (image [C, H, W], boxes [M, 4]) then resize by the letterbox scale to ``size``
     times a scale jitter; returns the resized image and its boxes."""
-    from PIL import Image
-
     _, h, w = img.shape
     boxes = boxes.copy()
     if aug.flip and rng.random() < 0.5:
@@ -342,12 +340,8 @@ def _geometric(img: np.ndarray, boxes: np.ndarray, rng, aug: DetAugment, size: i
         img = np.rot90(img, 1, axes=(1, 2))
         boxes = np.stack([boxes[:, 1], w - boxes[:, 2], boxes[:, 3], w - boxes[:, 0]], 1)
         h, w = w, h
-    scale = size / max(h, w) * rng.uniform(aug.scale_min, aug.scale_max)
-    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-    img = np.ascontiguousarray(img)
-    resized = np.stack(
-        [np.asarray(Image.fromarray(c, mode="F").resize((nw, nh), Image.BILINEAR)) for c in img]
-    )
+    resized = resize_by(img, size / max(h, w) * rng.uniform(aug.scale_min, aug.scale_max))
+    _, nh, nw = resized.shape
     return resized, boxes * np.array([nw / w, nh / h, nw / w, nh / h], np.float32)
 
 
