@@ -81,6 +81,8 @@ def _recipe(config: dict) -> str:
         parts.append(f"NMS {e['iou_threshold']:g}")
     if e.get("vote_iou") is not None:
         parts.append(f"vote {e['vote_iou']:g}")
+    if e.get("tta_flips"):
+        parts.append(f"flips {','.join(e['tta_flips'])}")
     return ", ".join(parts) or "base"
 
 

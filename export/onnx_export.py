@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from sarbridge.runtime.boxes import box_iou
-from sarbridge.runtime.decode import letterbox
+from sarbridge.runtime.decode import letterbox, parse_flips
 from sarbridge.runtime.errors import SarbridgeError
 from sarbridge.runtime.manifest import SCHEMA_VERSION, save_manifest, sha256_file
 from sarbridge.runtime.preprocess import preprocess
@@ -251,12 +251,15 @@ def export_detector(
     name: str | None = None,
     nms_iou: float | None = None,
     vote_iou: float | str | None = None,
+    tta_flips=None,
 ) -> dict:
     """Export a detector run to ``out`` (model.onnx + manifest.json); returns the manifest.
 
-    ``nms_iou`` sets the deployed NMS IoU (default: the run's ``eval.iou_threshold``) and
+    ``nms_iou`` sets the deployed NMS IoU (default: the run's ``eval.iou_threshold``),
     ``vote_iou`` the deployed box voting after NMS (default: the run's ``eval.vote_iou``;
-    ``"off"`` for none), e.g. values picked on validation with ``benchmarks/det_nms_sweep``."""
+    ``"off"`` for none) and ``tta_flips`` the deployed test-time flips (default: the run's
+    ``eval.tta_flips``; ``"off"`` or ``()`` for none), e.g. settings picked on validation with
+    ``benchmarks/det_nms_sweep``."""
     from sarbridge.runtime.annotations import read_dataset
     from sarbridge.runtime.paths import resolve_data_path
     from sarbridge.runtime.preprocess import SarPreprocess
@@ -271,7 +274,12 @@ def export_detector(
         raise ExportError(f"NMS IoU must be in (0, 1], not {nms_iou}")
     if vote_iou not in (None, "off") and not 0.0 < float(vote_iou) <= 1.0:
         raise ExportError(f"box-voting IoU must be in (0, 1] or 'off', not {vote_iou}")
+    try:
+        flips = None if tta_flips is None else parse_flips(tta_flips)
+    except ValueError as exc:
+        raise ExportError(str(exc)) from None
     model, cfg, ckpt = load_detector(run)
+    flips = cfg.eval.tta_flips if flips is None else flips
     iou = cfg.eval.iou_threshold if nms_iou is None else float(nms_iou)
     vote = {None: cfg.eval.vote_iou, "off": None}.get(vote_iou, vote_iou)
     vote = None if vote is None else float(vote)
@@ -300,6 +308,7 @@ def export_detector(
             # the NMS IoU of the run's test metrics (postprocessing holds the deployed one)
             "test_metrics_nms_iou": float(cfg.eval.iou_threshold),
             "test_metrics_vote_iou": cfg.eval.vote_iou,
+            "test_metrics_tta_flips": list(cfg.eval.tta_flips),
             # how the backbone was initialised (its own run and file, prefixed: not this run's)
             **{
                 (k if k == "init" else f"init_{k}"): v
@@ -324,6 +333,7 @@ def export_detector(
         score_threshold=cfg.eval.operating_threshold,
         iou_threshold=iou,
         vote_iou=vote,
+        tta_flips=flips,
         lineage=lineage,
         metrics={
             f"test_{k}": float(v)
@@ -408,6 +418,7 @@ def export_detector_model(
     iou_threshold: float = 0.5,
     max_detections: int = 300,
     vote_iou: float | None = None,
+    tta_flips: tuple[str, ...] = (),
     lineage: list[dict] | None = None,
     metrics: dict | None = None,
     atol: float = 1e-3,
@@ -419,14 +430,16 @@ def export_detector_model(
 
     Args:
         vote_iou: box voting after the runtime's NMS (dense heads only); None: off.
+        tta_flips: test-time flips the runtime merges before its NMS (dense heads only); the
+            parity check compares the graph and the decode of the plain view.
         parity_x: real network inputs [B, C, S, S] (runtime preprocessing + letterbox).
         predict: ``predict(model, images) -> [(boxes, scores, labels)]`` in input pixels, the
             training evaluation's own prediction path at the operating threshold.
     """
-    if vote_iou is not None and kind != "dense":
+    if (vote_iou is not None or tta_flips) and kind != "dense":
         raise ExportError(
-            f"box voting (vote_iou {vote_iou}) needs the runtime's NMS; a {kind!r} detector's "
-            "graph runs its own"
+            f"box voting (vote_iou {vote_iou}) and test-time flips ({list(tta_flips)}) need the "
+            f"runtime's NMS; a {kind!r} detector's graph runs its own"
         )
     model = model.eval().cpu()
     out = Path(out)
@@ -549,6 +562,7 @@ def export_detector_model(
                 "iou_threshold": float(iou_threshold),
                 "max_detections": int(max_detections),
                 **({} if vote_iou is None else {"vote_iou": float(vote_iou)}),
+                **({"tta_flips": list(tta_flips)} if tta_flips else {}),
                 **post_extra,
             },
             "classes": list(classes),
@@ -688,6 +702,7 @@ def export_run(
     overlap: float = 0.5,
     nms_iou: float | None = None,
     vote_iou: float | str | None = None,
+    tta_flips=None,
 ) -> dict:
     """Export whichever kind of run ``run`` is: a BNN run (its SAR encoder) or a detector run."""
     run = Path(run)
@@ -699,9 +714,10 @@ def export_run(
 
         config = load_checkpoint(run / "best.pt").get("config", {})
     if "patch_size" in config.get("data", {}) or "loss" in config:
-        if nms_iou is not None or vote_iou is not None:
+        if nms_iou is not None or vote_iou is not None or tta_flips is not None:
             raise ExportError(
-                f"{run} is a BNN run (an embedder): NMS and box-voting IoUs do not apply"
+                f"{run} is a BNN run (an embedder): NMS, box voting and test-time flips do not "
+                "apply"
             )
         return export_embedder(run, out, parity_patches=parity_images)
     return export_detector(
@@ -712,4 +728,5 @@ def export_run(
         overlap=overlap,
         nms_iou=nms_iou,
         vote_iou=vote_iou,
+        tta_flips=tta_flips,
     )

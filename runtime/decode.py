@@ -59,12 +59,24 @@ def decode_dense(
     Returns:
         boxes [K, 4] xyxy in network-input pixels, scores [K], labels [K] int64.
     """
+    candidates = dense_candidates(raw, points, strides, score_threshold, pre_nms_top_k)
+    return _nms_top(*candidates, iou_threshold, max_detections, vote_iou)
+
+
+def dense_candidates(
+    raw: np.ndarray,
+    points: np.ndarray,
+    strides: np.ndarray,
+    score_threshold: float = 0.05,
+    pre_nms_top_k: int = 2000,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The boxes, scores and labels :func:`decode_dense` hands to NMS (input pixels)."""
     raw = np.asarray(raw, dtype=np.float32)
     keep, scores, labels = _candidates(sigmoid(raw[:, 4:]), score_threshold, pre_nms_top_k)
     dist = np.exp(np.minimum(raw[keep, :4], MAX_LOG_DISTANCE)) * strides[keep, None]  # [K, 4]
     p = points[keep]
     boxes = np.concatenate([p - dist[:, :2], p + dist[:, 2:]], axis=1)
-    return _nms_top(boxes, scores, labels, iou_threshold, max_detections, vote_iou)
+    return boxes, scores, labels
 
 
 def _candidates(scores_all: np.ndarray, score_threshold: float, top_k: int):
@@ -188,6 +200,19 @@ def decode_yolo(
     ``(cell + sigmoid(t_xy)) * stride`` with size ``anchor * exp(t_wh)``; the score is
     ``sigmoid(obj) * sigmoid(cls)``.
     """
+    candidates = yolo_candidates(raw, cells, strides, anchors, score_threshold, pre_nms_top_k)
+    return _nms_top(*candidates, iou_threshold, max_detections, vote_iou)
+
+
+def yolo_candidates(
+    raw: np.ndarray,
+    cells: np.ndarray,
+    strides: np.ndarray,
+    anchors: np.ndarray,
+    score_threshold: float = 0.05,
+    pre_nms_top_k: int = 2000,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The boxes, scores and labels :func:`decode_yolo` hands to NMS (input pixels)."""
     raw = np.asarray(raw, dtype=np.float32)
     keep, scores, labels = _candidates(
         sigmoid(raw[:, 4:5]) * sigmoid(raw[:, 5:]), score_threshold, pre_nms_top_k
@@ -196,4 +221,73 @@ def decode_yolo(
     centre = (cells[keep] + sigmoid(r[:, :2])) * strides[keep, None]
     size = anchors[keep] * np.exp(np.minimum(r[:, 2:4], MAX_LOG_DISTANCE))
     boxes = np.concatenate([centre - size / 2, centre + size / 2], axis=1)
+    return boxes, scores, labels
+
+
+# ---------------------------------------------------------------- test-time flips
+
+# the flips of test-time augmentation and the image axes ([..., H, W]) each reverses
+FLIP_AXES = {"h": (-1,), "v": (-2,), "hv": (-2, -1)}
+
+
+def parse_flips(value) -> tuple[str, ...]:
+    """Test-time flips as a tuple of :data:`FLIP_AXES` names, from a list or from text
+    (``"h,v,hv"``; ``"off"``, ``"none"`` or empty: none); ValueError on anything else."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        text = value.strip().lower()
+        value = () if text in ("", "off", "none") else [t.strip() for t in text.split(",")]
+    flips = tuple(value)
+    bad = [f for f in flips if f not in FLIP_AXES]
+    if bad or len(set(flips)) != len(flips):
+        raise ValueError(
+            f"test-time flips are distinct names among {sorted(FLIP_AXES)} ('h' mirrors left-"
+            f"right, 'v' top-bottom, 'hv' both), not {list(value)!r}"
+        )
+    return flips
+
+
+def flip_inputs(inputs: np.ndarray, flip: str) -> np.ndarray:
+    """Network inputs [..., S, S] seen under ``flip`` (a contiguous copy)."""
+    return np.ascontiguousarray(np.flip(inputs, FLIP_AXES[flip]))
+
+
+def unflip_boxes(boxes: np.ndarray, flip: str, input_size: int) -> np.ndarray:
+    """Boxes [K, 4] xyxy found in the ``flip`` view of a square input, back in the input's frame."""
+    out = np.array(boxes, dtype=np.float32).reshape(-1, 4)
+    if "h" in flip:
+        out[:, [0, 2]] = input_size - out[:, [2, 0]]
+    if "v" in flip:
+        out[:, [1, 3]] = input_size - out[:, [3, 1]]
+    return out
+
+
+def decode_views(
+    raws,
+    candidates,
+    flips: tuple[str, ...],
+    input_size: int,
+    iou_threshold: float = 0.5,
+    max_detections: int = 300,
+    vote_iou: float | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One image seen plain and under each of ``flips`` (test-time augmentation): every view's
+    NMS candidates, boxes mapped back to the plain view, then one NMS (and box voting) over them
+    all. With no flips this is the plain decode.
+
+    Args:
+        raws: the 1 + len(flips) raw outputs of the image: the plain view's, then one per flip.
+        candidates: ``candidates(raw) -> (boxes, scores, labels)``, e.g. :func:`dense_candidates`
+            with its grid bound.
+    """
+    if len(raws) != 1 + len(flips):
+        raise ValueError(f"{len(raws)} raw outputs for {1 + len(flips)} views")
+    parts = [candidates(r) for r in raws]
+    boxes = np.concatenate(
+        [parts[0][0]]
+        + [unflip_boxes(p[0], f, input_size) for p, f in zip(parts[1:], flips, strict=True)]
+    ).astype(np.float32)
+    scores = np.concatenate([p[1] for p in parts])
+    labels = np.concatenate([p[2] for p in parts])
     return _nms_top(boxes, scores, labels, iou_threshold, max_detections, vote_iou)

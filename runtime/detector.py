@@ -16,12 +16,22 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from sarbridge.runtime.backends import open_backend
-from sarbridge.runtime.decode import decode_dense, decode_yolo, grid_points, letterbox, yolo_grid
+from sarbridge.runtime.decode import (
+    decode_views,
+    dense_candidates,
+    flip_inputs,
+    grid_points,
+    letterbox,
+    parse_flips,
+    yolo_candidates,
+    yolo_grid,
+)
 from sarbridge.runtime.errors import SarbridgeError
 from sarbridge.runtime.imageio import ArrayRaster, GeoRef, Raster, open_raster
 from sarbridge.runtime.manifest import MANIFEST_NAME, load_manifest, preprocess_of
@@ -76,11 +86,13 @@ class ScenePipeline:
         max_detections: int,
         batch_size: int = 8,
         vote_iou: float | None = None,
+        flips=(),
     ):
         self.params, self.input_size = params, int(input_size)
         self.tile_size, self.overlap = int(tile_size), float(overlap)
         self.iou_threshold, self.max_detections = float(iou_threshold), int(max_detections)
         self.vote_iou = None if vote_iou is None else float(vote_iou)  # box voting after NMS
+        self.flips = parse_flips(flips)  # test-time flips, merged with the plain view before NMS
         self.batch_size = max(1, int(batch_size))
 
     def run_inputs(self, inputs: np.ndarray, timings: dict | None = None) -> list:
@@ -200,6 +212,9 @@ class Detector(ScenePipeline):
         backend: backend name (``onnxruntime``).
         batch_size: tiles per backend call.
         score_threshold: overrides the manifest's operating threshold (e.g. 0.001 for AP).
+        tta_flips: overrides the manifest's test-time flips (``postprocessing.tta_flips``):
+            ``()``/``"off"`` for none, else names among ``"h"``, ``"v"``, ``"hv"``; each flip
+            is one more network run per tile, merged with the plain view before NMS.
         backend_options: passed to the backend (``providers``, ``threads``).
     """
 
@@ -210,6 +225,7 @@ class Detector(ScenePipeline):
         backend: str = "onnxruntime",
         batch_size: int = 8,
         score_threshold: float | None = None,
+        tta_flips=None,
         **backend_options,
     ):
         if manifest["task"] != "detect":
@@ -236,26 +252,46 @@ class Detector(ScenePipeline):
             batch_size,
             vote_iou=post.get("vote_iou"),
         )
-        if self.vote_iou is not None and self.decoder not in ("dense_ltrb", "yolo_anchors"):
-            raise SarbridgeError(
-                f"{self.artifact / MANIFEST_NAME}: postprocessing.vote_iou needs the runtime's "
-                f"NMS; the {self.decoder!r} decode takes the graph's own"
-            )
+        try:
+            self.flips = parse_flips(post.get("tta_flips") if tta_flips is None else tta_flips)
+        except ValueError as exc:
+            where = "postprocessing.tta_flips" if tta_flips is None else "tta_flips"
+            raise SarbridgeError(f"{self.artifact / MANIFEST_NAME}: {where}: {exc}") from None
+        if self.decoder not in ("dense_ltrb", "yolo_anchors"):
+            for what, on in (("vote_iou", self.vote_iou is not None), ("tta_flips", self.flips)):
+                if on:
+                    raise SarbridgeError(
+                        f"{self.artifact / MANIFEST_NAME}: postprocessing.{what} needs the "
+                        f"runtime's NMS; the {self.decoder!r} decode takes the graph's own"
+                    )
         self.score_threshold = (
             float(post["score_threshold"]) if score_threshold is None else float(score_threshold)
         )
         self.classes = list(manifest["classes"])
         strides = tuple(int(s) for s in post.get("strides", (8, 16, 32)))
         if self.decoder == "dense_ltrb":
-            self._points, self._strides = grid_points(self.input_size, strides)
+            points, strides = grid_points(self.input_size, strides)
+            self._candidates = partial(
+                dense_candidates,
+                points=points,
+                strides=strides,
+                score_threshold=self.score_threshold,
+            )
         elif self.decoder == "yolo_anchors":
             if "anchors" not in post:
                 raise SarbridgeError(
                     f"{self.artifact / MANIFEST_NAME}: postprocessing.anchors is missing "
                     "(needed by the yolo_anchors decode)"
                 )
-            self._cells, self._strides, self._anchors = yolo_grid(
+            cells, strides, anchors = yolo_grid(
                 self.input_size, strides, np.asarray(post["anchors"], np.float32)
+            )
+            self._candidates = partial(
+                yolo_candidates,
+                cells=cells,
+                strides=strides,
+                anchors=anchors,
+                score_threshold=self.score_threshold,
             )
         self.backend = open_backend(
             backend, self.artifact / manifest["model"]["file"], manifest, **backend_options
@@ -272,29 +308,19 @@ class Detector(ScenePipeline):
 
     # ------------------------------------------------------------ network
 
-    def _decode(self, outputs: list[np.ndarray], k: int):
-        if self.decoder == "dense_ltrb":
-            return decode_dense(
-                outputs[0][k],
-                self._points,
-                self._strides,
-                self.score_threshold,
+    def _decode(self, views: list[list[np.ndarray]], k: int):
+        """Input ``k``'s detections from the backend outputs of every view (plain, then flips)."""
+        if self.decoder in ("dense_ltrb", "yolo_anchors"):
+            return decode_views(
+                [outputs[0][k] for outputs in views],
+                self._candidates,
+                self.flips,
+                self.input_size,
                 self.iou_threshold,
                 self.max_detections,
-                vote_iou=self.vote_iou,
+                self.vote_iou,
             )
-        if self.decoder == "yolo_anchors":
-            return decode_yolo(
-                outputs[0][k],
-                self._cells,
-                self._strides,
-                self._anchors,
-                self.score_threshold,
-                self.iou_threshold,
-                self.max_detections,
-                vote_iou=self.vote_iou,
-            )
-        boxes, scores, labels = outputs[0], outputs[1], outputs[2]  # batch-1 graph outputs
+        boxes, scores, labels = views[0][0], views[0][1], views[0][2]  # batch-1 graph outputs
         keep = scores > self.score_threshold
         return (
             boxes[keep].astype(np.float32),
@@ -306,12 +332,16 @@ class Detector(ScenePipeline):
         out = []
         for start in range(0, len(inputs), self.batch_size):
             chunk = inputs[start : start + self.batch_size]
-            t0 = time.perf_counter()
-            outputs = self.backend.run(chunk)
+            views, model_s = [], 0.0
+            for flip in (None, *self.flips):
+                x = chunk if flip is None else flip_inputs(chunk, flip)
+                t0 = time.perf_counter()
+                views.append(self.backend.run(x))
+                model_s += time.perf_counter() - t0
             t1 = time.perf_counter()
-            out.extend(self._decode(outputs, k) for k in range(len(chunk)))
+            out.extend(self._decode(views, k) for k in range(len(chunk)))
             if timings is not None:
-                timings["model"] += t1 - t0
+                timings["model"] += model_s
                 timings["decode"] += time.perf_counter() - t1
         return out
 

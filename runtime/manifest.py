@@ -15,7 +15,8 @@ Schema version 1 (all keys required unless marked optional)::
     preprocessing   SarPreprocess fields + input_size: int
     tiling          {size: int, overlap: float in [0, 1)}
     postprocessing  {score_threshold, iou_threshold: float in [0, 1], max_detections: int,
-                     vote_iou: optional float in (0, 1] (box voting after NMS), ...}
+                     vote_iou: optional float in (0, 1] (box voting after NMS),
+                     tta_flips: optional list of "h" | "v" | "hv" (test-time flips), ...}
     classes         [str]
     precision       "fp32" | "fp16" | "int8" | "mixed"
     quantization    optional {scheme: str, ...}
@@ -34,6 +35,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from sarbridge.runtime.decode import parse_flips
 from sarbridge.runtime.errors import ManifestError
 from sarbridge.runtime.preprocess import SarPreprocess
 
@@ -155,6 +157,14 @@ def validate(manifest: dict, path: str | Path = "<manifest>") -> dict:
         and not 0 < _need(post, "vote_iou", float, "postprocessing.", path) <= 1
     ):
         _fail(path, "field 'postprocessing.vote_iou' must be in (0, 1] or null")
+    if "tta_flips" in post:
+        flips = post["tta_flips"]
+        try:
+            if not isinstance(flips, list):
+                raise ValueError(f"not a list: {flips!r}")
+            parse_flips(flips)
+        except ValueError as exc:
+            _fail(path, f"field 'postprocessing.tta_flips': {exc}")
     if _need(post, "max_detections", int, "postprocessing.", path) <= 0:
         _fail(path, "field 'postprocessing.max_detections' must be positive")
     if not manifest["classes"] or not all(isinstance(c, str) for c in manifest["classes"]):

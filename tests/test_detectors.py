@@ -302,14 +302,16 @@ def test_train_detect_run_resume_and_bnn_init(tmp_path, data, monkeypatch):
 
     out = tmp_path / "nms.json"
     argv = [str(tmp_path / "b" / "tiny"), "--iou", "0.5", "0.7", "--vote-iou", "off", "0.6"]
-    assert nms_sweep([*argv, "--json", str(out)]) == 0
+    assert nms_sweep([*argv, "--tta-flips", "off", "h", "--json", str(out)]) == 0
     rows = json.loads(out.read_text())["rows"]
-    assert [(r["split"], r["nms_iou"], r["vote_iou"]) for r in rows] == [
-        (split, iou, vote)
+    assert [(r["split"], r["nms_iou"], r["vote_iou"], r["tta_flips"]) for r in rows] == [
+        (split, iou, vote, flips)
+        for flips in ([], ["h"])
         for iou in (0.5, 0.7)
         for vote in (None, 0.6)
         for split in ("val", "test")
     ]
+    assert rows[0]["AP50_95"] != rows[8]["AP50_95"]  # the flipped view was merged in
     # the sweep at the run's own NMS IoU repeats the trainer's test score
     assert rows[1]["AP50"] == pytest.approx(run["final"]["test"]["AP50"], abs=1e-9)
 

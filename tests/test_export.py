@@ -173,7 +173,7 @@ def test_export_sets_the_deployed_nms_iou(edge_artifact, tmp_path):
 
 def test_export_with_box_voting_and_the_runtime_applies_it(edge_artifact, tmp_path):
     from sarbridge.export.onnx_export import export_run
-    from sarbridge.runtime.decode import decode_dense
+    from sarbridge.runtime.decode import decode_dense, grid_points
     from sarbridge.runtime.detector import Detector
 
     run = edge_artifact.parents[1] / "runs" / "tiny_edge"
@@ -185,11 +185,12 @@ def test_export_with_box_voting_and_the_runtime_applies_it(edge_artifact, tmp_pa
     assert det.vote_iou == 0.3
     x = np.random.default_rng(0).random((1, 1, det.input_size, det.input_size), np.float32)
     raw = det.backend.run(x)[0][0]
-    want = decode_dense(raw, det._points, det._strides, 0.001, 0.7, 300, vote_iou=0.3)
+    points, strides = grid_points(det.input_size, tuple(manifest["postprocessing"]["strides"]))
+    want = decode_dense(raw, points, strides, 0.001, 0.7, 300, vote_iou=0.3)
     got = det.run_inputs(x)[0]
     for a, b in zip(got, want, strict=True):
         np.testing.assert_array_equal(a, b)
-    plain = decode_dense(raw, det._points, det._strides, 0.001, 0.7, 300)
+    plain = decode_dense(raw, points, strides, 0.001, 0.7, 300)
     # the tiny model's boxes are about one grid step wide (neighbours overlap by IoU ~1/3):
     # voting at 0.3 moves them, so the check above fails if the runtime ignores vote_iou
     assert not np.array_equal(plain[0], want[0])
@@ -215,7 +216,6 @@ def test_bnn_encoder_exports_as_embed(tmp_path, data):
     assert manifest["outputs"][0]["shape"] == ["batch", 50]
     assert manifest["metrics"]["parity_max_abs_diff"] <= 1e-4
     assert json.loads((tmp_path / "bnn_art" / "manifest.json").read_text())["task"] == "embed"
-    with pytest.raises(ExportError, match="box-voting IoUs do not apply"):
-        export_run(tmp_path / "tiny_bnn", tmp_path / "bnn_nms", parity_images=4, nms_iou=0.7)
-    with pytest.raises(ExportError, match="box-voting IoUs do not apply"):
-        export_run(tmp_path / "tiny_bnn", tmp_path / "bnn_nms", parity_images=4, vote_iou=0.7)
+    for option in ({"nms_iou": 0.7}, {"vote_iou": 0.7}, {"tta_flips": "h"}):
+        with pytest.raises(ExportError, match="test-time flips do not apply"):
+            export_run(tmp_path / "tiny_bnn", tmp_path / "bnn_nms", parity_images=4, **option)

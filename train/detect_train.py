@@ -123,8 +123,20 @@ class DetEval:
     # box voting after NMS: kept boxes become the score-weighted mean of the candidates that
     # overlap them by this IoU (runtime.boxes.box_vote); None: plain NMS
     vote_iou: float | None = None
+    # test-time flips merged with the plain view before NMS ("h", "v", "hv";
+    # runtime.decode.decode_views): one more network run per flip; () for none
+    tta_flips: tuple[str, ...] = ()
     max_detections: int = 300
     every: int = 1
+
+    def __post_init__(self):
+        from sarbridge.runtime.decode import parse_flips
+        from sarbridge.train.config import ConfigError
+
+        try:
+            parse_flips(self.tta_flips)
+        except ValueError as exc:
+            raise ConfigError(f"eval.tta_flips: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -470,7 +482,14 @@ def predict(
         boxed = [letterbox(data.image(k), size) for k in idx]
         x = torch.from_numpy(np.stack([b[0] for b in boxed])).to(device)
         preds = detector_predict(
-            model, x, size, e.score_threshold, e.iou_threshold, e.max_detections, e.vote_iou
+            model,
+            x,
+            size,
+            e.score_threshold,
+            e.iou_threshold,
+            e.max_detections,
+            e.vote_iou,
+            e.tta_flips,
         )
         for k, (boxes, scores, labels), (_, lb) in zip(idx, preds, boxed, strict=True):
             out.append(Detections(data.records[k].image_id, lb.to_image(boxes), scores, labels))
@@ -499,6 +518,7 @@ def predict_scenes(model, data: DetectionSet, cfg: DetConfig, device) -> list[De
                 self.iou_threshold,
                 self.max_detections,
                 self.vote_iou,
+                self.flips,
             )
 
     model.eval()
@@ -510,6 +530,7 @@ def predict_scenes(model, data: DetectionSet, cfg: DetConfig, device) -> list[De
         e.iou_threshold,
         e.max_detections,
         vote_iou=e.vote_iou,
+        flips=e.tta_flips,
     )
     out = []
     for rec in data.records:

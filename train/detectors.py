@@ -160,14 +160,17 @@ def detector_predict(
     iou_threshold: float,
     max_detections: int,
     vote_iou: float | None = None,
+    flips: tuple[str, ...] = (),
 ):
     """Per image (boxes [K, 4], scores [K], labels [K]) in network-input pixels, as numpy.
-    ``vote_iou``: box voting after NMS (dense heads; torchvision's own NMS has none)."""
+    ``vote_iou``: box voting after NMS; ``flips``: test-time flips merged before NMS
+    (:func:`~sarbridge.runtime.decode.decode_views`). Both need the runtime's NMS, so dense heads
+    only (torchvision's detector runs its own)."""
     if _kind(model) == "torchvision":
-        if vote_iou is not None:
+        if vote_iou is not None or flips:
             raise SarbridgeError(
-                "box voting (vote_iou) needs the runtime's NMS; the two-stage detector runs "
-                "torchvision's: leave eval.vote_iou unset"
+                "box voting (vote_iou) and test-time flips need the runtime's NMS; the two-stage "
+                "detector runs torchvision's: leave eval.vote_iou and eval.tta_flips unset"
             )
         heads = model.detector.roi_heads
         heads.score_thresh, heads.nms_thresh, heads.detections_per_img = (
@@ -183,9 +186,12 @@ def detector_predict(
             )
             for o in model(images)
         ]
-    raw = model(images).float().cpu().numpy()  # [B, N, 4 + C] or [B, N, 5 + C]
+    from sarbridge.runtime.decode import FLIP_AXES
+
+    views = [images] + [images.flip(FLIP_AXES[f]) for f in flips]
+    raw = [model(v).float().cpu().numpy() for v in views]  # each [B, N, 4 + C] or [B, N, 5 + C]
     return decode_raw(
-        model, raw, input_size, score_threshold, iou_threshold, max_detections, vote_iou
+        model, raw, input_size, score_threshold, iou_threshold, max_detections, vote_iou, flips
     )
 
 
@@ -197,32 +203,42 @@ def decode_raw(
     iou_threshold: float,
     max_detections: int,
     vote_iou: float | None = None,
+    flips: tuple[str, ...] = (),
 ):
     """A dense model's raw numpy output [B, N, K] -> per image (boxes, scores, labels), through the
-    runtime's decode for the model's head (anchor-free ``decode_dense`` or YOLOv3 ``decode_yolo``)."""
-    from sarbridge.runtime.decode import decode_dense, decode_yolo, grid_points, yolo_grid
+    runtime's decode for the model's head (anchor-free ``dense_candidates`` or YOLOv3
+    ``yolo_candidates``, then NMS). ``raw`` may also be a list of the 1 + len(flips) views'
+    outputs (plain first, then one per test-time flip), each [B, N, K]."""
+    from functools import partial
 
+    from sarbridge.runtime.decode import (
+        decode_views,
+        dense_candidates,
+        grid_points,
+        yolo_candidates,
+        yolo_grid,
+    )
+
+    views = list(raw) if isinstance(raw, (list, tuple)) else [raw]
     if getattr(model, "decode", "dense_ltrb") == "yolo_anchors":
         cells, strides, anchors = yolo_grid(
             input_size, tuple(model.strides), model.anchors.cpu().numpy()
         )
-        return [
-            decode_yolo(
-                r,
-                cells,
-                strides,
-                anchors,
-                score_threshold,
-                iou_threshold,
-                max_detections,
-                vote_iou=vote_iou,
-            )
-            for r in raw
-        ]
-    points, strides = grid_points(input_size, tuple(model.strides))
-    return [
-        decode_dense(
-            r, points, strides, score_threshold, iou_threshold, max_detections, vote_iou=vote_iou
+        candidates = partial(
+            yolo_candidates,
+            cells=cells,
+            strides=strides,
+            anchors=anchors,
+            score_threshold=score_threshold,
         )
-        for r in raw
+    else:
+        points, strides = grid_points(input_size, tuple(model.strides))
+        candidates = partial(
+            dense_candidates, points=points, strides=strides, score_threshold=score_threshold
+        )
+    return [
+        decode_views(
+            per_image, candidates, flips, input_size, iou_threshold, max_detections, vote_iou
+        )
+        for per_image in zip(*views, strict=True)
     ]

@@ -222,6 +222,11 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
         help="box voting after NMS at this IoU, or 'off' (default: the run's eval.vote_iou; "
         "pick on validation with det_nms_sweep --vote-iou)",
     )
+    onnx.add_argument(
+        "--tta-flips",
+        help="test-time flips the runtime merges before NMS, comma-separated among h, v, hv, or "
+        "'off' (default: the run's eval.tta_flips); each flip is one more network run per tile",
+    )
     onnx.set_defaults(func=_run_export_onnx)
 
 
@@ -249,6 +254,7 @@ def _run_export_onnx(args) -> int:
         parity_images=args.parity_images,
         nms_iou=args.nms_iou,
         vote_iou=_vote_iou_arg(args.vote_iou),
+        tta_flips=args.tta_flips,
     )
     print(f"{manifest['task']} artifact written: {args.out} (model.onnx, manifest.json)")
     return 0
@@ -277,6 +283,11 @@ def _add_detect(sub: argparse._SubParsersAction) -> None:
     det.add_argument("--threads", type=int, help="inference threads (default: the backend's)")
     det.add_argument("--batch", type=int, default=8, help="tiles per inference call (default 8)")
     det.add_argument("--score-threshold", type=float, help="override the manifest's threshold")
+    det.add_argument(
+        "--tta-flips",
+        help="override the manifest's test-time flips: comma-separated among h, v, hv, or 'off' "
+        "(each flip is one more network run per tile)",
+    )
     det.add_argument("--overlay", action="store_true", help="also write an overlay PNG per scene")
     det.add_argument("--geojson", action=argparse.BooleanOptionalAction, default=True)
     det.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
@@ -295,6 +306,7 @@ def _run_detect(args) -> int:
         backend=args.backend,
         batch_size=args.batch,
         score_threshold=args.score_threshold,
+        tta_flips=args.tta_flips,
         **options,
     )
     print(f"{args.model}: {detector.backend.description}")
