@@ -1,7 +1,9 @@
 """Decoding dense anchor-free detector outputs, and letterboxing, in numpy.
 
 ONE implementation: the PyTorch evaluation and the deployed ONNX/TensorRT
-model both hand their raw output to :func:`decode_dense`.
+model both hand their raw output to :func:`decode_views` with
+:func:`dense_candidates` (or :func:`yolo_candidates`); :func:`decode_dense` is its
+single-view form (no test-time flips).
 
 Raw output layout ``[N, 4 + C]`` per image, one row per grid point of every
 level (level-major, then row-major): ``reg[4]`` are log-distances from the
@@ -283,6 +285,8 @@ def decode_views(
     """
     if len(raws) != 1 + len(flips):
         raise ValueError(f"{len(raws)} raw outputs for {1 + len(flips)} views")
+    if not flips:  # the plain decode, without copying the candidates
+        return _nms_top(*candidates(raws[0]), iou_threshold, max_detections, vote_iou)
     parts = [candidates(r) for r in raws]
     boxes = np.concatenate(
         [parts[0][0]]

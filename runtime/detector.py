@@ -269,6 +269,7 @@ class Detector(ScenePipeline):
         )
         self.classes = list(manifest["classes"])
         strides = tuple(int(s) for s in post.get("strides", (8, 16, 32)))
+        self._candidates = None  # the "boxes" decode: the graph's own NMS
         if self.decoder == "dense_ltrb":
             points, strides = grid_points(self.input_size, strides)
             self._candidates = partial(
@@ -310,7 +311,7 @@ class Detector(ScenePipeline):
 
     def _decode(self, views: list[list[np.ndarray]], k: int):
         """Input ``k``'s detections from the backend outputs of every view (plain, then flips)."""
-        if self.decoder in ("dense_ltrb", "yolo_anchors"):
+        if self._candidates is not None:
             return decode_views(
                 [outputs[0][k] for outputs in views],
                 self._candidates,
