@@ -5,8 +5,8 @@ For every artifact x backend, in a fresh process (so peak memory is that model's
 - accuracy: every image of the split through ``Detector.detect`` (tiling, merge and decode
   exactly as ``sarbridge detect``) at a low score threshold; COCO AP50, AP50:95, AP small;
   precision/recall at the manifest's operating threshold; a PR curve;
-- latency: the network alone (``backend.run``) after a warm-up, p50/p90/p99 per image at batch
-  1 and throughput for each batch size, best marked; and the whole per-image path (read to
+- latency: the network alone (``backend.run``, once per view: plain and each test-time flip)
+  after a warm-up, p50/p90/p99 per image at batch 1 and throughput for each batch size, best marked; and the whole per-image path (read to
   merged boxes) p50/p90. Host/device copies are included (numpy in, numpy out);
 - memory: peak RSS of the process, peak device memory where the backend can tell, model file
   size, parameters and MACs from the manifest;
@@ -152,6 +152,7 @@ def _pr_curve(records, dets, thresholds) -> list[dict]:
 
 def bench_one(artifact: str, backend: str, settings: BenchSettings) -> dict:
     """Measure one artifact on one backend (run this in its own process)."""
+    from sarbridge.runtime.decode import flip_inputs
     from sarbridge.runtime.detector import Detector
     from sarbridge.runtime.manifest import load_manifest
     from sarbridge.runtime.metrics import Detections, coco_ap, precision_recall_at
@@ -237,15 +238,19 @@ def bench_one(artifact: str, backend: str, settings: BenchSettings) -> dict:
         if cap and b > cap:
             continue
         x = rng.random((b, channels, size, size), dtype=np.float32)
+        # every view the deployed path runs per image: plain, then each test-time flip
+        views = [x] + [flip_inputs(x, flip) for flip in det.flips]
         for _ in range(settings.warmup):
-            det.backend.run(x)
+            for v in views:
+                det.backend.run(v)
         n = max(5, settings.iterations // b)
         times: list[float] = []
 
-        def timed(x=x, n=n, times=times):
+        def timed(views=views, n=n, times=times):
             for _ in range(n):
                 t = time.perf_counter()
-                det.backend.run(x)
+                for v in views:
+                    det.backend.run(v)
                 times.append(time.perf_counter() - t)
 
         if probe is not None:
@@ -271,7 +276,9 @@ def bench_one(artifact: str, backend: str, settings: BenchSettings) -> dict:
         "best_batch": best["batch"],
         "best_images_per_s": best["images_per_s"],
         "copies_included": True,
-        "what": "the network alone on random input of the model's size (backend.run)",
+        "views_per_image": len(det.flips) + 1,
+        "what": "the network alone on random input of the model's size (backend.run), "
+        "once per view the deployed path runs (plain and each test-time flip)",
     }
     record["power"] = {
         "probe": probe_note,
@@ -320,7 +327,12 @@ def bench_one(artifact: str, backend: str, settings: BenchSettings) -> dict:
     record["size"] = {
         "file_mib": model_file.stat().st_size / 2**20,
         "parameters": metrics.get("parameters"),
-        "gmacs_per_image": metrics.get("gmacs_per_image"),
+        # the network's multiply-adds per input, times the views the deployed path runs
+        "gmacs_per_image": (
+            None
+            if metrics.get("gmacs_per_image") is None
+            else metrics["gmacs_per_image"] * (len(det.flips) + 1)
+        ),
     }
     device_peak = getattr(det.backend, "peak_device_memory_mib", lambda: None)()
     record["memory"] = {

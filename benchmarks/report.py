@@ -10,8 +10,14 @@ from pathlib import Path
 from sarbridge.benchmarks.bench import millijoules
 
 
+def _model_name(r: dict) -> str:
+    """The model's name, with its views per image when it runs test-time flips."""
+    views = r["latency"].get("views_per_image", 1)
+    return r["model"] + (f" ({views} views)" if views > 1 else "")
+
+
 def _label(r: dict) -> str:
-    return f"{r['model']} [{r['backend']}]"
+    return f"{_model_name(r)} [{r['backend']}]"
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
@@ -151,7 +157,7 @@ def tables(results: dict) -> list[tuple[str, list[str], list[list[str]]]]:
         b1 = lat["batch1"] or {}
         rows_main.append(
             [
-                r["model"],
+                _model_name(r),
                 r["backend"],
                 r["precision"],
                 _fmt(a.get("AP50")),
@@ -283,8 +289,8 @@ def write_report(results: dict, out: Path) -> dict[str, Path]:
         f"- data: {s['data'] or 'none (accuracy not measured)'}, split {s['split']}"
         + (f", first {s['max_images']} images" if s.get("max_images") else ""),
         "- power: " + ("; ".join(probes) if probes else "-"),
-        "- latency: the network alone on random input (host/device copies included); "
-        "pipeline: one image from file to merged boxes, through `sarbridge detect`'s path",
+        "- latency: the network alone on random input (host/device copies included), every "
+        "view a model runs per image (plain and each test-time flip: `N views`); pipeline: one image from file to merged boxes, through `sarbridge detect`'s path",
         "",
     ]
     for title, header, rows in tables(results):

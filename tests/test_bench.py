@@ -160,3 +160,38 @@ def test_nvml_probe_samples_power_without_a_counter(monkeypatch):
     _, reading = probe.measure(time.sleep, 0.05)
     assert reading.method == "sampled" and reading.mean_w == pytest.approx(50.0)
     assert reading.energy_j == pytest.approx(50.0 * reading.seconds)
+
+
+def test_network_latency_runs_every_view_of_a_flips_model(edge_artifact, tmp_path, monkeypatch):
+    """A model with test-time flips runs the network once per view per image: bench times all."""
+    import shutil
+
+    from sarbridge.benchmarks.bench import BenchSettings, bench_one
+    from sarbridge.benchmarks.report import tables
+    from sarbridge.runtime.backends import OnnxRuntimeBackend
+    from sarbridge.runtime.manifest import MANIFEST_NAME, load_manifest
+
+    art = tmp_path / "flips"
+    shutil.copytree(edge_artifact, art)
+    manifest = load_manifest(art)
+    manifest["postprocessing"]["tta_flips"] = ["h", "v", "hv"]
+    (art / MANIFEST_NAME).write_text(json.dumps(manifest))
+
+    shapes = []
+    real_run = OnnxRuntimeBackend.run
+
+    def counted(self, batch):
+        shapes.append(batch.shape)
+        return real_run(self, batch)
+
+    monkeypatch.setattr(OnnxRuntimeBackend, "run", counted)
+    settings = BenchSettings(data=None, batch_sizes=(1, 2), iterations=6, warmup=1, power="none")
+    rec = bench_one(str(art), "onnxruntime", settings)
+    assert rec["latency"]["views_per_image"] == 4
+    gmacs = load_manifest(edge_artifact)["metrics"]["gmacs_per_image"]
+    assert rec["size"]["gmacs_per_image"] == pytest.approx(4 * gmacs)
+    # batch 1: (1 warm-up + 6 timed) x 4 views; batch 2: (1 + max(5, 6 // 2)) x 4 views
+    assert len(shapes) == 28 + 24
+    assert {s[0] for s in shapes} == {1, 2}
+    main = tables({"records": [rec]})[0][2]
+    assert main[0][0].endswith("(4 views)")
