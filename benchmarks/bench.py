@@ -6,8 +6,9 @@ For every artifact x backend, in a fresh process (so peak memory is that model's
   exactly as ``sarbridge detect``) at a low score threshold; COCO AP50, AP50:95, AP small;
   precision/recall at the manifest's operating threshold; a PR curve;
 - latency: the network alone (``backend.run``, once per view: plain and each test-time flip)
-  after a warm-up, p50/p90/p99 per image at batch 1 and throughput for each batch size, best marked; and the whole per-image path (read to
-  merged boxes) p50/p90. Host/device copies are included (numpy in, numpy out);
+  after a warm-up, p50/p90/p99 per image at batch 1 and throughput for each batch size, best
+  marked; and the whole per-image path (read to merged boxes) p50/p90. Host/device copies are
+  included (numpy in, numpy out);
 - memory: peak RSS of the process, peak device memory where the backend can tell, model file
   size, parameters and MACs from the manifest;
 - power and energy: a probe (tegrastats, NVML, RAPL) over the throughput window and each

@@ -290,7 +290,8 @@ def write_report(results: dict, out: Path) -> dict[str, Path]:
         + (f", first {s['max_images']} images" if s.get("max_images") else ""),
         "- power: " + ("; ".join(probes) if probes else "-"),
         "- latency: the network alone on random input (host/device copies included), every "
-        "view a model runs per image (plain and each test-time flip: `N views`); pipeline: one image from file to merged boxes, through `sarbridge detect`'s path",
+        "view a model runs per image (plain and each test-time flip: `N views`); "
+        "pipeline: one image from file to merged boxes, through `sarbridge detect`'s path",
         "",
     ]
     for title, header, rows in tables(results):
