@@ -249,6 +249,44 @@ def test_a_few_steps_on_real_ssdd_lower_the_loss(data, box_bins):
     assert losses[-1] < 0.75 * losses[0]
 
 
+@pytest.mark.parametrize(
+    ("name", "images", "steps", "optimizer"),
+    [("yolov3_darknet53", 4, 8, "adamw"), ("faster_rcnn_r50_fpn", 2, 6, "sgd")],
+)
+def test_a_few_steps_on_real_ssdd_lower_the_loss_of_the_full_size_detectors(
+    data, name, images, steps, optimizer
+):
+    # small inputs keep the full-size backbones to seconds a step on a CPU
+    from sarbridge.train.config import from_dict
+    from sarbridge.train.detect_train import DetConfig, epoch_batches, make_sets
+    from sarbridge.train.engine import DistInfo
+
+    torch.manual_seed(0)
+    size = 128
+    cfg = from_dict(
+        DetConfig,
+        {"data": {"input_size": size, "max_train_images": images}, "optim": {"batch_size": images}},
+    )
+    train, *_ = make_sets(cfg)
+    x, targets = next(epoch_batches(cfg, train, 0, DistInfo(), "cpu"))
+    assert sum(len(t["boxes"]) for t in targets) > 0
+    model = build_detector(name, input_size=size)
+    model.train()
+    if optimizer == "adamw":
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    losses = []
+    for _ in range(steps):
+        loss, _ = detector_loss(model, x, targets, size)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert np.isfinite(losses).all()
+    assert np.mean(losses[-2:]) < 0.75 * losses[0], losses
+
+
 def test_train_detect_run_resume_and_bnn_init(tmp_path, data, monkeypatch):
     """The shared trainer: run dir, EMA in the checkpoint, resume equal to uninterrupted, BNN init."""
     import json
