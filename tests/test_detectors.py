@@ -677,3 +677,54 @@ def test_step_speed_benchmark_times_every_setting(data, tmp_path):
     assert [(r["amp"], r["channels_last"]) for r in rows] == list(SETTINGS)
     assert all(r["median_step_s"] > 0 and np.isfinite(r["first_loss"]) for r in rows)
     assert rows[0]["speedup"] == 1.0
+
+
+def test_unreadable_images_are_reported_and_left_out_before_training(tmp_path, data, capsys):
+    import json
+    import shutil
+
+    from sarbridge.train.config import from_dict
+    from sarbridge.train.detect_train import DetConfig, make_sets, train_detector
+
+    root = tmp_path / "voc"
+    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (root / sub).mkdir(parents=True)
+    stems = [f"{i:06d}" for i in range(1, 11)]
+    for stem in stems:
+        shutil.copy(data / "SSDD" / "Annotations" / f"{stem}.xml", root / "Annotations")
+        shutil.copy(data / "SSDD" / "JPEGImages" / f"{stem}.jpg", root / "JPEGImages")
+    test_stems = ["000001", "000009"]
+    (root / "ImageSets" / "Main" / "test.txt").write_text("\n".join(test_stems) + "\n")
+    (root / "ImageSets" / "Main" / "train.txt").write_text(
+        "\n".join(s for s in stems if s not in test_stems) + "\n"
+    )
+    truncated = root / "JPEGImages" / "000003.jpg"
+    truncated.write_bytes(truncated.read_bytes()[:2000])
+    (root / "JPEGImages" / "000009.jpg").write_bytes(b"not a jpeg")
+
+    cfg = from_dict(
+        DetConfig,
+        {
+            "name": "bad_files",
+            "threads": 1,
+            "data": {"root": str(root), "input_size": 64, "val_fraction": 0},
+            "optim": {"epochs": 1, "batch_size": 4, "warmup_steps": 1},
+        },
+    )
+    train, _, test, _, summary = make_sets(cfg)
+    assert summary["images"] == {"train": 7, "val": 0, "test": 1}
+    assert "000003" not in {r.image_id for r in train.records}
+    assert [r.image_id for r in test.records] == ["000001"]
+    left_out = summary["left_out_unreadable"]
+    assert len(left_out) == 2
+    assert left_out[0].startswith("train:") and "000003.jpg" in left_out[0]
+    assert left_out[1].startswith("test:") and "000009.jpg" in left_out[1]
+    assert all("cannot decode" in line for line in left_out)
+    assert "left out, unreadable: test:" in capsys.readouterr().out
+
+    # the run goes on with the readable images and records what it left out
+    train_detector(cfg, tmp_path / "runs", progress=False)
+    run_text = (tmp_path / "runs" / "bad_files" / "run.json").read_text()
+    assert "000009.jpg" in run_text and "000003.jpg" in run_text
+    run = json.loads(run_text)
+    assert 0 <= run["final"]["test"]["AP50"] <= 1

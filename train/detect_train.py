@@ -579,6 +579,26 @@ class ModelEMA:
 # ---------------------------------------------------------------- run
 
 
+def leave_out_unreadable(
+    records: list[ImageRecord], params: SarPreprocess, split: str, cache: dict | None = None
+) -> tuple[list[ImageRecord], list[str]]:
+    """Decode and preprocess every record's image once; the records whose image cannot be read
+    (corrupt, truncated, NaN, wrong bit depth) are left out and named in the returned lines,
+    so a bad file is reported before training rather than ending a run hours in. ``cache``
+    (image id -> preprocessed pixels) keeps the decoded images for the split that caches them."""
+    kept, bad = [], []
+    for rec in records:
+        try:
+            img = preprocess(read_image(rec.path), params, path=rec.path)
+        except SarbridgeError as exc:
+            bad.append(f"{split}: {exc}")
+            continue
+        if cache is not None:
+            cache[rec.image_id] = img
+        kept.append(rec)
+    return kept, bad
+
+
 def make_sets(cfg: DetConfig):
     ds = read_dataset(resolve_data_path(cfg.data.root))
     if ds.problems:
@@ -600,11 +620,27 @@ def make_sets(cfg: DetConfig):
     train = [train[i] for i in sorted(order[n_val:])]
     if cfg.data.max_train_images:
         train = train[: cfg.data.max_train_images]
+    tiled = bool(cfg.data.tile_size)
+    cached: dict[str, dict] = {"train": {}, "val": {}, "test": {}}
+    if tiled:  # whole test scenes are read again at each evaluation, not kept
+        cached["test"] = None
+    train, bad = leave_out_unreadable(train, params, "train", cached["train"])
+    val, bad_val = leave_out_unreadable(val, params, "val", cached["val"])
+    test, bad_test = leave_out_unreadable(test, params, "test", cached["test"])
+    left_out = bad + bad_val + bad_test
+    for line in left_out:
+        print(f"left out, unreadable: {line}")
+    if not train:
+        raise SarbridgeError(f"no readable training images in {ds.root}")
     train_set = (
         TiledSet(train, params, cfg.data.tile_size, cfg.data.tile_overlap)
-        if cfg.data.tile_size
+        if tiled
         else DetectionSet(train, params)
     )
+    (train_set.scenes if tiled else train_set)._cache.update(cached["train"])
+    val_set, test_set = DetectionSet(val, params), DetectionSet(test, params)
+    val_set._cache.update(cached["val"])
+    test_set._cache.update(cached["test"] or {})
     summary = {
         "root": str(ds.root),
         "format": ds.format,
@@ -622,13 +658,9 @@ def make_sets(cfg: DetConfig):
             "train_tiles": len(train_set.records),
             "train_tiles_with_ships": sum(1 for r in train_set.records if len(r.boxes)),
         }
-    return (
-        train_set,
-        DetectionSet(val, params),
-        DetectionSet(test, params),
-        ds.classes,
-        summary,
-    )
+    if left_out:
+        summary["left_out_unreadable"] = left_out
+    return train_set, val_set, test_set, ds.classes, summary
 
 
 def training_set_anchors(train: DetectionSet, input_size: int, k: int = 9) -> np.ndarray:
