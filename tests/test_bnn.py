@@ -258,3 +258,34 @@ def test_synthetic_pairs_only_add_to_training(tmp_path, data):
     assert not any("synthetic" in p.scene.scene_id for p in splits.val + splits.test)
     s, o = PatchTensors(cfg).load(synthetic[0])  # 16-bit SAR takes the dB path
     assert s.shape == (1, 256, 256) and s.min() >= 0 and s.max() <= 1
+
+
+def test_unreadable_scene_is_reported_and_left_out_the_others_keep_their_split(
+    tmp_path, data, capsys
+):
+    src = data / "optsar_sen12_volkov100"
+    root = tmp_path / "pairs"
+    for sub in ("sar", "opt"):
+        (root / sub).mkdir(parents=True)
+        for f in sorted((src / sub).iterdir()):
+            (root / sub / f.name).symlink_to(f)
+
+    def splits_of():
+        cfg = tiny_config(**{"data.train_fraction": 1.0})
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, roots=(str(root),)))
+        s = make_splits(cfg)
+        return s, {k: {p.scene.scene_id for p in getattr(s, k)} for k in ("train", "val", "test")}
+
+    _, clean = splits_of()
+    gone = sorted(clean["test"])[0]  # "pairs/<name>"
+    sar = root / "sar" / f"{gone.split('/')[1]}.png"
+    data_bytes = sar.read_bytes()
+    sar.unlink()
+    sar.write_bytes(data_bytes[: len(data_bytes) // 3])  # truncated: the header still reads
+
+    splits, left = splits_of()
+    assert left["test"] == clean["test"] - {gone}
+    assert left["train"] == clean["train"] and left["val"] == clean["val"]
+    (line,) = splits.summary["problems"]
+    assert line.startswith(f"left out, unreadable: {gone}:") and sar.name in line
+    assert line in capsys.readouterr().out

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sarbridge.runtime.errors import SarbridgeError
 from sarbridge.runtime.metrics import best_threshold, matching_metrics, roc_auc
 from sarbridge.runtime.pairs import (
     PairLoader,
@@ -129,8 +130,28 @@ class PairSplits:
     summary: dict
 
 
+def readable_scenes(
+    scenes: list[ScenePair], params: SarPreprocess
+) -> tuple[list[ScenePair], list[str]]:
+    """The scene pairs whose two images decode (and whose SAR image has valid pixels), and a
+    line for each one left out: a truncated or corrupt file is found before training, not
+    when its first patch is drawn hours in."""
+    loader = PairLoader(max_scenes=1)
+    kept, bad = [], []
+    for scene in scenes:
+        try:
+            sar, _ = loader.scene(scene)
+            clip_range(sar, params, scene.sar_path)
+        except SarbridgeError as exc:
+            bad.append(f"left out, unreadable: {scene.scene_id}: {exc}")
+            continue
+        kept.append(scene)
+    return kept, bad
+
+
 def make_splits(cfg: BNNConfig, run_dir: Path | None = None) -> PairSplits:
-    """Scene-level train/val/test splits per root, cut into patches."""
+    """Scene-level train/val/test splits per root, cut into patches. Scenes that cannot be
+    read are left out after splitting (the other scenes keep their splits) and reported."""
     d = cfg.data
     train_s: list[ScenePair] = []
     val_s: list[ScenePair] = []
@@ -138,13 +159,20 @@ def make_splits(cfg: BNNConfig, run_dir: Path | None = None) -> PairSplits:
     summary: dict = {"roots": {}, "problems": []}
     for root in d.roots:
         scenes, problems = find_scene_pairs(resolve_data_path(root))
-        summary["problems"] += [str(p) for p in problems]
         rest, test = split_by_scene(scenes, d.test_fraction, seed=d.split_seed)
         val_share = d.val_fraction / (1 - d.test_fraction)
         if len(rest) >= 2 and d.val_fraction > 0:
             tr, va = split_by_scene(rest, val_share, seed=d.split_seed + 1)
         else:
             tr, va = rest, []
+        params = SarPreprocess.from_dict(d.sar_preprocess)
+        (tr, bad_tr), (va, bad_va), (test, bad_te) = (
+            readable_scenes(part, params) for part in (tr, va, test)
+        )
+        problems = [str(p) for p in problems] + bad_tr + bad_va + bad_te
+        for line in problems:
+            print(f"{root}: {line}")
+        summary["problems"] += problems
         train_s += tr
         val_s += va
         test_s += test
