@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sarbridge.runtime.errors import SarbridgeError
+from sarbridge.runtime.errors import DataError, SarbridgeError
 
 SCHEMA = "sarbridge.bench/1"
 RECORD_KEYS = (
@@ -199,19 +199,30 @@ def bench_one(artifact: str, backend: str, settings: BenchSettings) -> dict:
         if not records:
             raise SarbridgeError(f"{settings.data}: no images in split {settings.split!r}")
         records = records[: settings.max_images] if settings.max_images else records
-        det.detect(records[0].path)  # warm-up
-        dets, seconds = [], []
+        dets, seconds, scored, unreadable = [], [], [], []
         for rec in records:
-            t0 = time.perf_counter()
-            res = det.detect(rec.path)
+            try:
+                if not scored:
+                    det.detect(rec.path)  # warm-up
+                t0 = time.perf_counter()
+                res = det.detect(rec.path)
+            except DataError as exc:  # the image is left out of every model's AP alike
+                unreadable.append(str(exc))
+                print(f"  left out, unreadable: {exc}", flush=True)
+                continue
             seconds.append(time.perf_counter() - t0)
             dets.append(Detections(rec.image_id, res.boxes, res.scores, res.labels))
+            scored.append(rec)
+        if not scored:
+            raise SarbridgeError(f"{settings.data}: none of {len(records)} images could be read")
+        records = scored
         ap = coco_ap(records, dets, ds.classes, det.max_detections)
         pr = precision_recall_at(records, dets, operating)
         record["accuracy"] = {
             "dataset": str(ds.root),
             "split": settings.split,
             "images": len(records),
+            "left_out_unreadable": unreadable,
             "ships": int(sum(len(r.boxes) for r in records)),
             "AP50": ap["AP50"],
             "AP50_95": ap["AP50_95"],
@@ -289,13 +300,18 @@ def bench_one(artifact: str, backend: str, settings: BenchSettings) -> dict:
     }
 
     # large scenes
-    scenes = []
+    scenes, unreadable_scenes = [], []
     for scene in settings.scenes:
         t0 = time.perf_counter()
-        if probe is not None:
-            res, reading = probe.measure(det.detect, scene)
-        else:
-            res, reading = det.detect(scene), None
+        try:
+            if probe is not None:
+                res, reading = probe.measure(det.detect, scene)
+            else:
+                res, reading = det.detect(scene), None
+        except DataError as exc:
+            unreadable_scenes.append(str(exc))
+            print(f"  scene left out, unreadable: {exc}", flush=True)
+            continue
         wall = time.perf_counter() - t0
         scenes.append(
             {
@@ -322,6 +338,7 @@ def bench_one(artifact: str, backend: str, settings: BenchSettings) -> dict:
         }
     else:
         record["scenes"] = None
+    record["scenes_unreadable"] = unreadable_scenes
 
     model_file = artifact_path / manifest["model"]["file"]
     metrics = manifest.get("metrics", {})

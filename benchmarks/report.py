@@ -296,18 +296,36 @@ def write_report(results: dict, out: Path) -> dict[str, Path]:
     ]
     for title, header, rows in tables(results):
         md += [f"## {title}", "", _md_table(header, rows), ""]
-    if results["failures"]:
-        md += (
-            ["## Failed", ""]
-            + [f"- {f['model']} [{f['backend']}]: {f['error']}" for f in results["failures"]]
-            + [""]
-        )
+    for title, lines in _problem_lists(results):
+        md += [f"## {title}", ""] + [f"- {line}" for line in lines] + [""]
     if made:
         md += ["## Plots", ""] + [f"![{name}]({p.name})" for name, p in made.items()] + [""]
     text = "\n".join(md)
     _atomic(out / "report.md", text)
     _atomic(out / "report.html", _html(results, made))
     return made
+
+
+def _problem_lists(results: dict) -> list[tuple[str, list[str]]]:
+    """(title, lines): the models that failed, and the images and scenes that could not be
+    read (left out of every model's figures alike)."""
+    out = []
+    if results["failures"]:
+        out.append(
+            (
+                "Failed",
+                [f"{f['model']} [{f['backend']}]: {f['error']}" for f in results["failures"]],
+            )
+        )
+    left = {
+        line
+        for r in results["records"]
+        for line in ((r.get("accuracy") or {}).get("left_out_unreadable", []))
+        + r.get("scenes_unreadable", [])
+    }
+    if left:
+        out.append(("Left out: images and scenes that could not be read", sorted(left)))
+    return out
 
 
 def _html(results: dict, made: dict[str, Path]) -> str:
@@ -329,6 +347,10 @@ def _html(results: dict, made: dict[str, Path]) -> str:
         for row in rows:
             parts.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>")
         parts.append("</table>")
+    for title, lines in _problem_lists(results):
+        parts.append(f"<h2>{html.escape(title)}</h2><ul>")
+        parts += [f"<li>{html.escape(line)}</li>" for line in lines]
+        parts.append("</ul>")
     if made:
         parts.append("<h2>Plots</h2>")
         for name, p in made.items():

@@ -218,6 +218,10 @@ class _TiffFileRaster(Raster):
         self.path = path
         try:
             self._tif = tifffile.TiffFile(path)
+            if len(self._tif.pages) == 0:
+                raise DataError(
+                    path, "cannot read TIFF: no image in it (truncated or corrupt file)"
+                )
             page = (
                 self._tif.pages.first if hasattr(self._tif.pages, "first") else self._tif.pages[0]
             )
@@ -226,7 +230,7 @@ class _TiffFileRaster(Raster):
         except DataError:
             raise
         except Exception as exc:  # tifffile raises several types for broken files
-            raise DataError(path, f"cannot read TIFF ({exc})") from exc
+            raise DataError(path, f"cannot read TIFF ({type(exc).__name__}: {exc})") from exc
         self.dtype = _check_dtype(path, page.dtype)
         if page.planarconfig == 2 and len(shape) == 3:  # separate planes: [C, H, W]
             self.channels, self.height, self.width = shape

@@ -195,3 +195,51 @@ def test_network_latency_runs_every_view_of_a_flips_model(edge_artifact, tmp_pat
     assert {s[0] for s in shapes} == {1, 2}
     main = tables({"records": [rec]})[0][2]
     assert main[0][0].endswith("(4 views)")
+
+
+def test_unreadable_images_and_scenes_are_left_out_and_listed(edge_artifact, data, tmp_path):
+    import shutil
+
+    from sarbridge.benchmarks.bench import BenchSettings, bench_one, environment
+    from sarbridge.benchmarks.report import write_report
+
+    root = tmp_path / "voc"
+    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (root / sub).mkdir(parents=True)
+    stems = ["000001", "000002", "000003", "000004"]
+    for stem in stems:
+        shutil.copy(data / "SSDD" / "Annotations" / f"{stem}.xml", root / "Annotations")
+        shutil.copy(data / "SSDD" / "JPEGImages" / f"{stem}.jpg", root / "JPEGImages")
+    (root / "ImageSets" / "Main" / "test.txt").write_text("\n".join(stems) + "\n")
+    (root / "JPEGImages" / "000001.jpg").write_bytes(b"not a jpeg")  # the first: warm-up too
+    bad_scene = tmp_path / "scene.tif"
+    bad_scene.write_bytes(b"II*\x00 truncated")
+
+    settings = BenchSettings(
+        data=str(root),
+        split="test",
+        scenes=(str(bad_scene),),
+        batch_sizes=(1,),
+        iterations=2,
+        warmup=1,
+        power="none",
+    )
+    rec = bench_one(str(edge_artifact), "onnxruntime", settings)
+    acc = rec["accuracy"]
+    assert acc["images"] == 3 and 0 <= acc["AP50"] <= 1
+    (line,) = acc["left_out_unreadable"]
+    assert "000001.jpg" in line
+    assert rec["scenes"] is None and "scene.tif" in rec["scenes_unreadable"][0]
+    assert "no image in it" in rec["scenes_unreadable"][0]
+
+    results = {
+        "environment": environment(None),
+        "settings": {"data": str(root), "split": "test"},
+        "records": [rec],
+        "failures": [],
+    }
+    (tmp_path / "out").mkdir()
+    write_report(results, tmp_path / "out")
+    for name in ("report.md", "report.html"):
+        text = (tmp_path / "out" / name).read_text()
+        assert "Left out" in text and "000001.jpg" in text and "scene.tif" in text
