@@ -622,8 +622,8 @@ def make_sets(cfg: DetConfig):
         train = train[: cfg.data.max_train_images]
     tiled = bool(cfg.data.tile_size)
     cached: dict[str, dict] = {"train": {}, "val": {}, "test": {}}
-    if tiled:  # whole test scenes are read again at each evaluation, not kept
-        cached["test"] = None
+    if tiled:  # whole validation and test scenes are read again at each evaluation, not kept
+        cached["val"] = cached["test"] = None
     train, bad = leave_out_unreadable(train, params, "train", cached["train"])
     val, bad_val = leave_out_unreadable(val, params, "val", cached["val"])
     test, bad_test = leave_out_unreadable(test, params, "test", cached["test"])
@@ -639,7 +639,7 @@ def make_sets(cfg: DetConfig):
     )
     (train_set.scenes if tiled else train_set)._cache.update(cached["train"])
     val_set, test_set = DetectionSet(val, params), DetectionSet(test, params)
-    val_set._cache.update(cached["val"])
+    val_set._cache.update(cached["val"] or {})
     test_set._cache.update(cached["test"] or {})
     summary = {
         "root": str(ds.root),
