@@ -157,6 +157,7 @@ def make_splits(cfg: BNNConfig, run_dir: Path | None = None) -> PairSplits:
     val_s: list[ScenePair] = []
     test_s: list[ScenePair] = []
     summary: dict = {"roots": {}, "problems": []}
+    params = SarPreprocess.from_dict(d.sar_preprocess)
     for root in d.roots:
         scenes, problems = find_scene_pairs(resolve_data_path(root))
         rest, test = split_by_scene(scenes, d.test_fraction, seed=d.split_seed)
@@ -165,7 +166,6 @@ def make_splits(cfg: BNNConfig, run_dir: Path | None = None) -> PairSplits:
             tr, va = split_by_scene(rest, val_share, seed=d.split_seed + 1)
         else:
             tr, va = rest, []
-        params = SarPreprocess.from_dict(d.sar_preprocess)
         (tr, bad_tr), (va, bad_va), (test, bad_te) = (
             readable_scenes(part, params) for part in (tr, va, test)
         )

@@ -280,10 +280,12 @@ def initialise_backbone(model: torch.nn.Module, init: str) -> dict:
 class DetectionSet:
     """Records with decoded, preprocessed images cached (float32 [1, H, W], in [0, 1] for 8-bit)."""
 
-    def __init__(self, records: list[ImageRecord], params: SarPreprocess):
+    def __init__(
+        self, records: list[ImageRecord], params: SarPreprocess, cache: dict | None = None
+    ):
         self.records = records
         self.params = params
-        self._cache: dict[str, np.ndarray] = {}
+        self._cache: dict[str, np.ndarray] = cache if cache is not None else {}
 
     def image(self, k: int) -> np.ndarray:
         rec = self.records[k]
@@ -308,11 +310,18 @@ class TiledSet(DetectionSet):
     preprocessed pixels (one clip range per scene, as deployed). Tiles without ships stay:
     open sea is what most of a scene is."""
 
-    def __init__(self, scenes: list[ImageRecord], params: SarPreprocess, size: int, overlap: float):
+    def __init__(
+        self,
+        scenes: list[ImageRecord],
+        params: SarPreprocess,
+        size: int,
+        overlap: float,
+        cache: dict | None = None,
+    ):
         from sarbridge.runtime.tiling import tile_grid
 
         super().__init__([], params)
-        self.scenes = DetectionSet(scenes, params)
+        self.scenes = DetectionSet(scenes, params, cache)
         self.windows: list[tuple[int, object]] = []
         for k, rec in enumerate(scenes):
             for tile in tile_grid(rec.height, rec.width, size, overlap):
@@ -621,26 +630,24 @@ def make_sets(cfg: DetConfig):
     if cfg.data.max_train_images:
         train = train[: cfg.data.max_train_images]
     tiled = bool(cfg.data.tile_size)
-    cached: dict[str, dict] = {"train": {}, "val": {}, "test": {}}
-    if tiled:  # whole validation and test scenes are read again at each evaluation, not kept
-        cached["val"] = cached["test"] = None
-    train, bad = leave_out_unreadable(train, params, "train", cached["train"])
-    val, bad_val = leave_out_unreadable(val, params, "val", cached["val"])
-    test, bad_test = leave_out_unreadable(test, params, "test", cached["test"])
+    # whole validation and test scenes of a tiled dataset are read again at each evaluation
+    caches = {"train": {}, "val": None if tiled else {}, "test": None if tiled else {}}
+    (train, bad), (val, bad_val), (test, bad_test) = (
+        leave_out_unreadable(recs, params, split, caches[split])
+        for split, recs in (("train", train), ("val", val), ("test", test))
+    )
     left_out = bad + bad_val + bad_test
     for line in left_out:
         print(f"left out, unreadable: {line}")
     if not train:
         raise SarbridgeError(f"no readable training images in {ds.root}")
     train_set = (
-        TiledSet(train, params, cfg.data.tile_size, cfg.data.tile_overlap)
+        TiledSet(train, params, cfg.data.tile_size, cfg.data.tile_overlap, caches["train"])
         if tiled
-        else DetectionSet(train, params)
+        else DetectionSet(train, params, caches["train"])
     )
-    (train_set.scenes if tiled else train_set)._cache.update(cached["train"])
-    val_set, test_set = DetectionSet(val, params), DetectionSet(test, params)
-    val_set._cache.update(cached["val"] or {})
-    test_set._cache.update(cached["test"] or {})
+    val_set = DetectionSet(val, params, caches["val"])
+    test_set = DetectionSet(test, params, caches["test"])
     summary = {
         "root": str(ds.root),
         "format": ds.format,
