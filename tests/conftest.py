@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,23 @@ BLOCK_TORCH = (
     "for _m in ('torch', 'torchvision', 'nncf', 'torch_pruning'):\n"
     "    sys.modules[_m] = None\n"
 )
+
+
+def mini_voc(
+    root: Path, data: Path, stems: list[str], splits: dict[str, list[str]] | None = None
+) -> Path:
+    """A small VOC tree at ``root``: copies of SSDD's images and annotations for ``stems``, and
+    ``ImageSets/Main/<split>.txt`` for each entry of ``splits``. Tests break the copies."""
+    for sub in ("Annotations", "JPEGImages"):
+        (root / sub).mkdir(parents=True)
+    for stem in stems:
+        shutil.copy(data / "SSDD" / "Annotations" / f"{stem}.xml", root / "Annotations")
+        shutil.copy(data / "SSDD" / "JPEGImages" / f"{stem}.jpg", root / "JPEGImages")
+    if splits:
+        (root / "ImageSets" / "Main").mkdir(parents=True)
+        for split, ids in splits.items():
+            (root / "ImageSets" / "Main" / f"{split}.txt").write_text("\n".join(ids) + "\n")
+    return root
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,7 @@ from sarbridge.runtime.annotations import (
     read_voc_xml,
 )
 from sarbridge.runtime.errors import DataError
+from tests.conftest import mini_voc
 
 
 def test_ssdd_reads_whole_with_official_split(data):
@@ -30,14 +31,7 @@ def test_ssdd_reads_whole_with_official_split(data):
 
 
 def _mini_voc(tmp_path, data, n=4):
-    root = tmp_path / "voc"
-    (root / "Annotations").mkdir(parents=True)
-    (root / "JPEGImages").mkdir()
-    for i in range(1, n + 1):
-        stem = f"{i:06d}"
-        shutil.copy(data / "SSDD" / "Annotations" / f"{stem}.xml", root / "Annotations")
-        shutil.copy(data / "SSDD" / "JPEGImages" / f"{stem}.jpg", root / "JPEGImages")
-    return root
+    return mini_voc(tmp_path / "voc", data, [f"{i:06d}" for i in range(1, n + 1)])
 
 
 def test_box_outside_image_is_reported_and_reading_goes_on(tmp_path, data):

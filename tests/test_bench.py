@@ -9,7 +9,7 @@ import types
 import pytest
 
 from sarbridge.runtime.errors import SarbridgeError
-from tests.conftest import run_without_torch
+from tests.conftest import mini_voc, run_without_torch
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("matplotlib")
@@ -198,19 +198,11 @@ def test_network_latency_runs_every_view_of_a_flips_model(edge_artifact, tmp_pat
 
 
 def test_unreadable_images_and_scenes_are_left_out_and_listed(edge_artifact, data, tmp_path):
-    import shutil
-
     from sarbridge.benchmarks.bench import BenchSettings, bench_one, environment
     from sarbridge.benchmarks.report import write_report
 
-    root = tmp_path / "voc"
-    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
-        (root / sub).mkdir(parents=True)
     stems = ["000001", "000002", "000003", "000004"]
-    for stem in stems:
-        shutil.copy(data / "SSDD" / "Annotations" / f"{stem}.xml", root / "Annotations")
-        shutil.copy(data / "SSDD" / "JPEGImages" / f"{stem}.jpg", root / "JPEGImages")
-    (root / "ImageSets" / "Main" / "test.txt").write_text("\n".join(stems) + "\n")
+    root = mini_voc(tmp_path / "voc", data, stems, {"test": stems})
     (root / "JPEGImages" / "000001.jpg").write_bytes(b"not a jpeg")  # the first: warm-up too
     bad_scene = tmp_path / "scene.tif"
     bad_scene.write_bytes(b"II*\x00 truncated")

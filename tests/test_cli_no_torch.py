@@ -1,13 +1,12 @@
 """The on-board half works where torch cannot be imported; the CLI reports bad items and goes on."""
 
 import json
-import shutil
 import subprocess
 import sys
 
 import numpy as np
 import tifffile
-from conftest import REPO, run_without_torch
+from conftest import REPO, mini_voc, run_without_torch
 
 RUNTIME_MODULES = [
     "annotations",
@@ -66,13 +65,7 @@ def test_help_and_data_check_without_torch(data):
 
 
 def test_data_check_reports_every_bad_item_and_goes_on(tmp_path, data):
-    root = tmp_path / "voc"
-    for sub in ("Annotations", "JPEGImages"):
-        (root / sub).mkdir(parents=True)
-    for i in range(1, 6):
-        stem = f"{i:06d}"
-        shutil.copy(data / "SSDD" / "Annotations" / f"{stem}.xml", root / "Annotations")
-        shutil.copy(data / "SSDD" / "JPEGImages" / f"{stem}.jpg", root / "JPEGImages")
+    root = mini_voc(tmp_path / "voc", data, [f"{i:06d}" for i in range(1, 6)])
     jpg = root / "JPEGImages" / "000002.jpg"
     jpg.write_bytes(jpg.read_bytes()[:3000])  # truncated
     xml = root / "Annotations" / "000004.xml"

@@ -681,23 +681,15 @@ def test_step_speed_benchmark_times_every_setting(data, tmp_path):
 
 def test_unreadable_images_are_reported_and_left_out_before_training(tmp_path, data, capsys):
     import json
-    import shutil
 
     from sarbridge.train.config import from_dict
     from sarbridge.train.detect_train import DetConfig, make_sets, train_detector
+    from tests.conftest import mini_voc
 
-    root = tmp_path / "voc"
-    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
-        (root / sub).mkdir(parents=True)
     stems = [f"{i:06d}" for i in range(1, 11)]
-    for stem in stems:
-        shutil.copy(data / "SSDD" / "Annotations" / f"{stem}.xml", root / "Annotations")
-        shutil.copy(data / "SSDD" / "JPEGImages" / f"{stem}.jpg", root / "JPEGImages")
     test_stems = ["000001", "000009"]
-    (root / "ImageSets" / "Main" / "test.txt").write_text("\n".join(test_stems) + "\n")
-    (root / "ImageSets" / "Main" / "train.txt").write_text(
-        "\n".join(s for s in stems if s not in test_stems) + "\n"
-    )
+    train_stems = [s for s in stems if s not in test_stems]
+    root = mini_voc(tmp_path / "voc", data, stems, {"test": test_stems, "train": train_stems})
     truncated = root / "JPEGImages" / "000003.jpg"
     truncated.write_bytes(truncated.read_bytes()[:2000])
     (root / "JPEGImages" / "000009.jpg").write_bytes(b"not a jpeg")

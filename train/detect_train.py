@@ -277,6 +277,11 @@ def initialise_backbone(model: torch.nn.Module, init: str) -> dict:
 # ---------------------------------------------------------------- data
 
 
+def load_image(rec: ImageRecord, params: SarPreprocess) -> np.ndarray:
+    """A record's image decoded and preprocessed as deployed (float32 [1, H, W])."""
+    return preprocess(read_image(rec.path), params, path=rec.path)
+
+
 class DetectionSet:
     """Records with decoded, preprocessed images cached (float32 [1, H, W], in [0, 1] for 8-bit)."""
 
@@ -290,7 +295,7 @@ class DetectionSet:
     def image(self, k: int) -> np.ndarray:
         rec = self.records[k]
         if rec.image_id not in self._cache:
-            self._cache[rec.image_id] = preprocess(read_image(rec.path), self.params, path=rec.path)
+            self._cache[rec.image_id] = load_image(rec, self.params)
         return self._cache[rec.image_id]
 
 
@@ -598,7 +603,7 @@ def leave_out_unreadable(
     kept, bad = [], []
     for rec in records:
         try:
-            img = preprocess(read_image(rec.path), params, path=rec.path)
+            img = load_image(rec, params)
         except SarbridgeError as exc:
             bad.append(f"{split}: {exc}")
             continue
