@@ -24,7 +24,7 @@ help:
 	@echo "make demo         the main job at CPU size (data checks, synthetic data, tiling a real scene)"
 	@echo "make train        BNN pretraining, then the edge detector on SSDD initialised from it (CPU-sized)"
 	@echo "make train-bnn    BNN pretraining on the real optical/SAR pairs (CPU-sized, configs/bnn_edge.yaml)"
-	@echo "make export       the trained detector -> artifacts/\$$(DET_RUN) (ONNX + manifest, parity-checked)"
+	@echo "make export       the trained detector -> artifacts/\$$(DET_RUN) (ONNX + manifest, parity-checked), and the zoo detector"
 	@echo "make detect       sarbridge detect on the real large scenes with overlays -> \$$(OUT)/detect"
 	@echo "make bench        sarbridge bench on the SSDD test split and the large scenes -> reports/\$$(DET_RUN)"
 	@echo "make bench-runtime runtime overhead, ONNX Runtime vs PyTorch, 20k x 20k GeoTIFF memory"
@@ -56,16 +56,24 @@ train-det: setup
 train: train-bnn train-det
 
 ARTIFACT ?= artifacts/$(DET_RUN)
+# The zoo's SSDD detector (zoo/): export, detect and bench also run it beside the model
+# trained here, so the report shows the released accuracy next to the short demo schedule.
+ZOO_DET      ?= ssdd_edge_det
+HAVE_ZOO_DET := $(if $(NO_DATA),,$(wildcard zoo/$(ZOO_DET)/manifest.json))
+ZOO_ARTIFACT ?= artifacts/$(ZOO_DET)
 SCENES   ?= $(DATA)/large_scenes_ioEclipse/vv2.jpg $(DATA)/large_scenes_ioEclipse/Test_image.png
 
 export: setup
 	$(BIN)/sarbridge export onnx --from runs/$(DET_RUN) --out $(ARTIFACT)
+ifneq ($(HAVE_ZOO_DET),)
+	$(BIN)/sarbridge export onnx --from zoo:$(ZOO_DET) --out $(ZOO_ARTIFACT)
+endif
 
 detect: setup
-	$(BIN)/sarbridge detect $(SCENES) --model $(ARTIFACT) --out $(OUT)/detect --overlay
+	$(BIN)/sarbridge detect $(SCENES) --model $(if $(HAVE_ZOO_DET),$(ZOO_ARTIFACT),$(ARTIFACT)) --out $(OUT)/detect --overlay
 
 bench: setup
-	$(BIN)/sarbridge bench --models $(ARTIFACT) --data $(BENCH_DATA) --backends onnxruntime,pytorch --scenes $(SCENES) --out reports/$(DET_RUN)
+	$(BIN)/sarbridge bench --models $(ARTIFACT) $(if $(HAVE_ZOO_DET),$(ZOO_ARTIFACT)) --data $(BENCH_DATA) --backends onnxruntime,pytorch --scenes $(SCENES) --out reports/$(DET_RUN)
 
 SYNTH_SET = BNN_RUN=bnn_edge_synthetic DET_RUN=det_edge_synthetic \
 	BNN_ARGS="--set data.roots=[$(SYNTH_DIR)] --set optim.epochs=10" \
@@ -118,13 +126,13 @@ test: setup
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 bench-bnn: setup
-	$(BIN)/python -m sarbridge.benchmarks.bnn_throughput --sizes 128 256
+	$(BIN)/python -m sarbridge.benchmarks.research.bnn_throughput --sizes 128 256
 
 bench-tiling: setup
 	$(BIN)/python -m sarbridge.benchmarks.tile_memory --size 20000
 
 bench-runtime: setup
-	$(BIN)/python -m sarbridge.benchmarks.runtime_figures --model $(ARTIFACT) --run runs/$(DET_RUN) --threads 2 --out reports/runtime_$(DET_RUN)
+	$(BIN)/python -m sarbridge.benchmarks.research.runtime_figures --model $(ARTIFACT) --run runs/$(DET_RUN) --threads 2 --out reports/runtime_$(DET_RUN)
 
 clean:
 	rm -rf $(OUT) build dist *.egg-info .pytest_cache .ruff_cache

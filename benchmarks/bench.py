@@ -20,7 +20,6 @@ Torch is never needed; the ``pytorch`` backend (a PyTorch row) loads only when a
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import json
 import os
@@ -34,8 +33,11 @@ from pathlib import Path
 import numpy as np
 
 from sarbridge.runtime.errors import DataError, SarbridgeError
+from sarbridge.runtime.fileio import atomic_write_json, git_sha, tool_versions
 
 SCHEMA = "sarbridge.bench/1"
+# the packages whose versions a results file records
+BENCH_PACKAGES = ("sarbridge", "numpy", "onnxruntime", "onnxruntime-gpu", "tensorrt", "torch")
 RECORD_KEYS = (
     "model",
     "artifact",
@@ -95,24 +97,6 @@ def environment(threads: int | None) -> dict:
     model_file = Path("/proc/device-tree/model")
     if model_file.is_file():
         jetson = model_file.read_text(errors="ignore").strip("\x00\n ")
-    import importlib.metadata as md
-
-    versions = {}
-    for pkg in ("sarbridge", "numpy", "onnxruntime", "onnxruntime-gpu", "tensorrt", "torch"):
-        with contextlib.suppress(md.PackageNotFoundError):
-            versions[pkg] = md.version(pkg)
-    sha = None
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            cwd=Path(__file__).resolve().parent,
-        )
-        sha = out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        pass
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "host": platform.node(),
@@ -123,8 +107,8 @@ def environment(threads: int | None) -> dict:
         "threads": threads,
         "gpu": gpu,
         "board": jetson,
-        "versions": versions,
-        "git_sha": sha,
+        "versions": tool_versions(BENCH_PACKAGES),
+        "git_sha": git_sha(),
     }
 
 
@@ -158,9 +142,6 @@ def bench_one(artifact: str, backend: str, settings: BenchSettings) -> dict:
     from sarbridge.runtime.manifest import load_manifest
     from sarbridge.runtime.metrics import Detections, coco_ap, precision_recall_at
     from sarbridge.runtime.power import open_probe
-
-    if backend == "pytorch":
-        import sarbridge.benchmarks.torch_backend  # noqa: F401  (registers the backend)
 
     artifact_path = Path(artifact)
     manifest = load_manifest(artifact_path)
@@ -460,10 +441,7 @@ def validate_results(results: dict, path: str | Path = "<results>") -> dict:
 def save_results(results: dict, path: str | Path) -> Path:
     path = Path(path)
     validate_results(results, path)
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(json.dumps(results, indent=1) + "\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_json(results, path, indent=1)
 
 
 def load_results(path: str | Path) -> dict:

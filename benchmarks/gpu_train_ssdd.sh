@@ -50,7 +50,7 @@ wait
 for run in runs/det_*; do
   [ -f "$run/best.pt" ] || continue
   nms=$(python3 -c "import json, sys; r = json.load(open(sys.argv[1])); print('' if r.get('final') else r['config']['eval']['iou_threshold'])" "$run/run.json")
-  [ -n "$nms" ] && timeout 120 python3 -m sarbridge.benchmarks.det_nms_sweep "$run" --iou "$nms" \
+  [ -n "$nms" ] && timeout 120 python3 -m sarbridge.benchmarks.research.det_nms_sweep "$run" --iou "$nms" \
       --json "logs/$(basename "$run").test_from_best.json" > "logs/$(basename "$run").sweep.log" 2>&1
 done
 python3 - <<'PY'
@@ -68,7 +68,7 @@ for run in Path("runs").glob("det_*"):
 PY
 first_bnn=$(ls -d runs/${base}_bnn_s*_gpu 2>/dev/null | head -n 1)
 if [ "${LATENCY:-1}" = 1 ] && [ -n "$first_bnn" ]; then
-  timeout 60 python3 benchmarks/torch_gpu_latency.py --run "$first_bnn" --size 512 \
+  timeout 60 python3 -m sarbridge.benchmarks.research.torch_gpu_latency --run "$first_bnn" --size 512 \
       --out logs/torch_gpu_latency.json > logs/latency.log 2>&1
 fi
 tail -n 3 logs/*.log

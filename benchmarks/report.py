@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import base64
 import html
-import os
 from pathlib import Path
 
 from sarbridge.benchmarks.bench import millijoules
+from sarbridge.runtime.fileio import atomic_path, atomic_write_text
 
 
 def _model_name(r: dict) -> str:
@@ -35,9 +35,8 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
 
 
 def _save(fig, path: Path) -> Path:
-    tmp = path.with_name(f".{path.name}.partial")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
     return path
 
 
@@ -268,7 +267,7 @@ def _md_table(header, rows) -> str:
 def _environment_lines(env: dict) -> list[str]:
     gpu = env.get("gpu") or {}
     return [
-        f"- date: {env['date']}; git {env.get('git_sha') or '-'}",
+        f"- date: {env['date']}; git {(env.get('git_sha') or '-')[:12]}",
         f"- machine: {env['cpu']} ({env['cpu_count']} logical CPUs), {env['os']}, Python {env['python']}"
         + (f"; board: {env['board']}" if env.get("board") else ""),
         f"- GPU: {gpu.get('name', 'none')}" + (f", driver {gpu['driver']}" if gpu else ""),
@@ -301,8 +300,8 @@ def write_report(results: dict, out: Path) -> dict[str, Path]:
     if made:
         md += ["## Plots", ""] + [f"![{name}]({p.name})" for name, p in made.items()] + [""]
     text = "\n".join(md)
-    _atomic(out / "report.md", text)
-    _atomic(out / "report.html", _html(results, made))
+    atomic_write_text(out / "report.md", text)
+    atomic_write_text(out / "report.html", _html(results, made))
     return made
 
 
@@ -358,9 +357,3 @@ def _html(results: dict, made: dict[str, Path]) -> str:
             parts.append(f"<img alt='{name}' src='data:image/png;base64,{data}'>")
     parts.append("</body></html>")
     return "\n".join(parts)
-
-
-def _atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(text)
-    os.replace(tmp, path)

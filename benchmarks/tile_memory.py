@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from sarbridge.runtime.fileio import atomic_path
+
 GIB = 1024**3
 
 
@@ -59,11 +61,15 @@ def write_scene(
             (33922, "d", 6, (0.0, 0.0, 0.0, 400000.0, 5000000.0, 0.0), True),  # ModelTiepoint
             (34735, "H", 8, (1, 1, 0, 1, 3072, 0, 1, 32633), True),  # GeoKeyDirectory
         ]
-    tmp = path.with_name(path.name + ".partial")
-    tifffile.imwrite(
-        tmp, data=blocks(), shape=(size, size), dtype=np.uint16, photometric="minisblack", **kwargs
-    )
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        tifffile.imwrite(
+            tmp,
+            data=blocks(),
+            shape=(size, size),
+            dtype=np.uint16,
+            photometric="minisblack",
+            **kwargs,
+        )
 
 
 def tile_scene(path: str, tile: int, overlap: float) -> dict:

@@ -1,7 +1,8 @@
 """The optional PyTorch row of `sarbridge bench`: a runtime backend that runs the training run
 an artifact was exported from (its lineage), eagerly, through the same Detector path.
 
-Imported only when the ``pytorch`` backend is asked for; boards without torch never load it.
+Registered lazily in :mod:`sarbridge.runtime.backends` (extra ``train``): imported only when the
+``pytorch`` backend is asked for; boards without torch never load it.
 """
 
 from __future__ import annotations
@@ -11,11 +12,46 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sarbridge.runtime.backends import Backend, register_backend
+from sarbridge.runtime.backends import Backend
 from sarbridge.runtime.errors import SarbridgeError
 
 
-@register_backend("pytorch")
+def _kind(step: dict) -> str | None:
+    """A lineage step's kind: ``kind`` in manifest schema 2, ``step`` in schema 1."""
+    return step.get("kind", step.get("step"))
+
+
+def _source_checkpoint(folder: Path, manifest: dict) -> Path:
+    """The checkpoint the artifact was exported from: a ``checkpoint.pt`` beside the manifest
+    (zoo folders), else the export step's ``source`` (schema 2) or the train step's ``run``
+    (schema 1). Where the export step names its parent's sha256, the checkpoint must match it,
+    so the PyTorch row runs the very weights that were exported."""
+    from sarbridge.runtime.fileio import sha256_file
+    from sarbridge.train.checkpoint import resolve_checkpoint
+
+    export = next((s for s in reversed(manifest["lineage"]) if _kind(s) == "export"), {})
+    train = next((s for s in manifest["lineage"] if _kind(s) == "train"), {})
+    wanted = (export.get("parent") or {}).get("sha256")
+    candidates = [folder / "checkpoint.pt", export.get("source"), train.get("run")]
+    tried = []
+    for candidate in candidates:
+        if not candidate:
+            continue
+        try:
+            path = resolve_checkpoint(candidate)
+        except SarbridgeError:
+            tried.append(str(candidate))
+            continue
+        if wanted and sha256_file(path) != wanted:
+            tried.append(f"{candidate} (other weights)")
+            continue
+        return path
+    raise SarbridgeError(
+        f"{folder}: the PyTorch row needs the checkpoint this artifact was exported from, and it "
+        f"is not here (looked for: {', '.join(tried) or 'nothing named in its lineage'})"
+    )
+
+
 class TorchBackend(Backend):
     name = "pytorch"
 
@@ -26,21 +62,16 @@ class TorchBackend(Backend):
         threads: int | None = None,
         device: str = "auto",
     ):
-        from sarbridge.train.detect_train import load_detector
+        from sarbridge.train.checkpoint import load_model
 
-        train = next((s for s in manifest["lineage"] if s.get("step") == "train"), None)
-        run = Path(train["run"]) if train and train.get("run") else None
-        if run is None or not (run / "best.pt").is_file():
-            raise SarbridgeError(
-                f"{model_path.parent}: the PyTorch row needs the training run this artifact came "
-                f"from ({run or 'not in its lineage'}), and it is not here"
-            )
+        run = _source_checkpoint(model_path.parent, manifest)
         if threads:
             torch.set_num_threads(int(threads))
         self.device = torch.device(
             ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
         )
-        self.model, _, _ = load_detector(run)
+        loaded = load_model(run)
+        self.model, _ = loaded.model, loaded.config
         self.model.to(self.device).eval()
         self.kind = getattr(self.model, "kind", "dense")
         if self.kind == "torchvision":  # as in the exported graph (export/onnx_export.BoxesExport)

@@ -1,6 +1,6 @@
 """ONNX export of trained detectors and BNN SAR encoders, checked against PyTorch.
 
-``export_run`` turns a run directory into an artifact directory::
+``export_run`` turns a run folder, a checkpoint or ``zoo:<name>`` into an artifact folder::
 
     artifacts/<name>/model.onnx      single file, opset 17, dynamic batch (dense detectors),
                                      BatchNorm folded, simplified with onnxslim
@@ -16,7 +16,6 @@ the export fails (writes nothing) when either is off.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime
 import shutil
@@ -30,9 +29,11 @@ from torch import nn
 from sarbridge.runtime.boxes import box_iou
 from sarbridge.runtime.decode import letterbox, parse_flips
 from sarbridge.runtime.errors import SarbridgeError
-from sarbridge.runtime.manifest import SCHEMA_VERSION, save_manifest, sha256_file
+from sarbridge.runtime.fileio import sha256_file, tool_versions
+from sarbridge.runtime.manifest import SCHEMA_VERSION, save_manifest
 from sarbridge.runtime.preprocess import preprocess
-from sarbridge.train.detectors import decode_raw
+from sarbridge.train.checkpoint import lineage_step, parent_ref
+from sarbridge.train.evaluation import decode_raw
 
 OPSET = 17
 MODEL_FILE = "model.onnx"
@@ -50,10 +51,6 @@ def fold_batchnorm(module: nn.Module) -> nn.Module:
     from torch.fx.experimental.optimization import fuse
 
     return fuse(module.eval(), inplace=False)
-
-
-def count_batchnorm(module: nn.Module) -> int:
-    return sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
 
 
 class DenseExport(nn.Module):
@@ -164,14 +161,20 @@ def _session(path: Path, threads: int | None = None):
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def tool_versions() -> dict[str, str]:
-    import importlib.metadata as md
+TOOL_PACKAGES = ("sarbridge", "torch", "torchvision", "onnx", "onnxruntime", "onnxslim", "numpy")
 
-    out = {}
-    for pkg in ("sarbridge", "torch", "torchvision", "onnx", "onnxruntime", "onnxslim", "numpy"):
-        with contextlib.suppress(md.PackageNotFoundError):
-            out[pkg] = md.version(pkg)
-    return out
+
+def _export_step(step: dict | None, name: str, metrics: dict) -> dict:
+    """The export's own lineage step (parity figures as its metrics)."""
+    step = dict(step or {})
+    return lineage_step(
+        "export",
+        step.pop("name", name),
+        step.pop("parent", None),
+        step.pop("config_sha256", None),
+        metrics,
+        **{"format": "onnx", "opset": OPSET, "batchnorm_folded": True, **step},
+    )
 
 
 # ---------------------------------------------------------------- parity
@@ -240,7 +243,7 @@ def parity_inputs(records, params, input_size: int, count: int) -> np.ndarray:
 
 
 def export_detector(
-    run: str | Path,
+    source: str | Path,
     out: str | Path,
     *,
     parity_images: int = 8,
@@ -252,8 +255,10 @@ def export_detector(
     nms_iou: float | None = None,
     vote_iou: float | str | None = None,
     tta_flips=None,
+    source_label: str | None = None,
 ) -> dict:
-    """Export a detector run to ``out`` (model.onnx + manifest.json); returns the manifest.
+    """Export a detector (a run folder, a checkpoint or ``zoo:<name>``) to ``out`` (model.onnx +
+    manifest.json); returns the manifest.
 
     ``nms_iou`` sets the deployed NMS IoU (default: the run's ``eval.iou_threshold``),
     ``vote_iou`` the deployed box voting after NMS (default: the run's ``eval.vote_iou``;
@@ -263,13 +268,10 @@ def export_detector(
     from sarbridge.runtime.annotations import read_dataset
     from sarbridge.runtime.paths import resolve_data_path
     from sarbridge.runtime.preprocess import SarPreprocess
-    from sarbridge.train.config import config_hash
-    from sarbridge.train.detect_train import lineage_origin, load_detector
-    from sarbridge.train.detectors import detector_predict, detector_spec
+    from sarbridge.train.checkpoint import load_model, resolve_checkpoint
+    from sarbridge.train.evaluation import detector_predict
+    from sarbridge.train.models.registry import detector_spec
 
-    run = Path(run)
-    if not (run / "best.pt").is_file():
-        raise ExportError(f"{run}: no best.pt here; is it a finished detector run directory?")
     if nms_iou is not None and not 0.0 < nms_iou <= 1.0:
         raise ExportError(f"NMS IoU must be in (0, 1], not {nms_iou}")
     if vote_iou not in (None, "off") and not 0.0 < float(vote_iou) <= 1.0:
@@ -278,12 +280,15 @@ def export_detector(
         flips = None if tta_flips is None else parse_flips(tta_flips)
     except ValueError as exc:
         raise ExportError(str(exc)) from None
-    model, cfg, ckpt = load_detector(run)
+    loaded = load_model(source)
+    if loaded.task != "detect":
+        raise ExportError(f"{source}: holds a {loaded.task} model, not a detector")
+    model, cfg = loaded.model, loaded.config
     flips = cfg.eval.tta_flips if flips is None else flips
     iou = cfg.eval.iou_threshold if nms_iou is None else float(nms_iou)
     vote = {None: cfg.eval.vote_iou, "off": None}.get(vote_iou, vote_iou)
     vote = None if vote is None else float(vote)
-    classes = list(ckpt["classes"])
+    classes = loaded.classes
     params = SarPreprocess.from_dict(cfg.data.preprocess)
     ds = read_dataset(resolve_data_path(cfg.data.root))
     records = ds.split(cfg.data.test_split) or ds.records
@@ -292,31 +297,24 @@ def export_detector(
         tile_size = cfg.data.tile_size or training_scale_tile(
             ds.split(cfg.data.train_split) or ds.records
         )
-    report = _run_report(run)
-    init = dict(ckpt.get("lineage", {}))
-    if init.get("init") == "det" and "origin" not in init:  # a continued run: name its origin
-        init.update(lineage_origin(init.get("parent_lineage") or {}))
-    lineage = [
-        {
-            "step": "train",
-            "run": str(run),
-            "model": cfg.model.name,
-            "backbone": cfg.model.backbone,
-            "config_sha256": config_hash(cfg),
-            "git_sha": report.get("git_sha"),
-            "best_epoch": int(ckpt["epoch"]) + 1,
-            # the NMS IoU of the run's test metrics (postprocessing holds the deployed one)
-            "test_metrics_nms_iou": float(cfg.eval.iou_threshold),
-            "test_metrics_vote_iou": cfg.eval.vote_iou,
-            "test_metrics_tta_flips": list(cfg.eval.tta_flips),
-            # how the backbone was initialised (its own run and file, prefixed: not this run's)
-            **{
-                (k if k == "init" else f"init_{k}"): v
-                for k, v in init.items()
-                if isinstance(v, (str, int))
-            },
-        }
-    ]
+    trained = loaded.lineage[-1] if loaded.lineage else {}
+    export_step = {
+        "name": name or Path(out).name,
+        "parent": parent_ref(loaded.name, resolve_checkpoint(source)),
+        "source": source_label or str(source),
+        "config_sha256": trained.get("config_sha256"),
+        "format": "onnx",
+        "opset": OPSET,
+        "batchnorm_folded": True,
+        "simplified": "onnxslim",
+        "model": cfg.model.name,
+        "backbone": cfg.model.backbone,
+        "best_epoch": int(loaded.checkpoint.get("epoch", -1)) + 1,
+        # the settings of the run's test metrics (postprocessing holds the deployed ones)
+        "test_metrics_nms_iou": float(cfg.eval.iou_threshold),
+        "test_metrics_vote_iou": cfg.eval.vote_iou,
+        "test_metrics_tta_flips": list(cfg.eval.tta_flips),
+    }
     manifest = export_detector_model(
         model,
         out,
@@ -334,15 +332,12 @@ def export_detector(
         iou_threshold=iou,
         vote_iou=vote,
         tta_flips=flips,
-        lineage=lineage,
-        metrics={
-            f"test_{k}": float(v)
-            for k, v in report.get("final", {}).get("test", {}).items()
-            if isinstance(v, (int, float))
-        },
+        lineage=loaded.lineage,
+        export_step=export_step,
+        metrics=dict(trained.get("metrics") or {}),
         atol=atol,
         min_agreement=min_agreement,
-        name=name or run.name,
+        name=name or loaded.name,
         kind=detector_spec(cfg.model.name).kind,
     )
     return manifest
@@ -395,13 +390,6 @@ def _publish(manifest: dict, tmp: Path, out: Path) -> dict:
     return manifest
 
 
-def _run_report(run: Path) -> dict:
-    import json
-
-    path = run / "run.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
 def export_detector_model(
     model: nn.Module,
     out: str | Path,
@@ -420,6 +408,7 @@ def export_detector_model(
     vote_iou: float | None = None,
     tta_flips: tuple[str, ...] = (),
     lineage: list[dict] | None = None,
+    export_step: dict | None = None,
     metrics: dict | None = None,
     atol: float = 1e-3,
     min_agreement: float = 0.98,
@@ -548,6 +537,12 @@ def export_detector_model(
                 f"(allowed {atol * scale:.3g}), detection agreement {agreement:.4f} (needed {min_agreement}); "
                 "nothing was written"
             )
+        parity = {
+            "parity_max_abs_diff": max_abs,
+            "parity_output_scale": scale,
+            "parity_detection_agreement": agreement,
+            "parity_images": len(parity_x),
+        }
         manifest = {
             "schema_version": SCHEMA_VERSION,
             "name": name or out.name,
@@ -567,25 +562,9 @@ def export_detector_model(
             },
             "classes": list(classes),
             "precision": "fp32",
-            "lineage": (lineage or [])
-            + [
-                {
-                    "step": "export",
-                    "format": "onnx",
-                    "opset": OPSET,
-                    "batchnorm_folded": True,
-                    "simplified": "onnxslim",
-                }
-            ],
-            "metrics": {
-                **(metrics or {}),
-                "parity_max_abs_diff": max_abs,
-                "parity_output_scale": scale,
-                "parity_detection_agreement": agreement,
-                "parity_images": len(parity_x),
-                **complexity(model, xt[:1]),
-            },
-            "tool_versions": tool_versions(),
+            "lineage": [*(lineage or []), _export_step(export_step, name or out.name, parity)],
+            "metrics": {**(metrics or {}), **parity, **complexity(model, xt[:1])},
+            "tool_versions": tool_versions(TOOL_PACKAGES),
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         }
         return _publish(manifest, tmp, out)
@@ -598,21 +577,24 @@ def export_detector_model(
 
 
 def export_embedder(
-    run: str | Path, out: str | Path, *, parity_patches: int = 16, atol: float = 1e-4
+    source: str | Path,
+    out: str | Path,
+    *,
+    parity_patches: int = 16,
+    atol: float = 1e-4,
+    name: str | None = None,
+    source_label: str | None = None,
 ) -> dict:
-    """Export a BNN run's SAR branch (backbone + head) as an ``embed`` artifact."""
-    from sarbridge.train.bnn_train import BNNConfig, PatchTensors, build_model, make_splits
-    from sarbridge.train.config import config_hash, from_dict
-    from sarbridge.train.engine import load_checkpoint
+    """Export a BNN's SAR branch (backbone + head) as an ``embed`` artifact; ``source`` is a BNN
+    run folder, checkpoint or ``zoo:<name>``."""
+    from sarbridge.train.checkpoint import load_model, resolve_checkpoint
+    from sarbridge.train.data.pairs import PatchTensors, make_splits
 
-    run, out = Path(run), Path(out)
-    if not (run / "best.pt").is_file():
-        raise ExportError(f"{run}: no best.pt here; is it a finished BNN run directory?")
-    ckpt = load_checkpoint(run / "best.pt")
-    cfg = from_dict(BNNConfig, ckpt["config"])
-    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, imagenet_weights=None))
-    net = build_model(cfg)
-    net.load_state_dict(ckpt["model"])
+    out = Path(out)
+    loaded = load_model(source)
+    if loaded.task != "bnn":
+        raise ExportError(f"{source}: holds a {loaded.task} model, not a BNN")
+    cfg, net = loaded.config, loaded.model
     sar = net.sar.eval()
     splits = make_splits(cfg)
     patches = (splits.test or splits.val or splits.train)[:parity_patches]
@@ -642,11 +624,20 @@ def export_embedder(
                 f"ONNX export of the SAR encoder does not match PyTorch: max abs difference "
                 f"{max_abs:.3g} (allowed {atol:g}); nothing was written"
             )
-        report = _run_report(run)
-        test = report.get("final", {}).get("test", {})
+        trained = loaded.lineage[-1] if loaded.lineage else {}
+        test = dict(trained.get("metrics") or {})
+        parity = {"parity_max_abs_diff": max_abs, "parity_patches": len(xn)}
+        step = {
+            "name": name or out.name,
+            "parent": parent_ref(loaded.name, resolve_checkpoint(source)),
+            "source": source_label or str(source),
+            "config_sha256": trained.get("config_sha256"),
+            "backbone": cfg.model.backbone,
+            "best_epoch": int(loaded.checkpoint.get("epoch", -1)) + 1,
+        }
         manifest = {
             "schema_version": SCHEMA_VERSION,
-            "name": out.name,
+            "name": name or out.name,
             "task": "embed",
             "model": {"file": MODEL_FILE, "sha256": sha256_file(path), "format": "onnx"},
             "inputs": [{"name": "sar", "shape": ["batch", 1, S, S], "dtype": "float32"}],
@@ -662,29 +653,15 @@ def export_embedder(
             "preprocessing": {**cfg.data.sar_preprocess, "input_size": int(S)},
             "tiling": {"size": int(cfg.data.patch_size), "overlap": 0.0},
             "postprocessing": {
-                "score_threshold": float(test.get("threshold", 0.5)),
+                "score_threshold": float(test.get("test_threshold", 0.5)),
                 "iou_threshold": 0.5,
                 "max_detections": 1,
             },
             "classes": ["match"],
             "precision": "fp32",
-            "lineage": [
-                {
-                    "step": "train",
-                    "run": str(run),
-                    "task": "bnn",
-                    "backbone": cfg.model.backbone,
-                    "config_sha256": config_hash(cfg),
-                    "best_epoch": int(ckpt["epoch"]) + 1,
-                },
-                {"step": "export", "format": "onnx", "opset": OPSET, "batchnorm_folded": True},
-            ],
-            "metrics": {
-                **{f"test_{k}": float(v) for k, v in test.items() if isinstance(v, (int, float))},
-                "parity_max_abs_diff": max_abs,
-                "parity_patches": len(xn),
-            },
-            "tool_versions": tool_versions(),
+            "lineage": [*loaded.lineage, _export_step(step, out.name, parity)],
+            "metrics": {**test, **parity},
+            "tool_versions": tool_versions(TOOL_PACKAGES),
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         }
         return _publish(manifest, tmp, out)
@@ -694,7 +671,7 @@ def export_embedder(
 
 
 def export_run(
-    run: str | Path,
+    source: str | Path,
     out: str | Path,
     *,
     parity_images: int = 16,
@@ -703,26 +680,30 @@ def export_run(
     nms_iou: float | None = None,
     vote_iou: float | str | None = None,
     tta_flips=None,
+    name: str | None = None,
+    source_label: str | None = None,
 ) -> dict:
-    """Export whichever kind of run ``run`` is: a BNN run (its SAR encoder) or a detector run."""
-    run = Path(run)
-    if not (run / "best.pt").is_file():
-        raise ExportError(f"{run}: no best.pt here; give a finished run directory (runs/<name>)")
-    config = _run_report(run).get("config")
-    if config is None:  # no run.json: read the config from the checkpoint
-        from sarbridge.train.engine import load_checkpoint
+    """Export whichever model ``source`` holds (a run folder, a checkpoint or ``zoo:<name>``):
+    a BNN (its SAR encoder) or a detector, told by the checkpoint's task. ``source_label``
+    names the source in the lineage when its path is not where it will be found (a release)."""
+    from sarbridge.train.checkpoint import checkpoint_task, load_checkpoint, resolve_checkpoint
 
-        config = load_checkpoint(run / "best.pt").get("config", {})
-    if "patch_size" in config.get("data", {}) or "loss" in config:
+    path = resolve_checkpoint(source)
+    task = checkpoint_task(load_checkpoint(path), path)
+    if task == "bnn":
         if nms_iou is not None or vote_iou is not None or tta_flips is not None:
             raise ExportError(
-                f"{run} is a BNN run (an embedder): NMS, box voting and test-time flips do not "
+                f"{source} is a BNN (an embedder): NMS, box voting and test-time flips do not "
                 "apply"
             )
-        return export_embedder(run, out, parity_patches=parity_images)
+        return export_embedder(
+            source, out, parity_patches=parity_images, name=name, source_label=source_label
+        )
     return export_detector(
-        run,
+        source,
         out,
+        name=name,
+        source_label=source_label,
         parity_images=parity_images,
         tile_size=tile_size,
         overlap=overlap,

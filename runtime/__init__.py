@@ -1,9 +1,10 @@
 """sarbridge.runtime: the on-board layer (numpy, pillow, tifffile; never torch).
 
-Image I/O, SAR radiometric preprocessing, tiling and cross-tile merging, NMS,
-annotation and optical/SAR pair readers, metrics, the manifest and the
-synthetic scene generator. Everything here must run on a Jetson board with no
-torch installed.
+Image I/O, SAR radiometric preprocessing, tiling and cross-tile merging, NMS and
+the decoders (a registry), annotation and optical/SAR pair readers, metrics, the
+manifest, the inference backends (a lazy registry: a backend's package is imported
+only when it is chosen), file helpers and the synthetic scene generator. Everything
+here must run on a Jetson board with no torch installed.
 """
 
 from sarbridge._stage_guard import check as _check

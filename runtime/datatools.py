@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import numpy as np
 
 from sarbridge.runtime.annotations import Dataset, Problem, detect_format, read_dataset
 from sarbridge.runtime.errors import DataError
+from sarbridge.runtime.fileio import atomic_write_json
 from sarbridge.runtime.imageio import IMAGE_SUFFIXES, open_raster, write_image
 from sarbridge.runtime.pairs import PairLoader, cut_patches, find_scene_pairs
 from sarbridge.runtime.tiling import read_tile, tile_grid
@@ -216,11 +216,7 @@ def tile_scene_to_dir(
             "georef": r.georef.to_dict() if r.georef else None,
             "tiles": entries,
         }
-    path = out / "tiles.json"
-    tmp = out / ".tiles.json.partial"
-    tmp.write_text(json.dumps(index, indent=1))
-    os.replace(tmp, path)
-    return path
+    return atomic_write_json(index, out / "tiles.json", indent=1)
 
 
 def write_synthetic(
@@ -256,8 +252,4 @@ def write_synthetic(
                 }
             )
     coco = {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "ship"}]}
-    path = out / "annotations.json"
-    tmp = out / ".annotations.json.partial"
-    tmp.write_text(json.dumps(coco))
-    os.replace(tmp, path)
-    return path
+    return atomic_write_json(coco, out / "annotations.json", indent=None)

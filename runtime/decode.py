@@ -1,9 +1,13 @@
-"""Decoding dense anchor-free detector outputs, and letterboxing, in numpy.
+"""Decoding detector outputs, and letterboxing, in numpy.
 
 ONE implementation: the PyTorch evaluation and the deployed ONNX/TensorRT
 model both hand their raw output to :func:`decode_views` with
 :func:`dense_candidates` (or :func:`yolo_candidates`); :func:`decode_dense` is its
 single-view form (no test-time flips).
+
+Which decode a model needs is its manifest's ``postprocessing.decode``, a name in the
+decoder registry (:func:`get_decoder`): ``dense_ltrb`` (the default), ``yolo_anchors``
+and ``boxes`` (the graph returns final boxes after its own NMS).
 
 Raw output layout ``[N, 4 + C]`` per image, one row per grid point of every
 level (level-major, then row-major): ``reg[4]`` are log-distances from the
@@ -15,7 +19,9 @@ stride, ``cls[C]`` are class logits. The box is::
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
@@ -295,3 +301,118 @@ def decode_views(
     scores = np.concatenate([p[1] for p in parts])
     labels = np.concatenate([p[2] for p in parts])
     return _nms_top(boxes, scores, labels, iou_threshold, max_detections, vote_iou)
+
+
+# ---------------------------------------------------------------- decoder registry
+
+# boxes, scores, labels of one image's raw output, in network-input pixels, before NMS
+Candidates = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
+
+DEFAULT_DECODE = "dense_ltrb"  # a manifest without postprocessing.decode
+DEFAULT_STRIDES = (8, 16, 32)  # a manifest without postprocessing.strides
+
+
+@dataclass(frozen=True)
+class Decoder:
+    """One ``postprocessing.decode`` of the manifest.
+
+    Attributes:
+        name: the manifest's ``postprocessing.decode`` value.
+        build: ``build(postprocessing, input_size, score_threshold) -> candidates`` (see
+            :data:`Candidates`), the per-image function :func:`decode_views` takes; None for a
+            decode whose graph already returns final detections.
+        runtime_nms: the runtime runs NMS on the candidates (so box voting and test-time
+            flips are possible); False when the graph runs its own.
+        requires: ``postprocessing`` keys this decode cannot work without.
+        description: one line for errors and docs.
+    """
+
+    name: str
+    build: Callable[[dict, int, float], Candidates] | None
+    runtime_nms: bool
+    requires: tuple[str, ...] = ()
+    description: str = ""
+
+
+_DECODERS: dict[str, Decoder] = {}
+
+
+def register_decoder(
+    name: str,
+    build: Callable[[dict, int, float], Candidates] | None,
+    *,
+    runtime_nms: bool,
+    requires: tuple[str, ...] = (),
+    description: str = "",
+) -> Decoder:
+    """Register a decode under ``name``; ValueError when the name is taken."""
+    if name in _DECODERS:
+        raise ValueError(f"decoder {name!r} is already registered")
+    if runtime_nms and build is None:
+        raise ValueError(
+            f"decoder {name!r}: a decode with the runtime's NMS needs a build function"
+        )
+    decoder = Decoder(name, build, runtime_nms, tuple(requires), description)
+    _DECODERS[name] = decoder
+    return decoder
+
+
+def list_decoders() -> list[str]:
+    """Names of the registered decodes (the values ``postprocessing.decode`` may take)."""
+    return sorted(_DECODERS)
+
+
+def get_decoder(name: str) -> Decoder:
+    """The decode called ``name``; ValueError naming the choices when there is none."""
+    try:
+        return _DECODERS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown decode {name!r}; choose one of: {', '.join(list_decoders())}"
+        ) from None
+
+
+def manifest_strides(post: dict) -> tuple[int, ...]:
+    """``postprocessing.strides`` as ints (the default levels when absent)."""
+    return tuple(int(s) for s in post.get("strides", DEFAULT_STRIDES))
+
+
+def _build_dense(post: dict, input_size: int, score_threshold: float) -> Candidates:
+    points, strides = grid_points(input_size, manifest_strides(post))
+    return partial(
+        dense_candidates, points=points, strides=strides, score_threshold=score_threshold
+    )
+
+
+def _build_yolo(post: dict, input_size: int, score_threshold: float) -> Candidates:
+    cells, strides, anchors = yolo_grid(
+        input_size, manifest_strides(post), np.asarray(post["anchors"], np.float32)
+    )
+    return partial(
+        yolo_candidates,
+        cells=cells,
+        strides=strides,
+        anchors=anchors,
+        score_threshold=score_threshold,
+    )
+
+
+register_decoder(
+    "dense_ltrb",
+    _build_dense,
+    runtime_nms=True,
+    description="anchor-free grid points: log-distances to the box edges, class logits",
+)
+register_decoder(
+    "yolo_anchors",
+    _build_yolo,
+    runtime_nms=True,
+    requires=("anchors",),
+    description="YOLOv3 anchors per level: tx, ty, tw, th, objectness, class logits",
+)
+register_decoder(
+    "boxes",
+    None,
+    runtime_nms=False,
+    description="the graph's own NMS: boxes, scores, labels outputs (batch 1)",
+)

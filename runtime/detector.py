@@ -16,21 +16,18 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from sarbridge.runtime.backends import open_backend
 from sarbridge.runtime.decode import (
+    DEFAULT_DECODE,
     decode_views,
-    dense_candidates,
     flip_inputs,
-    grid_points,
+    get_decoder,
     letterbox,
     parse_flips,
-    yolo_candidates,
-    yolo_grid,
 )
 from sarbridge.runtime.errors import SarbridgeError
 from sarbridge.runtime.imageio import ArrayRaster, GeoRef, Raster, open_raster
@@ -38,7 +35,6 @@ from sarbridge.runtime.manifest import MANIFEST_NAME, load_manifest, preprocess_
 from sarbridge.runtime.preprocess import clip_range, preprocess, scene_sample, to_single_channel
 from sarbridge.runtime.tiling import Tile, merge_tile_detections, tile_grid
 
-DECODERS = ("dense_ltrb", "yolo_anchors", "boxes")
 STAGES = ("read", "preprocess", "model", "decode", "merge")
 
 
@@ -235,11 +231,18 @@ class Detector(ScenePipeline):
         self.manifest = manifest
         self.artifact = Path(artifact)
         post = manifest["postprocessing"]
-        self.decoder = post.get("decode", "dense_ltrb")
-        if self.decoder not in DECODERS:
+        self.decoder = post.get("decode", DEFAULT_DECODE)
+        try:
+            decoder = get_decoder(self.decoder)
+        except ValueError as exc:
             raise SarbridgeError(
-                f"{self.artifact / MANIFEST_NAME}: postprocessing.decode {self.decoder!r} is not "
-                f"one of {DECODERS}"
+                f"{self.artifact / MANIFEST_NAME}: postprocessing.decode: {exc}"
+            ) from None
+        missing = [key for key in decoder.requires if key not in post]
+        if missing:
+            raise SarbridgeError(
+                f"{self.artifact / MANIFEST_NAME}: postprocessing.{missing[0]} is missing "
+                f"(needed by the {self.decoder} decode)"
             )
         params, input_size = preprocess_of(manifest)
         super().__init__(
@@ -257,7 +260,7 @@ class Detector(ScenePipeline):
         except ValueError as exc:
             where = "postprocessing.tta_flips" if tta_flips is None else "tta_flips"
             raise SarbridgeError(f"{self.artifact / MANIFEST_NAME}: {where}: {exc}") from None
-        if self.decoder not in ("dense_ltrb", "yolo_anchors"):
+        if not decoder.runtime_nms:
             for what, on in (("vote_iou", self.vote_iou is not None), ("tta_flips", self.flips)):
                 if on:
                     raise SarbridgeError(
@@ -268,32 +271,12 @@ class Detector(ScenePipeline):
             float(post["score_threshold"]) if score_threshold is None else float(score_threshold)
         )
         self.classes = list(manifest["classes"])
-        strides = tuple(int(s) for s in post.get("strides", (8, 16, 32)))
-        self._candidates = None  # the "boxes" decode: the graph's own NMS
-        if self.decoder == "dense_ltrb":
-            points, strides = grid_points(self.input_size, strides)
-            self._candidates = partial(
-                dense_candidates,
-                points=points,
-                strides=strides,
-                score_threshold=self.score_threshold,
-            )
-        elif self.decoder == "yolo_anchors":
-            if "anchors" not in post:
-                raise SarbridgeError(
-                    f"{self.artifact / MANIFEST_NAME}: postprocessing.anchors is missing "
-                    "(needed by the yolo_anchors decode)"
-                )
-            cells, strides, anchors = yolo_grid(
-                self.input_size, strides, np.asarray(post["anchors"], np.float32)
-            )
-            self._candidates = partial(
-                yolo_candidates,
-                cells=cells,
-                strides=strides,
-                anchors=anchors,
-                score_threshold=self.score_threshold,
-            )
+        # None: the graph's own NMS made the detections (read from its outputs in _decode)
+        self._candidates = (
+            decoder.build(post, self.input_size, self.score_threshold)
+            if decoder.runtime_nms
+            else None
+        )
         self.backend = open_backend(
             backend, self.artifact / manifest["model"]["file"], manifest, **backend_options
         )

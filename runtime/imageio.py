@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from sarbridge.runtime.errors import DataError
+from sarbridge.runtime.fileio import atomic_path
 
 PIL_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
 TIFF_SUFFIXES = {".tif", ".tiff"}
@@ -251,7 +252,8 @@ class _TiffFileRaster(Raster):
             self._offset = int(page.dataoffsets[0])
             self._file_dtype = np.dtype(page.dtype).newbyteorder(self._tif.byteorder)
             self._fd = self._tif.filehandle
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the file handle's position
+        self._cache_lock = threading.Lock()  # the segment cache and its byte count
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
         self._cache_bytes = 0
         if not self._contiguous:
@@ -263,10 +265,15 @@ class _TiffFileRaster(Raster):
             self._segs_y = math.ceil(self.height / self._seg_h)
 
     def _segment(self, index: int) -> np.ndarray:
-        """Decoded segment ``index`` as [seg_h, seg_w, C] (edge segments may be smaller)."""
-        if index in self._cache:
-            self._cache.move_to_end(index)
-            return self._cache[index]
+        """Decoded segment ``index`` as [seg_h, seg_w, C] (edge segments may be smaller).
+
+        Safe from several threads: the cache is read and changed only under its lock; the
+        decode runs outside it (two threads may decode one segment; one copy is kept)."""
+        with self._cache_lock:
+            cached = self._cache.get(index)
+            if cached is not None:
+                self._cache.move_to_end(index)
+                return cached
         page = self._page
         offset, count = page.dataoffsets[index], page.databytecounts[index]
         fh = self._tif.filehandle
@@ -280,11 +287,15 @@ class _TiffFileRaster(Raster):
         if seg is None:  # empty segment: fill value
             seg = np.zeros(shape, dtype=page.dtype)
         seg = np.asarray(seg).reshape(seg.shape[-3:])  # [h, w, c]
-        self._cache[index] = seg
-        self._cache_bytes += seg.nbytes
-        while self._cache_bytes > self._CACHE_BYTES and len(self._cache) > 1:
-            _, old = self._cache.popitem(last=False)
-            self._cache_bytes -= old.nbytes
+        with self._cache_lock:
+            if index in self._cache:  # another thread decoded it meanwhile
+                self._cache.move_to_end(index)
+                return self._cache[index]
+            self._cache[index] = seg
+            self._cache_bytes += seg.nbytes
+            while self._cache_bytes > self._CACHE_BYTES and len(self._cache) > 1:
+                _, old = self._cache.popitem(last=False)
+                self._cache_bytes -= old.nbytes
         return seg
 
     def _read(self, y0, x0, h, w):
@@ -338,7 +349,9 @@ class _TiffFileRaster(Raster):
         return np.frombuffer(buf, dtype=self._file_dtype)
 
     def close(self):
-        self._cache.clear()
+        with self._cache_lock:
+            self._cache.clear()
+            self._cache_bytes = 0
         self._tif.close()
 
 
@@ -475,23 +488,19 @@ def write_image(path: str | Path, image: np.ndarray) -> Path:
     """
     path = Path(path)
     suffix = path.suffix.lower()
-    tmp = path.with_name(f".{path.name}.partial")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if suffix in TIFF_SUFFIXES:
-        import tifffile
-
-        tifffile.imwrite(tmp, image, photometric="minisblack" if image.ndim == 2 else "rgb")
-    elif suffix in PIL_SUFFIXES:
-        if image.dtype != np.uint8:
-            raise DataError(
-                path, f"{suffix} holds 8-bit images only; got {image.dtype.name}: use .tif"
-            )
-        from PIL import Image
-
-        Image.fromarray(image).save(
-            tmp, format="JPEG" if suffix in (".jpg", ".jpeg") else suffix[1:].upper()
-        )
-    else:
+    if suffix not in TIFF_SUFFIXES and suffix not in PIL_SUFFIXES:
         raise DataError(path, f"unknown image format '{suffix}'")
-    tmp.replace(path)
+    if suffix in PIL_SUFFIXES and image.dtype != np.uint8:
+        raise DataError(path, f"{suffix} holds 8-bit images only; got {image.dtype.name}: use .tif")
+    with atomic_path(path) as tmp:
+        if suffix in TIFF_SUFFIXES:
+            import tifffile
+
+            tifffile.imwrite(tmp, image, photometric="minisblack" if image.ndim == 2 else "rgb")
+        else:
+            from PIL import Image
+
+            Image.fromarray(image).save(
+                tmp, format="JPEG" if suffix in (".jpg", ".jpeg") else suffix[1:].upper()
+            )
     return path

@@ -3,49 +3,82 @@
 A manifest is a JSON object with a ``schema_version``. :func:`validate`
 checks it against the schema of that version (required fields, types, allowed
 values, unknown keys) and raises :class:`ManifestError` naming the file and
-the field; an unknown version is refused, never guessed.
+the field; an unknown version is refused, never guessed. Version 2 is written;
+version 1 manifests still validate and load.
 
-Schema version 1 (all keys required unless marked optional)::
+Schema version 2 (all keys required unless marked optional)::
 
-    schema_version  int, 1
+    schema_version  int, 2
     task            "detect" | "embed"
-    model           {file: str, sha256: str (64 hex), format: "onnx" | "tensorrt"}
+    model           {file: str (a plain file name in the artifact folder), sha256: str (64 hex),
+                     format: "onnx" | "tensorrt"}
     inputs          [{name, shape: [int|str], dtype}]     (str dims are dynamic)
     outputs         [{name, shape, dtype, meaning?: str}]
     preprocessing   SarPreprocess fields + input_size: int
     tiling          {size: int, overlap: float in [0, 1)}
     postprocessing  {score_threshold, iou_threshold: float in [0, 1], max_detections: int,
-                     vote_iou: optional float in (0, 1] (box voting after NMS),
-                     tta_flips: optional list of "h" | "v" | "hv" (test-time flips), ...}
+                     vote_iou?: float in (0, 1] or null (box voting after NMS),
+                     tta_flips?: list of "h" | "v" | "hv" (test-time flips),
+                     decode?: a name of the decoder registry (default "dense_ltrb"),
+                     strides?: [positive int] (default [8, 16, 32]),
+                     anchors?: [[w, h]] or one such list per stride, positive numbers
+                               (required by "yolo_anchors")}     no other keys
     classes         [str]
     precision       "fp32" | "fp16" | "int8" | "mixed"
-    quantization    optional {scheme: str, ...}
-    lineage         [{step: str, ...}]  (train config hash, every compression step)
-    metrics         {name: float}       (at export)
+    quantization    {scheme: str, target: "onnxruntime" | "openvino" | "tensorrt",
+                     activations: {dtype: "uint8" | "int8", symmetric: bool},
+                     weights: {dtype: "int8", symmetric: bool, per_channel_axis: int | null},
+                     calibration: {split: str, images: int > 0, list_sha256: 64 hex,
+                                   method: str}}                 (required when precision is int8)
+    lineage         [step], oldest first; a step is
+                    {kind: "train" | "prune" | "distill" | "qat" | "ptq" | "fp16" | "export"
+                           | "engine",
+                     name: str (the run or artifact name),
+                     parent: null | {name: str, sha256: 64 hex},
+                     config_sha256: null | 64 hex,
+                     metrics: {str: number},
+                     ...: any further JSON values}
+    metrics         {name: number}       (at export)
     tool_versions   {package: version}
-    engines         optional [{file, sha256, tensorrt_version, gpu, dla_core?}]
-    created         optional ISO date
+    engines         optional [{file: str (a plain file name in the artifact folder),
+                     sha256: 64 hex, tensorrt_version: str, device_name: str,
+                     compute_capability: str ("8.7"), dla_core: int >= 0 | null,
+                     precision: "fp32" | "fp16" | "int8" | "best",
+                     build_flags?: [str], build_seconds?: number}]
+    created, name, notes   optional str
+
+Schema version 1 differs in: ``lineage`` [{step: str, ...}]; ``quantization`` optional
+{scheme: str, ...}, never required; ``engines`` [{file, sha256, tensorrt_version, gpu: str,
+...}]; ``postprocessing`` may hold further keys. ``model.file`` and the ``decode`` fields are
+checked as in version 2 (every version 1 manifest sarbridge wrote passes).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
+import re
 from pathlib import Path
 from typing import Any
 
-from sarbridge.runtime.decode import parse_flips
+from sarbridge.runtime.decode import DEFAULT_STRIDES, get_decoder, list_decoders, parse_flips
 from sarbridge.runtime.errors import ManifestError
+
+# sha256_file stays importable from here (train/ and export/ import it from the manifest)
+from sarbridge.runtime.fileio import atomic_write_json, sha256_file
 from sarbridge.runtime.preprocess import SarPreprocess
 
-SCHEMA_VERSION = 1
-SUPPORTED_VERSIONS = (1,)
+SCHEMA_VERSION = 2
+SUPPORTED_VERSIONS = (1, 2)
 MANIFEST_NAME = "manifest.json"
 
 TASKS = ("detect", "embed")
 PRECISIONS = ("fp32", "fp16", "int8", "mixed")
 MODEL_FORMATS = ("onnx", "tensorrt")
+LINEAGE_KINDS = ("train", "prune", "distill", "qat", "ptq", "fp16", "export", "engine")
+QUANTIZATION_TARGETS = ("onnxruntime", "openvino", "tensorrt")
+ACTIVATION_DTYPES = ("uint8", "int8")
+WEIGHT_DTYPES = ("int8",)
+ENGINE_PRECISIONS = ("fp32", "fp16", "int8", "best")
 
 _REQUIRED = {
     "schema_version": int,
@@ -63,25 +96,88 @@ _REQUIRED = {
     "tool_versions": dict,
 }
 _OPTIONAL = {"quantization": dict, "engines": list, "created": str, "name": str, "notes": str}
+_POSTPROCESSING_KEYS = (
+    "score_threshold",
+    "iou_threshold",
+    "max_detections",
+    "vote_iou",
+    "tta_flips",
+    "decode",
+    "strides",
+    "anchors",
+)
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_COMPUTE_CAPABILITY = re.compile(r"[0-9]+\.[0-9]+")
 
 
 def _fail(path, message: str):
     raise ManifestError(path, message)
 
 
-def _need(obj: dict, key: str, kind, where: str, path) -> Any:
+def _is_kind(value, kind) -> bool:
+    if kind is float:  # any JSON number
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
+def _need(obj: dict, key: str, kind, where: str, path, *, nullable: bool = False) -> Any:
+    """``obj[key]``, which must exist and be of ``kind`` (or None when ``nullable``)."""
     if key not in obj:
         _fail(path, f"missing field '{where}{key}'")
     value = obj[key]
-    if kind is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    elif kind is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    else:
-        ok = isinstance(value, kind)
-    if not ok:
-        _fail(path, f"field '{where}{key}' must be {kind.__name__}, got {type(value).__name__}")
+    if value is None and nullable:
+        return None
+    if not _is_kind(value, kind):
+        name = "number" if kind is float else kind.__name__
+        null = " or null" if nullable else ""
+        _fail(path, f"field '{where}{key}' must be {name}{null}, got {type(value).__name__}")
     return value
+
+
+def _object(obj, where: str, path, allowed: tuple[str, ...]) -> dict:
+    """``obj`` as a JSON object whose keys are all in ``allowed``."""
+    if not isinstance(obj, dict):
+        _fail(path, f"field '{where}' must be an object, got {type(obj).__name__}")
+    unknown = sorted(set(obj) - set(allowed))
+    if unknown:
+        _fail(path, f"unknown fields {unknown} in '{where}'")
+    return obj
+
+
+def _choice(obj: dict, key: str, choices: tuple[str, ...], where: str, path) -> str:
+    value = _need(obj, key, str, where, path)
+    if value not in choices:
+        _fail(path, f"field '{where}{key}' must be one of {list(choices)}, got {value!r}")
+    return value
+
+
+def _sha256(obj: dict, key: str, where: str, path, *, nullable: bool = False) -> str | None:
+    value = _need(obj, key, str, where, path, nullable=nullable)
+    if value is not None and not _HEX64.fullmatch(value):
+        _fail(path, f"field '{where}{key}' must be 64 lower-case hex digits (a sha256)")
+    return value
+
+
+def _plain_file_name(obj: dict, key: str, where: str, path) -> str:
+    """A file name inside the artifact folder: no folders, no drive, no '..', not absolute."""
+    value = _need(obj, key, str, where, path)
+    if value in ("", ".", "..") or any(c in value for c in "/\\:\0"):
+        _fail(
+            path,
+            f"field '{where}{key}' must be a plain file name in the artifact folder (no path "
+            f"separators, no '..', not absolute), got {value!r}",
+        )
+    return value
+
+
+def _numbers(obj: dict, key: str, where: str, path) -> dict:
+    values = _need(obj, key, dict, where, path)
+    for name, value in values.items():
+        if not _is_kind(value, float):
+            _fail(path, f"field '{where}{key}.{name}' must be a number, got {type(value).__name__}")
+    return values
 
 
 def _check_tensors(items: list, where: str, path) -> None:
@@ -97,6 +193,178 @@ def _check_tensors(items: list, where: str, path) -> None:
         _need(t, "dtype", str, f"{where}[{k}].", path)
 
 
+def _check_postprocessing(post: dict, version: int, path) -> None:
+    where = "postprocessing."
+    if version >= 2:
+        _object(post, "postprocessing", path, _POSTPROCESSING_KEYS)
+    for key in ("score_threshold", "iou_threshold"):
+        if not 0 <= _need(post, key, float, where, path) <= 1:
+            _fail(path, f"field 'postprocessing.{key}' must be in [0, 1]")
+    if (
+        post.get("vote_iou") is not None
+        and not 0 < _need(post, "vote_iou", float, where, path) <= 1
+    ):
+        _fail(path, "field 'postprocessing.vote_iou' must be in (0, 1] or null")
+    if "tta_flips" in post:
+        flips = post["tta_flips"]
+        try:
+            if not isinstance(flips, list):
+                raise ValueError(f"not a list: {flips!r}")
+            parse_flips(flips)
+        except ValueError as exc:
+            _fail(path, f"field 'postprocessing.tta_flips': {exc}")
+    if _need(post, "max_detections", int, where, path) <= 0:
+        _fail(path, "field 'postprocessing.max_detections' must be positive")
+    strides = list(DEFAULT_STRIDES)
+    if "strides" in post:
+        strides = _need(post, "strides", list, where, path)
+        if not strides or not all(_is_kind(s, int) and s > 0 for s in strides):
+            _fail(path, f"field 'postprocessing.strides' must list positive ints, got {strides!r}")
+    if "decode" in post:
+        decode = _choice(post, "decode", tuple(list_decoders()), where, path)
+        decoder = get_decoder(decode)
+        for key in decoder.requires:
+            if key not in post:
+                _fail(path, f"missing field 'postprocessing.{key}' (the {decode} decode needs it)")
+        for key in ("vote_iou", "tta_flips"):
+            if post.get(key) and not decoder.runtime_nms:
+                _fail(
+                    path,
+                    f"field 'postprocessing.{key}' needs the runtime's NMS; the {decode} decode "
+                    "takes the graph's own",
+                )
+    if "anchors" in post:
+        _check_anchors(post["anchors"], len(strides), path)
+
+
+def _is_wh(pair) -> bool:
+    return (
+        isinstance(pair, list)
+        and len(pair) == 2
+        and all(_is_kind(v, float) and v > 0 for v in pair)
+    )
+
+
+def _check_anchors(anchors, levels: int, path) -> None:
+    """[[w, h], ...] split evenly over the levels, or one list of [w, h] per level."""
+    where = "postprocessing.anchors"
+    if not isinstance(anchors, list) or not anchors:
+        _fail(path, f"field '{where}' must be a non-empty list of [w, h] pairs")
+    if all(isinstance(a, list) and a and isinstance(a[0], list) for a in anchors):  # per level
+        if len(anchors) != levels or len({len(a) for a in anchors}) != 1:
+            _fail(path, f"field '{where}' must hold one equal-length list per stride ({levels})")
+        pairs = [pair for level in anchors for pair in level]
+    else:
+        pairs = anchors
+        if len(pairs) % levels:
+            _fail(path, f"field '{where}': {len(pairs)} anchors do not split over {levels} strides")
+    for k, pair in enumerate(pairs):
+        if not _is_wh(pair):
+            _fail(
+                path, f"field '{where}': anchor {k} must be [w, h], positive numbers, got {pair!r}"
+            )
+
+
+def _check_lineage_v1(lineage: list, path) -> None:
+    for k, step in enumerate(lineage):
+        if not isinstance(step, dict) or not isinstance(step.get("step"), str):
+            _fail(path, f"'lineage[{k}]' must be an object with a 'step' name")
+
+
+def _check_lineage_v2(lineage: list, path) -> None:
+    for k, step in enumerate(lineage):
+        where = f"lineage[{k}]."
+        if not isinstance(step, dict):
+            _fail(path, f"field 'lineage[{k}]' must be an object")
+        _choice(step, "kind", LINEAGE_KINDS, where, path)
+        if not _need(step, "name", str, where, path):
+            _fail(path, f"field '{where}name' must not be empty")
+        parent = _need(step, "parent", dict, where, path, nullable=True)
+        if parent is not None:
+            _object(parent, f"{where}parent", path, ("name", "sha256"))
+            _need(parent, "name", str, f"{where}parent.", path)
+            _sha256(parent, "sha256", f"{where}parent.", path)
+        _sha256(step, "config_sha256", where, path, nullable=True)
+        _numbers(step, "metrics", where, path)
+
+
+def _check_quantization_v2(quant, path) -> None:
+    keys = ("scheme", "target", "activations", "weights", "calibration")
+    _object(quant, "quantization", path, keys)
+    where = "quantization."
+    _need(quant, "scheme", str, where, path)
+    _choice(quant, "target", QUANTIZATION_TARGETS, where, path)
+    act = _object(
+        _need(quant, "activations", dict, where, path),
+        "quantization.activations",
+        path,
+        ("dtype", "symmetric"),
+    )
+    _choice(act, "dtype", ACTIVATION_DTYPES, "quantization.activations.", path)
+    _need(act, "symmetric", bool, "quantization.activations.", path)
+    weights = _object(
+        _need(quant, "weights", dict, where, path),
+        "quantization.weights",
+        path,
+        ("dtype", "symmetric", "per_channel_axis"),
+    )
+    _choice(weights, "dtype", WEIGHT_DTYPES, "quantization.weights.", path)
+    _need(weights, "symmetric", bool, "quantization.weights.", path)
+    _need(weights, "per_channel_axis", int, "quantization.weights.", path, nullable=True)
+    cal = _object(
+        _need(quant, "calibration", dict, where, path),
+        "quantization.calibration",
+        path,
+        ("split", "images", "list_sha256", "method"),
+    )
+    _need(cal, "split", str, "quantization.calibration.", path)
+    if _need(cal, "images", int, "quantization.calibration.", path) <= 0:
+        _fail(path, "field 'quantization.calibration.images' must be positive")
+    _sha256(cal, "list_sha256", "quantization.calibration.", path)
+    _need(cal, "method", str, "quantization.calibration.", path)
+
+
+_ENGINE_KEYS = (
+    "file",
+    "sha256",
+    "tensorrt_version",
+    "device_name",
+    "compute_capability",
+    "dla_core",
+    "precision",
+    "build_flags",
+    "build_seconds",
+)
+
+
+def _check_engines(engines: list, version: int, path) -> None:
+    for k, eng in enumerate(engines):
+        where = f"engines[{k}]."
+        if not isinstance(eng, dict):
+            _fail(path, f"field 'engines[{k}]' must be an object")
+        _plain_file_name(eng, "file", where, path)
+        if version == 1:
+            for key in ("sha256", "tensorrt_version", "gpu"):
+                _need(eng, key, str, where, path)
+            continue
+        _object(eng, f"engines[{k}]", path, _ENGINE_KEYS)
+        _sha256(eng, "sha256", where, path)
+        _need(eng, "tensorrt_version", str, where, path)
+        _need(eng, "device_name", str, where, path)
+        if not _COMPUTE_CAPABILITY.fullmatch(_need(eng, "compute_capability", str, where, path)):
+            _fail(path, f"field '{where}compute_capability' must be like '8.7'")
+        dla = _need(eng, "dla_core", int, where, path, nullable=True)
+        if dla is not None and dla < 0:
+            _fail(path, f"field '{where}dla_core' must be >= 0 or null")
+        _choice(eng, "precision", ENGINE_PRECISIONS, where, path)
+        if "build_flags" in eng:
+            flags = _need(eng, "build_flags", list, where, path)
+            if not all(isinstance(f, str) for f in flags):
+                _fail(path, f"field '{where}build_flags' must list strings")
+        if "build_seconds" in eng and _need(eng, "build_seconds", float, where, path) < 0:
+            _fail(path, f"field '{where}build_seconds' must be >= 0")
+
+
 def validate(manifest: dict, path: str | Path = "<manifest>") -> dict:
     """Check a manifest dict against its schema version; return it unchanged.
 
@@ -108,7 +376,7 @@ def validate(manifest: dict, path: str | Path = "<manifest>") -> dict:
     if "schema_version" not in manifest:
         _fail(path, "missing field 'schema_version'")
     version = manifest["schema_version"]
-    if version not in SUPPORTED_VERSIONS:
+    if not _is_kind(version, int) or version not in SUPPORTED_VERSIONS:
         _fail(
             path,
             f"unknown schema_version {version!r}; this sarbridge reads {list(SUPPORTED_VERSIONS)}. "
@@ -127,17 +395,15 @@ def validate(manifest: dict, path: str | Path = "<manifest>") -> dict:
     if manifest["precision"] not in PRECISIONS:
         _fail(path, f"precision must be one of {list(PRECISIONS)}, got {manifest['precision']!r}")
     model = manifest["model"]
-    _need(model, "file", str, "model.", path)
-    sha = _need(model, "sha256", str, "model.", path)
-    if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
-        _fail(path, "field 'model.sha256' must be 64 lower-case hex digits")
+    _plain_file_name(model, "file", "model.", path)
+    _sha256(model, "sha256", "model.", path)
     if _need(model, "format", str, "model.", path) not in MODEL_FORMATS:
         _fail(path, f"model.format must be one of {list(MODEL_FORMATS)}")
     _check_tensors(manifest["inputs"], "inputs", path)
     _check_tensors(manifest["outputs"], "outputs", path)
     pre = dict(manifest["preprocessing"])
     size = pre.pop("input_size", None)
-    if not isinstance(size, int) or size <= 0:
+    if not _is_kind(size, int) or size <= 0:
         _fail(path, "field 'preprocessing.input_size' must be a positive int")
     try:
         SarPreprocess.from_dict(pre)
@@ -148,36 +414,19 @@ def validate(manifest: dict, path: str | Path = "<manifest>") -> dict:
         _fail(path, "field 'tiling.size' must be positive")
     if not 0 <= _need(tiling, "overlap", float, "tiling.", path) < 1:
         _fail(path, "field 'tiling.overlap' must be in [0, 1)")
-    post = manifest["postprocessing"]
-    for key in ("score_threshold", "iou_threshold"):
-        if not 0 <= _need(post, key, float, "postprocessing.", path) <= 1:
-            _fail(path, f"field 'postprocessing.{key}' must be in [0, 1]")
-    if (
-        post.get("vote_iou") is not None
-        and not 0 < _need(post, "vote_iou", float, "postprocessing.", path) <= 1
-    ):
-        _fail(path, "field 'postprocessing.vote_iou' must be in (0, 1] or null")
-    if "tta_flips" in post:
-        flips = post["tta_flips"]
-        try:
-            if not isinstance(flips, list):
-                raise ValueError(f"not a list: {flips!r}")
-            parse_flips(flips)
-        except ValueError as exc:
-            _fail(path, f"field 'postprocessing.tta_flips': {exc}")
-    if _need(post, "max_detections", int, "postprocessing.", path) <= 0:
-        _fail(path, "field 'postprocessing.max_detections' must be positive")
+    _check_postprocessing(manifest["postprocessing"], version, path)
     if not manifest["classes"] or not all(isinstance(c, str) for c in manifest["classes"]):
         _fail(path, "field 'classes' must be a non-empty list of names")
-    for k, step in enumerate(manifest["lineage"]):
-        if not isinstance(step, dict) or not isinstance(step.get("step"), str):
-            _fail(path, f"'lineage[{k}]' must be an object with a 'step' name")
-    for name, value in manifest["metrics"].items():
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            _fail(path, f"metric '{name}' must be a number")
-    for k, eng in enumerate(manifest.get("engines", [])):
-        for key in ("file", "sha256", "tensorrt_version", "gpu"):
-            _need(eng, key, str, f"engines[{k}].", path)
+    if version == 1:
+        _check_lineage_v1(manifest["lineage"], path)
+    else:
+        _check_lineage_v2(manifest["lineage"], path)
+        if "quantization" in manifest:
+            _check_quantization_v2(manifest["quantization"], path)
+        elif manifest["precision"] == "int8":
+            _fail(path, "missing field 'quantization' (required when precision is int8)")
+    _numbers(manifest, "metrics", "", path)
+    _check_engines(manifest.get("engines", []), version, path)
     return manifest
 
 
@@ -188,25 +437,13 @@ def preprocess_of(manifest: dict) -> tuple[SarPreprocess, int]:
     return SarPreprocess.from_dict(pre), size
 
 
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def save_manifest(manifest: dict, path: str | Path) -> Path:
     """Validate and write a manifest atomically (temporary file, then rename)."""
     path = Path(path)
     if path.is_dir() or path.suffix != ".json":
         path = path / MANIFEST_NAME
     validate(manifest, path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_json(manifest, path)
 
 
 def load_manifest(path: str | Path, verify_model: bool = True) -> dict:

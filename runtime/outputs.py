@@ -7,22 +7,14 @@ bad scene never leaves a half-written or corrupted result behind.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
 from sarbridge.runtime.detector import SceneResult
+from sarbridge.runtime.fileio import atomic_path, atomic_write_text
 from sarbridge.runtime.imageio import open_raster
 from sarbridge.runtime.preprocess import to_single_channel
-
-
-def _atomic_text(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
 
 
 def coco_document(result: SceneResult, classes: list[str], info: dict | None = None) -> dict:
@@ -95,7 +87,7 @@ def geojson_document(result: SceneResult, classes: list[str], info: dict | None 
 
 
 def write_json(path: str | Path, doc: dict) -> Path:
-    return _atomic_text(Path(path), json.dumps(doc) + "\n")
+    return atomic_write_text(path, json.dumps(doc) + "\n")
 
 
 def write_overlay(
@@ -122,8 +114,6 @@ def write_overlay(
             continue
         x1, y1, x2, y2 = (float(v) / step for v in box)
         draw.rectangle([x1, y1, x2, y2], outline=(255, 40, 40), width=2 if step == 1 else 1)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    img.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")
     return path

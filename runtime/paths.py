@@ -25,11 +25,6 @@ def data_root() -> Path:
     return (Path.cwd() / ".." / "shared" / "data").resolve()
 
 
-def data_path(*parts: str) -> Path:
-    """A path under :func:`data_root`."""
-    return data_root().joinpath(*parts)
-
-
 def resolve_data_path(path: str | Path) -> Path:
     """``path`` as given when absolute or existing, else relative to :func:`data_root`."""
     p = Path(path).expanduser()

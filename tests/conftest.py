@@ -49,15 +49,42 @@ def data() -> Path:
     return root
 
 
-def run_without_torch(code: str, *args: str, cwd=None) -> subprocess.CompletedProcess:
-    """Run ``code`` in a fresh interpreter where importing torch raises."""
+def run_without_torch(
+    code: str, *args: str, cwd=None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter where importing torch raises.
+
+    The block holds in that interpreter only; processes it spawns need :func:`torch_tripwire`'s
+    environment (``env``, added to this process's).
+    """
     return subprocess.run(
         [sys.executable, "-c", BLOCK_TORCH + code, *args],
         capture_output=True,
         text=True,
         cwd=cwd,
         timeout=300,
+        env=None if env is None else {**os.environ, **env},
     )
+
+
+def torch_tripwire(folder: Path) -> tuple[dict[str, str], Path]:
+    """An environment in which importing torch or torchvision raises in every process, spawned
+    children included, and each attempt is logged (with its stack) to the returned file.
+
+    Fake ``torch`` and ``torchvision`` packages first on ``PYTHONPATH`` do both.
+    """
+    log = folder / "torch_imports.log"
+    stub = (
+        "import os, traceback\n"
+        "with open(os.environ['SARBRIDGE_TORCH_IMPORT_LOG'], 'a') as _f:\n"
+        "    _f.write(f'import {__name__} in pid {os.getpid()}:\\n' + ''.join(traceback.format_stack()))\n"
+        "raise ImportError(f'{__name__} is blocked in this test', name=__name__)\n"
+    )
+    for name in ("torch", "torchvision"):
+        (folder / "blocked" / name).mkdir(parents=True, exist_ok=True)
+        (folder / "blocked" / name / "__init__.py").write_text(stub)
+    path = os.pathsep.join(filter(None, [str(folder / "blocked"), os.environ.get("PYTHONPATH")]))
+    return {"PYTHONPATH": path, "SARBRIDGE_TORCH_IMPORT_LOG": str(log)}, log
 
 
 @pytest.fixture(scope="session")
@@ -70,7 +97,7 @@ def edge_artifact(tmp_path_factory, data) -> Path:
     pytest.importorskip("onnx")
     from sarbridge.cli import main
     from sarbridge.train.config import from_dict
-    from sarbridge.train.detect_train import DetConfig, train_detector
+    from sarbridge.train.recipes.detect import DetConfig, train_detector
 
     root = tmp_path_factory.mktemp("edge_artifact")
     cfg = from_dict(

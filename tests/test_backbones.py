@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from sarbridge.runtime.errors import SarbridgeError
-from sarbridge.train.backbones import (
+from sarbridge.train.models.backbones import (
     build_backbone,
     list_backbones,
     load_backbone_weights,

@@ -7,14 +7,40 @@ import sys
 import types
 
 import pytest
+from conftest import mini_voc, run_without_torch
 
 from sarbridge.runtime.errors import SarbridgeError
-from tests.conftest import mini_voc, run_without_torch
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("matplotlib")
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+MAX_IMAGES, BATCH_SIZES, ITERATIONS = 4, (1, 2), 6
+
+
+def direct_accuracy(artifact, records, classes, batch_size, threads=None):
+    """COCO AP and precision/recall of ``records`` computed here, straight from Detector's
+    detections at the bench's settings, to hold the bench's numbers against."""
+    from sarbridge.runtime.detector import Detector
+    from sarbridge.runtime.metrics import Detections, coco_ap, precision_recall_at
+
+    det = Detector.from_artifact(
+        artifact, batch_size=batch_size, score_threshold=0.001, threads=threads
+    )
+    dets = []
+    for rec in records:
+        res = det.detect(rec.path)
+        dets.append(Detections(rec.image_id, res.boxes, res.scores, res.labels))
+    operating = float(det.manifest["postprocessing"]["score_threshold"])
+    return coco_ap(records, dets, classes, det.max_detections), precision_recall_at(
+        records, dets, operating
+    )
+
+
+def assert_latency_consistent(stats: dict, n: int) -> None:
+    """Percentiles of ``n`` timed runs: ordered, and the mean inside their range."""
+    assert stats["n"] == n
+    assert 0 < stats["p50_ms"] <= stats["p90_ms"] <= stats["p99_ms"]
 
 
 @pytest.fixture(scope="module")
@@ -23,39 +49,83 @@ def report(edge_artifact, data, tmp_path_factory):
     code = "import sys\nfrom sarbridge.cli import main\nraise SystemExit(main(sys.argv[1:]))\n"
     r = run_without_torch(
         code,
-        "bench", "--models", str(edge_artifact), "--max-images", "4", "--threads", "1",
-        "--batch-sizes", "1,2", "--iterations", "6", "--power", "auto",
+        "bench", "--models", str(edge_artifact), "--max-images", str(MAX_IMAGES),
+        "--threads", "1", "--batch-sizes", ",".join(map(str, BATCH_SIZES)),
+        "--iterations", str(ITERATIONS), "--power", "auto",
         "--scenes", str(data / "large_scenes_ioEclipse" / "vv2.jpg"), "--out", str(out),
     )  # fmt: skip
     assert r.returncode == 0, r.stdout + r.stderr
     return out
 
 
-def test_bench_writes_every_file_with_sane_values(report):
+def test_bench_writes_every_file_with_sane_values(report, edge_artifact, data):
+    import importlib.metadata
+    import platform
+
     from sarbridge.benchmarks.bench import load_results
+    from sarbridge.runtime.annotations import read_dataset
+    from sarbridge.runtime.detector import Detector
+    from sarbridge.runtime.fileio import git_sha
+    from sarbridge.runtime.manifest import load_manifest
 
     results = load_results(report)
     assert results["failures"] == []
     (rec,) = results["records"]
+    manifest = load_manifest(edge_artifact)
+
+    # accuracy: the bench's AP is COCO AP of the deployed path's detections, computed here too
+    ds = read_dataset(data / "SSDD")
+    records = ds.split("test")[:MAX_IMAGES]
+    ap, pr = direct_accuracy(edge_artifact, records, ds.classes, max(BATCH_SIZES), threads=1)
     acc = rec["accuracy"]
-    assert acc["images"] == 4 and 0 <= acc["AP50"] <= 1 and 0 <= acc["AP50_95"] <= 1
-    assert len(acc["pr_curve"]) == 19
+    assert acc["images"] == MAX_IMAGES
+    assert acc["ships"] == sum(len(r.boxes) for r in records)
+    for key in ("AP50", "AP50_95", "AP_small"):
+        assert acc[key] == pytest.approx(ap[key], abs=1e-6), key
+    for key in ("precision", "recall", "f1"):
+        assert acc[key] == pytest.approx(pr[key], abs=1e-9), key
+    curve = acc["pr_curve"]
+    assert [c["threshold"] for c in curve] == [round(0.05 * k, 2) for k in range(1, 20)]
+    recalls = [c["recall"] for c in curve]
+    assert recalls == sorted(recalls, reverse=True)  # a higher threshold never finds more
+
+    # latency: counts of timed runs, and throughput that is the batch over the mean time
     lat = rec["latency"]
-    assert lat["batch1"]["p50_ms"] > 0 and lat["best_images_per_s"] > 0
-    assert [t["batch"] for t in lat["throughput"]] == [1, 2]
-    assert rec["pipeline_latency"]["p50_ms"] > 0
-    assert rec["memory"]["peak_rss_mib"] > 0 and rec["size"]["file_mib"] > 0
-    assert rec["size"]["parameters"] > 1e6 and rec["size"]["gmacs_per_image"] > 0
-    scenes = rec["scenes"]
-    assert scenes["per_scene"][0]["tiles"] > 1 and scenes["tiles_per_s"] > 0
+    assert [t["batch"] for t in lat["throughput"]] == list(BATCH_SIZES)
+    for row in lat["throughput"]:
+        n = max(5, ITERATIONS // row["batch"])
+        assert_latency_consistent(row, n)
+        assert row["images_per_s"] == pytest.approx(row["batch"] * 1000 / row["mean_ms"])
+    assert lat["batch1"] == {k: lat["throughput"][0][k] for k in lat["batch1"]}
+    best = max(lat["throughput"], key=lambda r: r["images_per_s"])
+    assert (lat["best_batch"], lat["best_images_per_s"]) == (best["batch"], best["images_per_s"])
+    assert_latency_consistent(rec["pipeline_latency"], MAX_IMAGES)
+
+    # size and memory: the file on disk and the manifest's counts (one view: no flips)
+    model_file = edge_artifact / manifest["model"]["file"]
+    assert rec["size"]["file_mib"] == pytest.approx(model_file.stat().st_size / 2**20)
+    assert rec["size"]["parameters"] == manifest["metrics"]["parameters"]
+    assert rec["size"]["gmacs_per_image"] == pytest.approx(manifest["metrics"]["gmacs_per_image"])
+    assert 30 < rec["memory"]["peak_rss_mib"] < 16 * 1024  # MiB, not KiB or bytes
+
+    # the large scene: every tile of its plan, and rates that follow from the wall time
+    (scene,) = rec["scenes"]["per_scene"]
+    det = Detector.from_artifact(edge_artifact)
+    assert (scene["height"], scene["width"]) == (1752, 2500)
+    assert scene["tiles"] == len(det.plan(1752, 2500))
+    assert scene["tiles_per_s"] == pytest.approx(scene["tiles"] / scene["seconds"])
+    assert rec["scenes"]["scenes_per_minute"] == pytest.approx(60 / scene["seconds"])
+
     env = results["environment"]
-    assert env["cpu"] and env["versions"]["onnxruntime"] and env["python"]
-    for name in ("report.md", "report.html", "results.json"):
-        assert (report / name).stat().st_size > 0
+    assert env["versions"]["onnxruntime"] == importlib.metadata.version("onnxruntime")
+    assert env["python"] == platform.python_version() and env["git_sha"] == git_sha()
     for png in ("ap_vs_latency.png", "ap_vs_size.png", "pr_curves.png"):
         assert (report / png).read_bytes()[:8] == PNG_MAGIC
     md = (report / "report.md").read_text()
     assert "AP50:95" in md and "Large scenes" in md
+    assert f"{acc['AP50']:.3f}" in md and rec["model"] in md
+    html = (report / "report.html").read_text()
+    assert rec["model"] in html and html.count("data:image/png;base64,") >= 3
 
 
 def test_power_not_measured_is_said_not_invented(report):
@@ -66,8 +136,13 @@ def test_power_not_measured_is_said_not_invented(report):
         assert rec["power"]["energy_per_image_j"] is None and rec["power"]["mean_w"] is None
         assert "not measured" in (report / "report.md").read_text()
         assert not (report / "ap_vs_energy.png").exists()
-    else:  # a machine with a probe measured something positive
-        assert rec["power"]["energy_per_image_j"] > 0
+    else:  # a machine with a probe: the best batch's energy over its timed images
+        lat = rec["latency"]
+        best = next(r for r in lat["throughput"] if r["batch"] == lat["best_batch"])
+        images = best["batch"] * best["n"]
+        assert rec["power"]["energy_per_image_j"] == pytest.approx(
+            best["power"]["energy_j"] / images, rel=1e-3, abs=1e-4 / images
+        )
 
 
 def test_results_schema_round_trip_and_refusals(report, tmp_path):
@@ -168,7 +243,7 @@ def test_network_latency_runs_every_view_of_a_flips_model(edge_artifact, tmp_pat
 
     from sarbridge.benchmarks.bench import BenchSettings, bench_one
     from sarbridge.benchmarks.report import tables
-    from sarbridge.runtime.backends import OnnxRuntimeBackend
+    from sarbridge.runtime.backends.onnxruntime import OnnxRuntimeBackend
     from sarbridge.runtime.manifest import MANIFEST_NAME, load_manifest
 
     art = tmp_path / "flips"
@@ -200,6 +275,7 @@ def test_network_latency_runs_every_view_of_a_flips_model(edge_artifact, tmp_pat
 def test_unreadable_images_and_scenes_are_left_out_and_listed(edge_artifact, data, tmp_path):
     from sarbridge.benchmarks.bench import BenchSettings, bench_one, environment
     from sarbridge.benchmarks.report import write_report
+    from sarbridge.runtime.annotations import read_dataset
 
     stems = ["000001", "000002", "000003", "000004"]
     root = mini_voc(tmp_path / "voc", data, stems, {"test": stems})
@@ -218,7 +294,10 @@ def test_unreadable_images_and_scenes_are_left_out_and_listed(edge_artifact, dat
     )
     rec = bench_one(str(edge_artifact), "onnxruntime", settings)
     acc = rec["accuracy"]
-    assert acc["images"] == 3 and 0 <= acc["AP50"] <= 1
+    ds = read_dataset(root)
+    readable = [r for r in ds.split("test") if r.path.name != "000001.jpg"]
+    ap, _ = direct_accuracy(edge_artifact, readable, ds.classes, max(settings.batch_sizes))
+    assert acc["images"] == 3 and acc["AP50"] == pytest.approx(ap["AP50"], abs=1e-6)
     (line,) = acc["left_out_unreadable"]
     assert "000001.jpg" in line
     assert rec["scenes"] is None and "scene.tif" in rec["scenes_unreadable"][0]

@@ -8,17 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from sarbridge.train.bnn import BridgeNet, bnn_distance, bnn_loss, derangement
-from sarbridge.train.bnn_train import (
-    BNNConfig,
-    PatchTensors,
-    epoch_batches,
-    export_sar_backbone,
-    make_splits,
-    train_bnn,
-)
+from sarbridge.train.checkpoint import load_checkpoint
 from sarbridge.train.config import ConfigError, apply_overrides, from_dict, load_config, to_dict
-from sarbridge.train.engine import DistInfo, load_checkpoint
+from sarbridge.train.data.pairs import PatchTensors, derangement, epoch_batches, make_splits
+from sarbridge.train.engine import DistInfo
+from sarbridge.train.losses.bnn import bnn_loss
+from sarbridge.train.models.bnn import BridgeNet, bnn_distance
+from sarbridge.train.recipes.bnn import BNNConfig, export_sar_backbone, train_bnn
 
 
 def tiny_config(**over) -> BNNConfig:
@@ -113,7 +109,7 @@ def test_batches_split_by_scene_and_augment_pairs_identically(data):
 
 
 def test_a_few_steps_on_real_pairs_reduce_the_loss(data):
-    from sarbridge.train.bnn_train import bnn_step
+    from sarbridge.train.recipes.bnn import bnn_step
 
     torch.manual_seed(0)
     torch.set_num_threads(1)
@@ -171,7 +167,7 @@ def test_resume_equals_uninterrupted(tmp_path, data, monkeypatch):
 
 
 def test_nan_loss_stops_with_a_clear_message(tmp_path, data, monkeypatch):
-    from sarbridge.train import bnn_train
+    from sarbridge.train.recipes import bnn as bnn_train
 
     cfg = tiny_config(**{"optim.epochs": 1})
     monkeypatch.setattr(

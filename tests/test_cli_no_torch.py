@@ -1,21 +1,25 @@
 """The on-board half works where torch cannot be imported; the CLI reports bad items and goes on."""
 
 import json
+import os
 import subprocess
 import sys
 
 import numpy as np
+import pytest
 import tifffile
-from conftest import REPO, mini_voc, run_without_torch
+from conftest import REPO, mini_voc, run_without_torch, torch_tripwire
 
 RUNTIME_MODULES = [
     "annotations",
     "backends",
+    "backends.onnxruntime",
     "boxes",
     "datatools",
     "decode",
     "detector",
     "errors",
+    "fileio",
     "imageio",
     "manifest",
     "metrics",
@@ -27,13 +31,34 @@ RUNTIME_MODULES = [
     "scenes",
     "synth",
     "tiling",
+    "zoo",
 ]
 
 
-def test_runtime_imports_without_torch():
+def test_every_runtime_module_is_listed():
+    root = REPO / "runtime"
+    on_disk = set()
+    for p in root.rglob("*.py"):
+        parts = p.relative_to(root).with_suffix("").parts
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        if parts:
+            on_disk.add(".".join(parts))
+    assert on_disk == set(RUNTIME_MODULES)
+
+
+# the deployment bench at benchmarks/ (torch_backend.py, the optional PyTorch row, and the
+# research tools in benchmarks/research/ need torch)
+BENCH_MODULES = ["bench", "report", "tile_memory"]
+
+
+@pytest.mark.parametrize(
+    "package,modules", [("runtime", RUNTIME_MODULES), ("benchmarks", BENCH_MODULES)]
+)
+def test_on_board_modules_import_without_torch(package, modules):
     code = (
         "import importlib\n"
-        + "".join(f"importlib.import_module('sarbridge.runtime.{m}')\n" for m in RUNTIME_MODULES)
+        + "".join(f"importlib.import_module('sarbridge.{package}.{m}')\n" for m in modules)
         + "assert sys.modules.get('torch') is None\nprint('ok')"
     )
     res = run_without_torch(code)
@@ -41,9 +66,9 @@ def test_runtime_imports_without_torch():
     assert res.stdout.strip() == "ok"
 
 
-def test_every_runtime_module_is_listed():
-    on_disk = {p.stem for p in (REPO / "runtime").glob("*.py") if p.stem != "__init__"}
-    assert on_disk == set(RUNTIME_MODULES)
+def test_every_deployment_bench_module_is_listed():
+    on_disk = {p.stem for p in (REPO / "benchmarks").glob("*.py")} - {"__init__", "torch_backend"}
+    assert on_disk == set(BENCH_MODULES)
 
 
 def _cli(*args):
@@ -136,3 +161,54 @@ def test_stage_folder_cannot_be_imported_bare():
 def test_train_help_does_not_import_torch():
     res = _cli("train", "bnn", "--help")
     assert res.returncode == 0 and "--resume" in res.stdout
+
+
+def test_bench_onnxruntime_end_to_end_never_imports_torch(edge_artifact, data, tmp_path):
+    """`sarbridge bench --backends onnxruntime` on an exported artifact with torch blocked in the
+    CLI and in the per-model process it spawns: results.json holds the accuracy of every image,
+    and nothing even tried to import torch."""
+    stems = ["000003", "000005", "000010"]
+    root = mini_voc(tmp_path / "voc", data, stems, {"test": stems})
+    env, log = torch_tripwire(tmp_path)
+    out = tmp_path / "report"
+    res = run_without_torch(
+        "from sarbridge.cli import main\nsys.exit(main(sys.argv[1:]))",
+        "bench", "--models", str(edge_artifact), "--backends", "onnxruntime",
+        "--data", str(root), "--split", "test", "--threads", "1", "--batch-sizes", "1",
+        "--iterations", "2", "--power", "none", "--out", str(out),
+        env=env,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert not log.exists(), log.read_text()
+    results = json.loads((out / "results.json").read_text())
+    assert results["failures"] == []
+    (rec,) = results["records"]
+    assert rec["backend"] == "onnxruntime" and rec["backend_description"].startswith("onnxruntime")
+    acc = rec["accuracy"]
+    assert set(acc) >= {"AP50", "AP50_95", "AP_small", "precision", "recall", "f1", "pr_curve"}
+    assert acc["images"] == 3 and acc["left_out_unreadable"] == []
+    assert all(isinstance(acc[k], float) for k in ("AP50", "AP50_95", "precision", "recall"))
+    assert rec["pipeline_latency"]["n"] == 3  # one timed pass per image
+
+
+def test_torch_tripwire_catches_an_import_in_a_spawned_process(tmp_path):
+    """The tripwire the bench test relies on: a spawned child's `import torch` fails and is logged."""
+    env, log = torch_tripwire(tmp_path)
+    code = (
+        "import multiprocessing as mp\n"
+        "def child():\n"
+        "    try:\n"
+        "        import torch  # noqa: F401\n"
+        "    except ImportError:\n"
+        "        sys.exit(3)\n"
+        "if __name__ == '__main__':\n"
+        "    p = mp.get_context('spawn').Process(target=child)\n"
+        "    p.start(); p.join(); print(p.exitcode)\n"
+    )
+    script = tmp_path / "spawn_torch.py"
+    script.write_text("import sys\n" + code)
+    res = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, env={**os.environ, **env}
+    )
+    assert res.stdout.strip() == "3", res.stderr
+    assert "import torch in pid" in log.read_text()

@@ -24,7 +24,7 @@ def _run(
 
 
 def test_groups_by_init_and_recipe(tmp_path, capsys):
-    from sarbridge.benchmarks.det_tables import main
+    from sarbridge.benchmarks.research.det_tables import main
 
     runs = [
         _run(tmp_path, "a", "random", 0, 0.80, {"mosaic": 0.0}),
@@ -82,7 +82,7 @@ def test_groups_by_init_and_recipe(tmp_path, capsys):
 
 
 def test_continued_run_whose_parent_is_elsewhere(tmp_path):
-    from sarbridge.benchmarks.det_tables import main
+    from sarbridge.benchmarks.research.det_tables import main
 
     run = _run(tmp_path, "m", f"det:{tmp_path / 'gone'}", 0, 0.8, {}, {"epochs": 5})
     rec = json.loads((run / "run.json").read_text())

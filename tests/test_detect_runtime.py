@@ -7,8 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
-
-from tests.conftest import run_without_torch
+from conftest import run_without_torch
 
 pytest.importorskip("onnxruntime")
 

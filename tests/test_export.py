@@ -18,11 +18,12 @@ from sarbridge.export.onnx_export import (  # noqa: E402
     set_agreement,
 )
 from sarbridge.runtime.annotations import read_dataset  # noqa: E402
+from sarbridge.runtime.fileio import sha256_file  # noqa: E402
 from sarbridge.runtime.manifest import load_manifest  # noqa: E402
 from sarbridge.runtime.preprocess import SarPreprocess  # noqa: E402
-from sarbridge.train.detectors import (  # noqa: E402
+from sarbridge.train.evaluation import detector_predict  # noqa: E402
+from sarbridge.train.models.registry import (  # noqa: E402
     build_detector,
-    detector_predict,
     detector_spec,
     list_detectors,
 )
@@ -36,7 +37,14 @@ def test_exported_run_manifest_and_graph(edge_artifact):
     assert "test_AP50" in manifest["metrics"]
     assert manifest["postprocessing"]["decode"] == "dense_ltrb"
     assert manifest["tiling"] == {"size": 128, "overlap": 0.25}
-    assert [s["step"] for s in manifest["lineage"]] == ["train", "export"]
+    train, export = manifest["lineage"]
+    assert (train["kind"], export["kind"]) == ("train", "export")
+    run = edge_artifact.parents[1] / "runs" / train["name"]
+    # the export's parent is the run's best checkpoint, by sha256; the train step's test
+    # metrics are the manifest's test metrics
+    assert export["parent"] == {"name": train["name"], "sha256": sha256_file(run / "best.pt")}
+    assert manifest["metrics"]["test_AP50"] == train["metrics"]["test_AP50"]
+    assert manifest["schema_version"] == 2
     assert {"torch", "onnx", "onnxruntime"} <= set(manifest["tool_versions"])
     graph = onnx.load(str(edge_artifact / "model.onnx"))
     ops = {n.op_type for n in graph.graph.node}
@@ -162,7 +170,7 @@ def test_export_sets_the_deployed_nms_iou(edge_artifact, tmp_path):
     manifest = export_run(run, tmp_path / "nms07", parity_images=2, nms_iou=0.7)
     assert manifest["postprocessing"]["iou_threshold"] == 0.7
     assert load_manifest(tmp_path / "nms07")["postprocessing"]["iou_threshold"] == 0.7
-    assert manifest["lineage"][0]["test_metrics_nms_iou"] == 0.5  # what the test metrics used
+    assert manifest["lineage"][-1]["test_metrics_nms_iou"] == 0.5  # what the test metrics used
     with pytest.raises(ExportError, match="NMS IoU must be in"):
         export_run(run, tmp_path / "bad", parity_images=2, nms_iou=1.5)
     assert not (tmp_path / "bad").exists()
@@ -179,7 +187,7 @@ def test_export_with_box_voting_and_the_runtime_applies_it(edge_artifact, tmp_pa
     run = edge_artifact.parents[1] / "runs" / "tiny_edge"
     manifest = export_run(run, tmp_path / "vote", parity_images=2, nms_iou=0.7, vote_iou=0.3)
     assert manifest["postprocessing"]["vote_iou"] == 0.3
-    assert manifest["lineage"][0]["test_metrics_vote_iou"] is None  # the run's test had none
+    assert manifest["lineage"][-1]["test_metrics_vote_iou"] is None  # the run's test had none
     assert "vote_iou" not in load_manifest(edge_artifact)["postprocessing"]
     det = Detector.from_artifact(tmp_path / "vote", score_threshold=0.001)
     assert det.vote_iou == 0.3
@@ -198,8 +206,8 @@ def test_export_with_box_voting_and_the_runtime_applies_it(edge_artifact, tmp_pa
 
 def test_bnn_encoder_exports_as_embed(tmp_path, data):
     from sarbridge.export.onnx_export import export_run
-    from sarbridge.train.bnn_train import BNNConfig, train_bnn
     from sarbridge.train.config import from_dict
+    from sarbridge.train.recipes.bnn import BNNConfig, train_bnn
 
     cfg = from_dict(
         BNNConfig,

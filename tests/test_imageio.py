@@ -35,6 +35,34 @@ def test_tiff_window_reads_match_whole_image(tmp_path, scene16, kwargs):
             np.testing.assert_array_equal(r.read(y0, x0, h, w), scene16[y0 : y0 + h, x0 : x0 + w])
 
 
+def test_tiled_tiff_reads_from_many_threads(tmp_path, scene16, monkeypatch):
+    """Threads sharing one raster read right windows, and the segment cache's byte count stays
+    the sum of what it holds under a cap that forces evictions."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    path = tmp_path / "scene.tif"
+    tifffile.imwrite(path, scene16, photometric="minisblack", tile=(64, 64), compression="zlib")
+    rng = np.random.default_rng(1)
+    windows = [
+        (int(y), int(x), int(h), int(w))
+        for y, x, h, w in zip(
+            rng.integers(0, 600, 200),
+            rng.integers(0, 800, 200),
+            rng.integers(1, 100, 200),
+            rng.integers(1, 100, 200),
+            strict=True,
+        )
+    ]
+    with open_raster(path) as r:
+        monkeypatch.setattr(r, "_CACHE_BYTES", 4 * 64 * 64 * 2)  # four segments
+        with ThreadPoolExecutor(8) as pool:
+            reads = list(pool.map(lambda win: r.read(*win), windows))
+        for (y0, x0, h, w), got in zip(windows, reads, strict=True):
+            np.testing.assert_array_equal(got, scene16[y0 : y0 + h, x0 : x0 + w])
+        assert r._cache_bytes == sum(seg.nbytes for seg in r._cache.values())
+        assert len(r._cache) <= 4
+
+
 def test_multiband_planar_tiff(tmp_path):
     arr = np.arange(2 * 60 * 80, dtype=np.float32).reshape(2, 60, 80)
     path = tmp_path / "planar.tif"

@@ -19,15 +19,11 @@ from sarbridge.runtime.tiling import tile_grid  # noqa: E402
 def test_tiled_training_and_whole_scene_evaluation(tmp_path):
     from sarbridge.export.onnx_export import export_run, set_agreement
     from sarbridge.runtime.detector import Detector
+    from sarbridge.train.checkpoint import load_model
     from sarbridge.train.config import from_dict
-    from sarbridge.train.detect_train import (
-        DetConfig,
-        TiledSet,
-        load_detector,
-        make_sets,
-        predict_scenes,
-        train_detector,
-    )
+    from sarbridge.train.data.detection import TiledSet, make_sets
+    from sarbridge.train.evaluation import predict_scenes
+    from sarbridge.train.recipes.detect import DetConfig, train_detector
 
     root = write_synthetic(tmp_path / "scenes", n=5, size=448, seed=11, progress=False).parent
     cfg = from_dict(
@@ -46,7 +42,7 @@ def test_tiled_training_and_whole_scene_evaluation(tmp_path):
             "optim": {"epochs": 1, "batch_size": 4, "warmup_steps": 2},
         },
     )
-    train, val, test, _, summary = make_sets(cfg)
+    train, val, test, _, summary = make_sets(cfg.data)
     assert isinstance(train, TiledSet) and len(test.records) == 1
     expected = sum(len(tile_grid(r.height, r.width, 224, 0.5)) for r in train.scenes.records)
     assert len(train.records) == expected == summary["tiles"]["train_tiles"]
@@ -72,7 +68,8 @@ def test_tiled_training_and_whole_scene_evaluation(tmp_path):
     # the training evaluation of a whole scene is the deployed path: same tiles, same merge
     manifest = export_run(run, tmp_path / "artifact", parity_images=2)
     assert manifest["tiling"]["size"] == 224
-    model, cfg_loaded, _ = load_detector(run)
+    loaded = load_model(run)
+    model, cfg_loaded = loaded.model, loaded.config
     rec = test.records[0]
     ours = predict_scenes(model, test, cfg_loaded, "cpu")[0]
     det = Detector.from_artifact(tmp_path / "artifact", score_threshold=cfg.eval.score_threshold)

@@ -83,7 +83,7 @@ def test_config_and_manifest_refuse_unknown_flips(tmp_path, edge_artifact):
     from sarbridge.runtime.errors import ManifestError
     from sarbridge.runtime.manifest import MANIFEST_NAME, load_manifest
     from sarbridge.train.config import ConfigError, from_dict
-    from sarbridge.train.detect_train import DetConfig
+    from sarbridge.train.recipes.detect import DetConfig
 
     assert from_dict(DetConfig, {"eval": {"tta_flips": ["h", "v"]}}).eval.tta_flips == ("h", "v")
     with pytest.raises(ConfigError, match="eval.tta_flips"):
@@ -108,13 +108,13 @@ def test_exported_flips_run_in_the_runtime_as_in_pytorch(edge_artifact, tmp_path
     )
     from sarbridge.runtime.detector import Detector
     from sarbridge.runtime.manifest import load_manifest
-    from sarbridge.train.detect_train import load_detector
-    from sarbridge.train.detectors import detector_predict
+    from sarbridge.train.checkpoint import load_model
+    from sarbridge.train.evaluation import detector_predict
 
     run = edge_artifact.parents[1] / "runs" / "tiny_edge"
     manifest = export_run(run, tmp_path / "tta", parity_images=2, tta_flips="h,hv")
     assert manifest["postprocessing"]["tta_flips"] == ["h", "hv"]
-    assert manifest["lineage"][0]["test_metrics_tta_flips"] == []  # the run's test had none
+    assert manifest["lineage"][-1]["test_metrics_tta_flips"] == []  # the run's test had none
     assert "tta_flips" not in load_manifest(edge_artifact)["postprocessing"]
     with pytest.raises(ExportError, match="test-time flips"):
         export_run(run, tmp_path / "bad", parity_images=2, tta_flips="h,r90")
@@ -138,7 +138,8 @@ def test_exported_flips_run_in_the_runtime_as_in_pytorch(edge_artifact, tmp_path
     assert not np.array_equal(plain.run_inputs(x)[0][0], got[0][0])  # the flips changed them
 
     # PyTorch's evaluation path with the same flips finds the same detections
-    model, cfg, _ = load_detector(run)
+    loaded = load_model(run)
+    model = loaded.model
     with torch.no_grad():
         ref = detector_predict(
             model, torch.from_numpy(x), S, 0.001, post["iou_threshold"], 300, None, ("h", "hv")

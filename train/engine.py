@@ -20,11 +20,11 @@ the global batch (embeddings are all-gathered where the loss couples samples).
 
 from __future__ import annotations
 
+import copy
 import datetime
 import json
 import math
 import os
-import subprocess
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -35,6 +35,8 @@ import torch
 import torch.distributed as dist
 
 from sarbridge.runtime.errors import SarbridgeError
+from sarbridge.runtime.fileio import atomic_write_json, git_sha
+from sarbridge.train.checkpoint import atomic_torch_save, capture_structure, load_checkpoint
 
 
 class TrainingDiverged(SarbridgeError, RuntimeError):
@@ -103,45 +105,6 @@ def shard(items: list, info: DistInfo) -> list:
 # ---------------------------------------------------------------- run directory
 
 
-def git_sha() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            cwd=Path(__file__).resolve().parent,
-        )
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def atomic_write_json(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: str | Path) -> dict:
-    """Load a checkpoint written by :class:`Trainer` (weights only: no code is unpickled)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "checkpoint.pt"
-    if not path.is_file():
-        raise SarbridgeError(f"{path}: no checkpoint here")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise SarbridgeError(f"{path}: cannot load checkpoint ({exc})") from exc
-
-
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
 
@@ -178,12 +141,17 @@ def make_optimizer(params, name: str, lr: float, weight_decay: float, momentum: 
 
 
 def record_final(run_dir: Path, report: dict, info: DistInfo) -> None:
-    """Add the final (test) report to run.json."""
+    """Add the final (test) report to run.json; its test metrics become the run's own lineage
+    step's metrics."""
     if not info.is_main:
         return
     path = run_dir / "run.json"
     record = json.loads(path.read_text())
     record["final"] = report
+    if record.get("lineage") and isinstance(report.get("test"), dict):
+        record["lineage"][-1]["metrics"] = {
+            f"test_{k}": v for k, v in report["test"].items() if isinstance(v, (int, float))
+        }
     atomic_write_json(record, path)
 
 
@@ -206,17 +174,21 @@ class Trainer:
 
     Args:
         run_dir: ``runs/<name>``.
+        task: what the run trains (``"detect"``, ``"bnn"``), stored in checkpoints and run.json.
         model: the (possibly DDP-wrapped) model.
         optimizer, scheduler: stepped per iteration / per epoch.
         epochs: total epochs.
         config: resolved config (plain dict) stored in checkpoints and run.json.
         best_metric: validation key to maximise for ``best.pt``.
         info: distributed info; only rank 0 writes files and shows progress.
+        lineage: the flat lineage list ending with this run's own step (stored in checkpoints
+            and run.json).
     """
 
     def __init__(
         self,
         run_dir: str | Path,
+        task: str,
         model: torch.nn.Module,
         optimizer: torch.optim.Optimizer,
         scheduler: torch.optim.lr_scheduler.LRScheduler | None,
@@ -230,8 +202,11 @@ class Trainer:
         scheduler_per_step: bool = False,
         extra_state: tuple[Callable[[], dict], Callable[[dict], None]] | None = None,
         after_step: Callable[[], None] | None = None,
+        lineage: list[dict] | None = None,
     ):
         self.run_dir = Path(run_dir)
+        self.task = task
+        self.lineage = list(lineage or [])
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.epochs, self.config, self.best_metric, self.info = epochs, config, best_metric, info
         self.extra = extra or {}
@@ -247,7 +222,10 @@ class Trainer:
     # -- state
     def _state(self, epoch: int) -> dict:
         return {
+            "task": self.task,
             "model": unwrap(self.model).state_dict(),
+            "structure": capture_structure(unwrap(self.model)),
+            "lineage": self.lineage,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler else {},
             "epoch": epoch,
@@ -287,7 +265,9 @@ class Trainer:
         path = self.run_dir / "run.json"
         previous = json.loads(path.read_text()) if path.is_file() else {}
         record = {
+            "task": self.task,
             "config": self.config,
+            "lineage": previous.get("lineage") or self.lineage,
             "git_sha": previous.get("git_sha") or git_sha(),
             "started": previous.get("started")
             or datetime.datetime.now(datetime.timezone.utc).isoformat(),
@@ -389,3 +369,73 @@ class Trainer:
             }
         )
         return out
+
+
+# ---------------------------------------------------------------- EMA, schedule, precision
+
+
+class ModelEMA:
+    """Exponential moving average of weights (decay ramps up over the first steps)."""
+
+    def __init__(self, model: torch.nn.Module, decay: float, ramp_steps: int = 200):
+        self.module = copy.deepcopy(unwrap(model)).eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+        self.decay, self.ramp_steps, self.updates = decay, max(int(ramp_steps), 1), 0
+
+    def current_decay(self) -> float:
+        return self.decay * (1 - math.exp(-self.updates / self.ramp_steps))
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        self.updates += 1
+        d = self.current_decay()
+        src = unwrap(model).state_dict()
+        for k, v in self.module.state_dict().items():
+            if v.dtype.is_floating_point:
+                v.mul_(d).add_(src[k].detach(), alpha=1 - d)
+            else:
+                v.copy_(src[k])
+
+
+def warmup_schedule(
+    total_steps: int, warmup_steps: int, schedule: str = "cosine", milestones=(0.7, 0.9)
+) -> Callable[[int], float]:
+    """Learning-rate factor per step: linear warm-up over ``warmup_steps``, then a cosine decay
+    to 5 % of the rate (``"cosine"``) or x0.1 at each milestone (fractions of training, ``"step"``)."""
+    if schedule not in ("cosine", "step"):
+        raise SarbridgeError(f"optim.schedule must be 'cosine' or 'step', not {schedule!r}")
+
+    def f(step: int) -> float:
+        warm = min(1.0, (step + 1) / max(warmup_steps, 1))
+        t = step / max(total_steps, 1)
+        if schedule == "cosine":
+            return warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
+        return warm * (0.1 ** sum(t >= m for m in milestones))
+
+    return f
+
+
+def cpu_has_native_bf16() -> bool | None:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX on x86, BF16 on Arm),
+    read from /proc/cpuinfo; None where that cannot be told (not Linux)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return None
+    return bool({"avx512_bf16", "amx_bf16", "bf16"} & set(flags))
+
+
+def autocast_dtype(amp: str, device: torch.device, warn: bool = True) -> torch.dtype | None:
+    """The autocast dtype of the training step for ``optim.amp`` on ``device`` (None: float32);
+    ``warn``: say so when bfloat16 would be emulated (one process of a DDP job says it)."""
+    if amp not in ("auto", "bf16", "fp32", "off"):
+        raise SarbridgeError(f"optim.amp must be 'auto', 'bf16' or 'fp32' ('off'), not {amp!r}")
+    if amp in ("fp32", "off") or (amp == "auto" and device.type != "cuda"):
+        return None
+    if warn and device.type == "cpu" and cpu_has_native_bf16() is False:
+        print(
+            "warning: optim.amp=bf16 on a CPU without AVX512-BF16: bfloat16 is emulated and "
+            "many times slower than float32 (--set optim.amp=fp32 trains in float32)"
+        )
+    return torch.bfloat16

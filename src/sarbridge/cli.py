@@ -128,7 +128,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     det.add_argument(
         "--init",
         help="random | bnn:runs/<bnn-run> | imagenet:<local file> | file:<backbone .pt> "
-        "| det:runs/<detector-run> (all weights: a further schedule)",
+        "| det:runs/<detector-run> (all weights: a further schedule) | zoo:<name> (a zoo "
+        "detector: all weights; a zoo BNN: its SAR backbone)",
     )
     det.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     det.add_argument("--name", help="run name (default: the config's name)")
@@ -149,8 +150,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 def _run_train_bnn(args) -> int:
     import dataclasses
 
-    from sarbridge.train.bnn_train import BNNConfig, train_bnn
     from sarbridge.train.config import load_config
+    from sarbridge.train.recipes.bnn import BNNConfig, train_bnn
 
     cfg = load_config(BNNConfig, args.config, args.overrides)
     if args.name:
@@ -163,7 +164,7 @@ def _run_train_detect(args) -> int:
     import dataclasses
 
     from sarbridge.train.config import load_config
-    from sarbridge.train.detect_train import DetConfig, train_detector
+    from sarbridge.train.recipes.detect import DetConfig, train_detector
 
     cfg = load_config(DetConfig, args.config, args.overrides)
     if args.init:
@@ -175,7 +176,7 @@ def _run_train_detect(args) -> int:
 
 
 def _run_bnn_export(args) -> int:
-    from sarbridge.train.bnn_train import export_sar_backbone
+    from sarbridge.train.recipes.bnn import export_sar_backbone
 
     path = export_sar_backbone(args.run, args.out, args.which)
     print(f"SAR backbone written: {path}")
@@ -189,14 +190,18 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     esub = exp.add_subparsers(dest="export_command", required=True, metavar="FORMAT")
     onnx = esub.add_parser(
         "onnx",
-        help="a run directory -> artifacts/<name>/ (model.onnx + manifest.json), checked against PyTorch",
+        help="a run, checkpoint or zoo model -> artifacts/<name>/ (model.onnx + manifest.json), "
+        "checked against PyTorch",
         description="Exports a detector run (task detect) or a BNN run (its SAR encoder, task embed) "
         "to ONNX opset 17 with BatchNorm folded, simplified with onnxslim and checked with "
         "onnx.checker; compares ONNX Runtime with PyTorch on real test images and refuses to write "
         "the artifact when they disagree.",
     )
     onnx.add_argument(
-        "--from", dest="run", type=Path, required=True, help="run directory (runs/<name>)"
+        "--from",
+        dest="run",
+        required=True,
+        help="run directory (runs/<name>), checkpoint file, or zoo:<name>",
     )
     onnx.add_argument("--out", type=Path, required=True, help="artifact directory to write")
     onnx.add_argument(
@@ -215,7 +220,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
         "--nms-iou",
         type=float,
         help="NMS IoU of the deployed detector (default: the run's eval.iou_threshold; pick one on "
-        "validation with python -m sarbridge.benchmarks.det_nms_sweep)",
+        "validation with python -m sarbridge.benchmarks.research.det_nms_sweep)",
     )
     onnx.add_argument(
         "--vote-iou",
@@ -271,7 +276,9 @@ def _add_detect(sub: argparse._SubParsersAction) -> None:
         "the exit code is 1 when any scene failed.",
     )
     det.add_argument("scenes", nargs="+", type=Path, metavar="SCENE_OR_DIR")
-    det.add_argument("--model", type=Path, required=True, help="artifact directory (manifest.json)")
+    det.add_argument(
+        "--model", required=True, help="artifact directory (manifest.json) or zoo:<name>"
+    )
     det.add_argument("--out", type=Path, required=True, help="output folder")
     det.add_argument(
         "--backend", default="onnxruntime", help="inference backend (default onnxruntime)"
@@ -297,12 +304,13 @@ def _add_detect(sub: argparse._SubParsersAction) -> None:
 def _run_detect(args) -> int:
     from sarbridge.runtime.detector import Detector
     from sarbridge.runtime.scenes import detect_scenes
+    from sarbridge.runtime.zoo import resolve_artifact
 
     options = {"threads": args.threads}
     if args.providers:
         options["providers"] = [p.strip() for p in args.providers.split(",") if p.strip()]
     detector = Detector.from_artifact(
-        args.model,
+        resolve_artifact(args.model),
         backend=args.backend,
         batch_size=args.batch,
         score_threshold=args.score_threshold,
@@ -338,7 +346,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
         "report.html and PNG plots. With --compare X Y: the differences between two reports, "
         "regressions first.",
     )
-    b.add_argument("--models", nargs="+", type=Path, help="artifact directories")
+    b.add_argument("--models", nargs="+", help="artifact directories or zoo:<name>")
     b.add_argument("--data", help="dataset root, absolute or under the data root (default: SSDD)")
     b.add_argument("--split", default="test", help="dataset split (default test)")
     b.add_argument("--max-images", type=int, help="only the first N images of the split")
@@ -374,6 +382,7 @@ def _run_bench(args) -> int:
     if not args.models or not args.out:
         raise SarbridgeError("sarbridge bench needs --models and --out (or --compare BEFORE AFTER)")
     from sarbridge.benchmarks.bench import BenchSettings, run_bench
+    from sarbridge.runtime.zoo import resolve_artifact
 
     settings = BenchSettings(
         data=args.data or "SSDD",
@@ -387,13 +396,68 @@ def _run_bench(args) -> int:
         providers=tuple(p.strip() for p in (args.providers or "").split(",") if p.strip()),
     )
     results = run_bench(
-        [str(m) for m in args.models],
+        [str(resolve_artifact(m)) for m in args.models],
         [b.strip() for b in args.backends.split(",") if b.strip()],
         settings,
         args.out,
     )
     print(f"report: {args.out / 'report.md'} (and report.html, results.json, plots)")
     return 1 if results["failures"] else 0
+
+
+def _add_zoo(sub: argparse._SubParsersAction) -> None:
+    zoo = sub.add_parser(
+        "zoo",
+        help="the release models every user starts from (zoo/): list, check, release",
+        description="zoo:<name> is accepted wherever a run or an artifact is. Files are checked "
+        "against their sha256 in zoo/zoo.json before use ($SARBRIDGE_ZOO moves the folder).",
+    )
+    zsub = zoo.add_subparsers(dest="zoo_command", required=True, metavar="COMMAND")
+    ls = zsub.add_parser("list", help="the zoo's models with their figures")
+    ls.set_defaults(func=_run_zoo_list)
+    chk = zsub.add_parser("check", help="every zoo file against its sha256")
+    chk.set_defaults(func=_run_zoo_check)
+    rel = zsub.add_parser(
+        "release",
+        help="a run -> zoo/<name>/ (slim checkpoint, ONNX, manifest) and its zoo.json row "
+        "(needs the 'train' and 'export' extras)",
+    )
+    rel.add_argument("name", help="zoo name: lower-case letters, digits and '_'")
+    rel.add_argument("--from", dest="source", required=True, help="run folder or checkpoint")
+    rel.add_argument("--command", required=True, help="the exact command that trained it")
+    rel.add_argument("--bench", type=Path, help="results.json of a bench run of the artifact")
+    rel.add_argument("--description", default="", help="one paragraph for zoo/README.md")
+    rel.set_defaults(func=_run_zoo_release)
+
+
+def _run_zoo_list(args) -> int:
+    from sarbridge.runtime.zoo import load_index, zoo_dir
+
+    index = load_index()
+    print(f"{zoo_dir()}:")
+    for e in index["models"]:
+        dep = e.get("deployed") or {}
+        acc = f"AP50 {dep['AP50']:.3f}, AP50:95 {dep['AP50_95']:.3f}" if dep else ""
+        print(f"  zoo:{e['name']:24s} {e['task']:7s} {e['parameters'] / 1e6:.2f} M params  {acc}")
+    return 0
+
+
+def _run_zoo_check(args) -> int:
+    from sarbridge.runtime.zoo import check_all
+
+    for line in check_all():
+        print(line)
+    return 0
+
+
+def _run_zoo_release(args) -> int:
+    from sarbridge.train.release import release
+
+    entry = release(
+        args.source, args.name, args.command, bench=args.bench, description=args.description
+    )
+    print(f"released zoo:{entry['name']} ({', '.join(f['path'] for f in entry['files'].values())})")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -408,6 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export(sub)
     _add_detect(sub)
     _add_bench(sub)
+    _add_zoo(sub)
     return parser
 
 

@@ -1,0 +1,146 @@
+"""The model zoo: files match their sha256, a changed file is refused, zoo:<name> loads and
+starts runs, the index is checked, the board side needs no torch."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from conftest import REPO, run_without_torch
+
+from sarbridge.runtime.fileio import sha256_file
+from sarbridge.runtime.manifest import load_manifest
+from sarbridge.runtime.zoo import (
+    ZooError,
+    check_all,
+    load_index,
+    zoo_artifact,
+    zoo_checkpoint,
+    zoo_dir,
+)
+
+ZOO = REPO / "zoo"
+BNN = "bnn_edge_sar"
+
+
+def test_every_zoo_file_matches_its_sha256_and_the_budget():
+    index = load_index(ZOO)
+    names = [m["name"] for m in index["models"]]
+    assert BNN in names
+    lines = check_all(ZOO)
+    assert len(lines) == sum(len(m["files"]) for m in index["models"])
+    total = 0
+    for m in index["models"]:
+        for f in m["files"].values():
+            path = ZOO / f["path"]
+            assert sha256_file(path) == f["sha256"] and path.stat().st_size == f["bytes"]
+            assert f["bytes"] <= 10 * 2**20
+            total += f["bytes"]
+        assert m["command"].strip() and m["task"] in ("detect", "bnn")
+    assert total <= 40 * 2**20
+
+
+def test_zoo_dir_is_the_repository_folder_unless_set(monkeypatch, tmp_path):
+    monkeypatch.delenv("SARBRIDGE_ZOO", raising=False)
+    assert zoo_dir() == ZOO
+    monkeypatch.setenv("SARBRIDGE_ZOO", str(tmp_path))
+    assert zoo_dir() == tmp_path
+
+
+@pytest.fixture
+def zoo_copy(tmp_path, monkeypatch):
+    copy = tmp_path / "zoo"
+    shutil.copytree(ZOO, copy)
+    monkeypatch.setenv("SARBRIDGE_ZOO", str(copy))
+    return copy
+
+
+def test_a_changed_zoo_file_is_refused(zoo_copy):
+    assert zoo_artifact(f"zoo:{BNN}") == zoo_copy / BNN
+    model = zoo_copy / BNN / "model.onnx"
+    model.write_bytes(model.read_bytes() + b"\0")
+    with pytest.raises(ZooError, match=r"model\.onnx: sha256 .* does not match zoo\.json"):
+        zoo_artifact(f"zoo:{BNN}")
+    with pytest.raises(ZooError, match="does not match"):
+        check_all(zoo_copy)
+    (zoo_copy / BNN / "checkpoint.pt").unlink()
+    with pytest.raises(ZooError, match="missing"):
+        zoo_checkpoint(f"zoo:{BNN}")
+    with pytest.raises(ZooError, match="no model 'nope' in the zoo"):
+        zoo_checkpoint("zoo:nope")
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda m: m["files"]["model"].update(path="../outside.onnx"), "relative 'path'"),
+        (lambda m: m["files"]["model"].update(sha256="abc"), "64-hex"),
+        (lambda m: m["files"].update(weights=m["files"]["model"]), "unknown file role"),
+        (lambda m: m.update(name="Bad Name"), "lower-case"),
+    ],
+)
+def test_a_bad_index_is_refused(zoo_copy, change, message):
+    index = json.loads((zoo_copy / "zoo.json").read_text())
+    change(index["models"][0])
+    (zoo_copy / "zoo.json").write_text(json.dumps(index))
+    with pytest.raises(ZooError, match=message):
+        load_index(zoo_copy)
+
+
+def test_a_name_listed_twice_is_refused(zoo_copy):
+    index = json.loads((zoo_copy / "zoo.json").read_text())
+    index["models"].append(index["models"][0])
+    (zoo_copy / "zoo.json").write_text(json.dumps(index))
+    with pytest.raises(ZooError, match="listed twice"):
+        load_index(zoo_copy)
+
+
+def test_the_zoo_bnn_loads_and_matches_its_artifact():
+    torch = pytest.importorskip("torch")
+    from sarbridge.runtime.backends import open_backend
+    from sarbridge.train.checkpoint import load_model
+
+    loaded = load_model(f"zoo:{BNN}")
+    assert loaded.task == "bnn" and loaded.lineage[-1]["kind"] == "train"
+    folder = zoo_artifact(f"zoo:{BNN}")
+    manifest = load_manifest(folder)
+    # the artifact was exported from this very checkpoint
+    export = manifest["lineage"][-1]
+    assert export["kind"] == "export" and export["parent"]["sha256"] == sha256_file(
+        zoo_checkpoint(f"zoo:{BNN}")
+    )
+    size = manifest["preprocessing"]["input_size"]
+    x = np.random.default_rng(0).random((2, 1, size, size), dtype=np.float32)
+    backend = open_backend("onnxruntime", folder / manifest["model"]["file"], manifest)
+    with torch.no_grad():
+        ref = loaded.model.sar(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(backend.run(x)[0], ref, atol=1e-4)
+
+
+def test_init_from_the_zoo_bnn_starts_the_detector_backbone():
+    torch = pytest.importorskip("torch")
+    from dataclasses import replace
+
+    from sarbridge.train.checkpoint import load_model
+    from sarbridge.train.recipes.detect import DetConfig, initialise, model_from_config
+
+    cfg = replace(DetConfig(), init=f"zoo:{BNN}")
+    model = model_from_config(cfg, 1)
+    steps, start = initialise(model, cfg, ["ship"])
+    sar = load_model(f"zoo:{BNN}").model.sar.backbone.state_dict()
+    for k, v in model.backbone.state_dict().items():
+        torch.testing.assert_close(v, sar[k], rtol=0, atol=0, msg=k)
+    assert [s["name"] for s in steps] == ["bnn_edge"]
+    assert start["parent"]["sha256"] == sha256_file(zoo_checkpoint(f"zoo:{BNN}"))
+
+
+def test_zoo_list_and_check_run_without_torch():
+    code = "from sarbridge.cli import main\nsys.exit(main(sys.argv[1:]))"
+    res = run_without_torch(code, "zoo", "check")
+    assert res.returncode == 0, res.stderr
+    assert f"ok {BNN} model: {BNN}/model.onnx" in res.stdout
+    res = run_without_torch(code, "zoo", "list")
+    assert res.returncode == 0, res.stderr
+    assert f"zoo:{BNN}" in res.stdout
