@@ -208,8 +208,8 @@ def matched_max_abs(a, b) -> float:
     """Largest |box coordinate| or |score| difference over the matched detections of two sets.
 
     Detections after NMS come sorted by score, and two whose scores differ in the 7th digit
-    can swap places between PyTorch and ONNX Runtime (seen on an AVX2-only CPU: slots 283/284
-    of an untrained Faster R-CNN, scores 0.4294143 / 0.4294142), so comparing slot by slot
+    can swap places between PyTorch and ONNX Runtime (seen with an untrained Faster R-CNN,
+    whose scores tie to six digits), so comparing slot by slot
     reports the distance between two different ships; matching first compares like with like.
     Detections without a match count in :func:`set_agreement`, not here."""
     diffs = [
@@ -264,7 +264,7 @@ def export_detector(
     ``vote_iou`` the deployed box voting after NMS (default: the run's ``eval.vote_iou``;
     ``"off"`` for none) and ``tta_flips`` the deployed test-time flips (default: the run's
     ``eval.tta_flips``; ``"off"`` or ``()`` for none), e.g. settings picked on validation with
-    ``benchmarks/det_nms_sweep``."""
+    ``python -m sarbridge.benchmarks.research.det_nms_sweep``."""
     from sarbridge.runtime.annotations import read_dataset
     from sarbridge.runtime.paths import resolve_data_path
     from sarbridge.runtime.preprocess import SarPreprocess

@@ -285,3 +285,11 @@ def test_unreadable_scene_is_reported_and_left_out_the_others_keep_their_split(
     (line,) = splits.summary["problems"]
     assert line.startswith(f"left out, unreadable: {gone}:") and sar.name in line
     assert line in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("test, val", [(0.0, 0.1), (0.6, 0.4), (0.2, -0.1)])
+def test_bad_split_fractions_are_config_errors(test, val):
+    from sarbridge.train.config import ConfigError, from_dict
+
+    with pytest.raises(ConfigError, match="test_fraction"):
+        from_dict(BNNConfig, {"data": {"test_fraction": test, "val_fraction": val}})

@@ -144,3 +144,67 @@ def test_zoo_list_and_check_run_without_torch():
     res = run_without_torch(code, "zoo", "list")
     assert res.returncode == 0, res.stderr
     assert f"zoo:{BNN}" in res.stdout
+
+
+def test_release_writes_a_checked_entry_and_keeps_only_better_models(edge_artifact, tmp_path):
+    pytest.importorskip("torch")
+    from sarbridge.train.checkpoint import load_model
+    from sarbridge.train.release import add_bench, release
+
+    run = edge_artifact.parents[1] / "runs" / "tiny_edge"
+    root = tmp_path / "zoo"
+    entry = release(run, "tiny_det", "sarbridge train detect ...", root=root)
+    assert [line.split(":")[0] for line in check_all(root)] == [
+        "ok tiny_det checkpoint",
+        "ok tiny_det model",
+        "ok tiny_det manifest",
+    ]
+    manifest = load_manifest(root / "tiny_det")
+    assert manifest["name"] == "tiny_det" and manifest["lineage"][-1]["source"] == "zoo:tiny_det"
+    released = load_model(root / "tiny_det" / "checkpoint.pt")
+    trained = load_model(run)
+    assert entry["parameters"] == sum(p.numel() for p in trained.model.parameters())
+    assert entry["metrics"] == trained.lineage[-1]["metrics"] == released.lineage[-1]["metrics"]
+    assert "| `tiny_det` | detect" in (root / "README.md").read_text()
+    before = (root / "zoo.json").read_text()
+    with pytest.raises(ZooError, match="replaced only by a better one"):
+        release(run, "tiny_det", "again", root=root)
+    assert (root / "zoo.json").read_text() == before and check_all(root)
+
+    bench = tmp_path / "results.json"
+    bench.write_text(
+        json.dumps(
+            {
+                "environment": {"cpu": "test CPU", "threads": 2},
+                "records": [
+                    {
+                        "model": "tiny_det",
+                        "backend": "onnxruntime",
+                        "accuracy": {"AP50": 0.5, "AP50_95": 0.25, "AP_small": 0.2, "images": 3},
+                        "latency": {"batch1": {"p50_ms": 12.5}},
+                    }
+                ],
+            }
+        )
+    )
+    measured = add_bench("tiny_det", bench, root)
+    assert measured["deployed"] == {"AP50": 0.5, "AP50_95": 0.25, "AP_small": 0.2, "images": 3}
+    assert load_index(root)["models"][0]["latency_ms_batch1_p50"] == 12.5
+    assert "0.500 / 0.250 / 0.200 | 12.5 ms (2 threads)" in (root / "README.md").read_text()
+
+
+def test_the_zoo_bnn_backbone_exports_for_detectors(tmp_path):
+    torch = pytest.importorskip("torch")
+    from sarbridge.runtime.errors import SarbridgeError
+    from sarbridge.train.checkpoint import load_model
+    from sarbridge.train.models.backbones import build_backbone, load_backbone_weights
+    from sarbridge.train.recipes.bnn import export_sar_backbone
+
+    with pytest.raises(SarbridgeError, match="--out"):
+        export_sar_backbone(f"zoo:{BNN}")
+    path = export_sar_backbone(f"zoo:{BNN}", tmp_path / "sar.pt")
+    backbone = build_backbone("edge")
+    load_backbone_weights(backbone, path)
+    ref = load_model(f"zoo:{BNN}").model.sar.backbone.state_dict()
+    for k, v in backbone.state_dict().items():
+        torch.testing.assert_close(v, ref[k], rtol=0, atol=0, msg=k)

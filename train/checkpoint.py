@@ -147,6 +147,11 @@ def lineage_step(
     }
 
 
+def metrics_of_test(test: dict) -> dict:
+    """A run's test report as a lineage step's metrics (``test_`` + each number)."""
+    return {f"test_{k}": v for k, v in test.items() if isinstance(v, (int, float))}
+
+
 def parent_ref(name: str, path: str | Path) -> dict:
     """``{"name", "sha256"}`` of a parent's weights or model file."""
     return {"name": name, "sha256": sha256_file(path)}
@@ -267,9 +272,7 @@ def load_model(source: str | Path, which: str = "best") -> LoadedModel:
     )
     test = (record.get("final") or {}).get("test")
     if lineage and not lineage[-1]["metrics"] and isinstance(test, dict):  # a run from before
-        lineage[-1]["metrics"] = {  # the lineage list: its test metrics from run.json
-            f"test_{k}": v for k, v in test.items() if isinstance(v, (int, float))
-        }
+        lineage[-1]["metrics"] = metrics_of_test(test)  # the lineage list: from run.json
     return LoadedModel(
         model.eval(), task, cfg, list(ckpt.get("classes", [])), lineage, Path(path), ckpt
     )

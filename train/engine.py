@@ -36,7 +36,12 @@ import torch.distributed as dist
 
 from sarbridge.runtime.errors import SarbridgeError
 from sarbridge.runtime.fileio import atomic_write_json, git_sha
-from sarbridge.train.checkpoint import atomic_torch_save, capture_structure, load_checkpoint
+from sarbridge.train.checkpoint import (
+    atomic_torch_save,
+    capture_structure,
+    load_checkpoint,
+    metrics_of_test,
+)
 
 
 class TrainingDiverged(SarbridgeError, RuntimeError):
@@ -149,9 +154,7 @@ def record_final(run_dir: Path, report: dict, info: DistInfo) -> None:
     record = json.loads(path.read_text())
     record["final"] = report
     if record.get("lineage") and isinstance(report.get("test"), dict):
-        record["lineage"][-1]["metrics"] = {
-            f"test_{k}": v for k, v in report["test"].items() if isinstance(v, (int, float))
-        }
+        record["lineage"][-1]["metrics"] = metrics_of_test(report["test"])
     atomic_write_json(record, path)
 
 

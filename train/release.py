@@ -42,7 +42,7 @@ def _bench_figures(path: str | Path, model: str) -> dict:
     acc = r.get("accuracy") or {}
     return {
         "deployed": {k: acc[k] for k in ("AP50", "AP50_95", "AP_small", "images") if k in acc},
-        "latency_ms_batch1_p50": (r["latency"]["batch1"] or {}).get("p50_ms"),
+        "latency_ms_batch1_p50": (r["latency"].get("batch1") or {}).get("p50_ms"),
         "latency_machine": env.get("cpu") or env.get("machine"),
         "latency_threads": env.get("threads") or results.get("settings", {}).get("threads"),
         "bench": str(path),
@@ -97,8 +97,10 @@ def release(
         if total > MAX_ZOO_BYTES:
             raise ZooError(f"the zoo would hold {total / 2**20:.1f} MiB: over its 40 MiB")
         size_in = int(manifest["preprocessing"]["input_size"])
+        channels = int(manifest["inputs"][0]["shape"][1])
         deployed_net = loaded.model.sar if loaded.task == "bnn" else loaded.model
-        macs = complexity(deployed_net, torch.zeros(1, 1, size_in, size_in))["gmacs_per_image"]
+        x = torch.zeros(1, channels, size_in, size_in)
+        macs = complexity(deployed_net, x)["gmacs_per_image"]
         entry = {
             "name": name,
             "task": loaded.task,
@@ -116,15 +118,46 @@ def release(
         if bench is not None:
             entry.update(_bench_figures(bench, manifest["name"]))
         stage.chmod(0o755)
-        final = root / name
-        if final.exists():
-            shutil.rmtree(final)
-        stage.rename(final)
+        index["models"] = [e for e in index["models"] if e["name"] != name] + [entry]
+        index["models"].sort(key=lambda e: e["name"])
+        _swap_in(stage, root / name, index, root)
     finally:
         if stage.exists():
             shutil.rmtree(stage, ignore_errors=True)
-    index["models"] = [e for e in index["models"] if e["name"] != name] + [entry]
-    index["models"].sort(key=lambda e: e["name"])
+    write_tables(root)
+    return entry
+
+
+def _swap_in(stage: Path, final: Path, index: dict, root: Path) -> None:
+    """Put the staged folder in place and write the index; on any failure the previous folder
+    and index come back, so zoo/ always matches zoo.json."""
+    backup = final.with_name(f".{final.name}.previous")
+    if backup.exists():
+        shutil.rmtree(backup)
+    if final.exists():
+        final.rename(backup)
+    try:
+        stage.rename(final)
+        atomic_write_json(index, root / INDEX)
+    except BaseException:
+        if final.exists() and not stage.exists():
+            final.rename(stage)  # the caller removes the stage
+        if backup.exists():
+            backup.rename(final)
+        raise
+    if backup.exists():
+        shutil.rmtree(backup)
+
+
+def add_bench(name: str, bench: str | Path, root: str | Path | None = None) -> dict:
+    """Record a bench run of zoo model ``name``'s artifact (``sarbridge bench --models
+    zoo:<name>``) in its zoo.json entry: AP through the deployed path, batch-1 latency, CPU."""
+    root = Path(root) if root is not None else zoo_dir()
+    index = load_index(root)
+    entry = next((e for e in index["models"] if e["name"] == name), None)
+    if entry is None:
+        raise ZooError(f"no model {name!r} in the zoo")
+    entry.update(_bench_figures(bench, name))
     atomic_write_json(index, root / INDEX)
     write_tables(root)
     return entry
@@ -165,8 +198,10 @@ def zoo_table(index: dict) -> str:
 
 
 def write_tables(root: str | Path | None = None, readme: str | Path | None = None) -> None:
-    """zoo/README.md (table and each model's command) and the README's zoo table block."""
+    """zoo/README.md (table and each model's command) and, for the repository's own zoo, the
+    README's zoo table block (``readme`` names another README)."""
     root = Path(root) if root is not None else zoo_dir()
+    repository_zoo = Path(__file__).resolve().parents[1] / "zoo"
     index = load_index(root)
     table = zoo_table(index)
     body = [
@@ -187,8 +222,10 @@ def write_tables(root: str | Path | None = None, readme: str | Path | None = Non
             body += [f"Latency measured on: {e['latency_machine']}.", ""]
         body += ["Made by:", "", "```bash", e["command"], "```", ""]
     atomic_write_text(root / "README.md", "\n".join(body))
-    readme = Path(readme) if readme is not None else root.parent / "README.md"
-    if readme.is_file():
+    if readme is None and root.resolve() == repository_zoo:
+        readme = repository_zoo.parent / "README.md"
+    if readme is not None and Path(readme).is_file():
+        readme = Path(readme)
         text = readme.read_text()
         parts = text.split(TABLE_MARK)
         if len(parts) == 3:

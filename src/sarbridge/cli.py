@@ -141,7 +141,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     exp = tsub.add_parser(
         "bnn-export-backbone", help="write a BNN run's SAR backbone in the form detectors load"
     )
-    exp.add_argument("--from", dest="run", type=Path, required=True, help="the BNN run directory")
+    exp.add_argument(
+        "--from", dest="run", required=True, help="the BNN run directory, checkpoint or zoo:<name>"
+    )
     exp.add_argument("--which", choices=("best", "last"), default="best")
     exp.add_argument("--out", type=Path, help="output file (default: <run>/sar_backbone.pt)")
     exp.set_defaults(func=_run_bnn_export)
@@ -428,6 +430,12 @@ def _add_zoo(sub: argparse._SubParsersAction) -> None:
     rel.add_argument("--bench", type=Path, help="results.json of a bench run of the artifact")
     rel.add_argument("--description", default="", help="one paragraph for zoo/README.md")
     rel.set_defaults(func=_run_zoo_release)
+    meas = zsub.add_parser(
+        "measure", help="record a bench run of a zoo model (sarbridge bench --models zoo:<name>)"
+    )
+    meas.add_argument("name")
+    meas.add_argument("--bench", type=Path, required=True, help="the bench run's results.json")
+    meas.set_defaults(func=_run_zoo_measure)
 
 
 def _run_zoo_list(args) -> int:
@@ -457,6 +465,15 @@ def _run_zoo_release(args) -> int:
         args.source, args.name, args.command, bench=args.bench, description=args.description
     )
     print(f"released zoo:{entry['name']} ({', '.join(f['path'] for f in entry['files'].values())})")
+    return 0
+
+
+def _run_zoo_measure(args) -> int:
+    from sarbridge.train.release import add_bench
+
+    entry = add_bench(args.name, args.bench)
+    dep = entry.get("deployed") or {}
+    print(f"zoo:{entry['name']}: {dep} , batch-1 p50 {entry.get('latency_ms_batch1_p50')} ms")
     return 0
 
 

@@ -122,8 +122,8 @@ def bin_expectation(bin_logits: torch.Tensor, values: torch.Tensor, dim: int) ->
 
     The softmax is written out (exp of the logits less their maximum, weighted sum over
     plain sum): the same numbers, but ONNX Runtime's Softmax on a middle axis of a 5-D
-    tensor cost 3-5 ms per 512 x 512 image on one CPU thread against 0.5-0.8 ms for these
-    reductions, roughly a tenth of the model's time (benchmarks/results/cpu_epyc_2core_dfl).
+    tensor is several times slower on the CPU than these reductions, a noticeable share of the
+    model's time (measured in benchmarks/results/cpu_epyc_2core_dfl).
     The exponentials stay at or below 1, so FP16 engines do not overflow."""
     values = values.to(bin_logits.dtype)
     weights = torch.exp(bin_logits - bin_logits.amax(dim, keepdim=True))

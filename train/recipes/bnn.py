@@ -4,7 +4,6 @@ Data and sampling live in :mod:`sarbridge.train.data.pairs`."""
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import torch
 from sarbridge.runtime.metrics import best_threshold, matching_metrics, roc_auc
 from sarbridge.runtime.pairs import PatchPair
 from sarbridge.runtime.preprocess import SarPreprocess
-from sarbridge.train.checkpoint import lineage_step, load_checkpoint
+from sarbridge.train.checkpoint import lineage_step
 from sarbridge.train.config import ConfigError, config_hash
 from sarbridge.train.data.pairs import (
     BNNBatch,
@@ -106,6 +105,12 @@ class BNNConfig:
             raise ConfigError("optim.batch_size must be at least 2 (negatives come from the batch)")
         if not 0 < self.data.train_fraction <= 1:
             raise ConfigError("data.train_fraction must be in (0, 1]")
+        d = self.data
+        if not (0 < d.test_fraction < 1 and d.val_fraction >= 0 and d.test_fraction + d.val_fraction < 1):
+            raise ConfigError(
+                "data.test_fraction must be in (0, 1) and data.val_fraction at least 0, with "
+                f"their sum under 1 (got {d.test_fraction} and {d.val_fraction})"
+            )
 
 
 # ---------------------------------------------------------------- step
@@ -341,23 +346,25 @@ def train_bnn(
 def export_sar_backbone(
     run: str | Path, out: str | Path | None = None, which: str = "best"
 ) -> Path:
-    """Write the SAR branch's backbone weights in the form the detectors load."""
-    from sarbridge.train.config import from_dict
+    """Write a BNN's SAR backbone weights in the form the detectors load; ``run`` is a BNN run
+    folder, checkpoint or ``zoo:<name>`` (then ``out`` is required)."""
+    from sarbridge.runtime.errors import SarbridgeError
+    from sarbridge.runtime.zoo import is_zoo_ref
+    from sarbridge.train.checkpoint import load_model
     from sarbridge.train.models.backbones import save_backbone_weights
 
-    run = Path(run)
-    ckpt = load_checkpoint(run / ("best.pt" if which == "best" else "checkpoint.pt"))
-    cfg = from_dict(BNNConfig, ckpt["config"])
-    model = build_model(
-        dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, imagenet_weights=None))
-    )
-    model.load_state_dict(ckpt["model"])
-    out = Path(out) if out else run / "sar_backbone.pt"
+    loaded = load_model(run, which="last" if which == "last" else "best")
+    if loaded.task != "bnn":
+        raise SarbridgeError(f"{run}: holds a {loaded.task} model, not a BNN")
+    if out is None:
+        if is_zoo_ref(str(run)) or not Path(run).is_dir():
+            raise SarbridgeError(f"{run}: give --out for the backbone file")
+        out = Path(run) / "sar_backbone.pt"
     return save_backbone_weights(
-        model.sar.backbone,
+        loaded.model.sar.backbone,
         out,
         source="bnn",
         run=str(run),
-        epoch=int(ckpt["epoch"]) + 1,
-        config_sha256=config_hash(cfg),
+        epoch=int(loaded.checkpoint.get("epoch", -1)) + 1,
+        config_sha256=config_hash(loaded.config),
     )

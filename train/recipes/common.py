@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from sarbridge.train.checkpoint import load_checkpoint
+from sarbridge.train.checkpoint import atomic_torch_save, load_checkpoint, metrics_of_test
 from sarbridge.train.config import config_hash, to_dict
 from sarbridge.train.engine import (
     DistInfo,
@@ -86,6 +86,10 @@ def run_recipe(
         best = load_checkpoint(run_dir / "best.pt")
         report = finish(job, best, info)
         record_final(run_dir, report, info)
+        if info.is_main and best.get("lineage") and isinstance(report.get("test"), dict):
+            # the kept checkpoint carries its own test metrics, as run.json does
+            best["lineage"][-1]["metrics"] = metrics_of_test(report["test"])
+            atomic_torch_save(best, run_dir / "best.pt")
         return report
     finally:
         cleanup_distributed()
