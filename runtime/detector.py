@@ -285,8 +285,11 @@ class Detector(ScenePipeline):
 
     @classmethod
     def from_artifact(cls, path: str | Path, backend: str = "onnxruntime", **kwargs) -> Detector:
-        """Load ``path`` (an artifact folder or its manifest.json); the model hash is checked."""
-        path = Path(path)
+        """Load ``path`` (an artifact folder, its manifest.json, or ``zoo:<name>``); the model
+        hash is checked."""
+        from sarbridge.runtime.zoo import resolve_artifact
+
+        path = resolve_artifact(path)
         folder = path if path.is_dir() else path.parent
         return cls(load_manifest(path), folder, backend, **kwargs)
 

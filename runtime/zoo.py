@@ -30,6 +30,9 @@ class ZooError(SarbridgeError):
 
 
 def is_zoo_ref(ref) -> bool:
+    """Whether ``ref`` (a string or a path given on a command line) is ``zoo:<name>``."""
+    if isinstance(ref, os.PathLike):
+        ref = os.fspath(ref)
     return isinstance(ref, str) and ref.startswith(PREFIX)
 
 
@@ -106,7 +109,8 @@ def zoo_file(name: str, role: str, root: str | Path | None = None) -> Path:
     return path
 
 
-def _name(ref: str) -> str:
+def _name(ref) -> str:
+    ref = os.fspath(ref) if isinstance(ref, os.PathLike) else ref
     if not is_zoo_ref(ref) or not ref[len(PREFIX) :]:
         raise ZooError(f"{ref!r} is not a zoo reference (zoo:<name>)")
     return ref[len(PREFIX) :]

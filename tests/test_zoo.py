@@ -70,6 +70,10 @@ def test_a_changed_zoo_file_is_refused(zoo_copy):
         zoo_checkpoint(f"zoo:{BNN}")
     with pytest.raises(ZooError, match="no model 'nope' in the zoo"):
         zoo_checkpoint("zoo:nope")
+    from pathlib import Path
+
+    with pytest.raises(ZooError, match="no model 'nope'"):  # a path given on a command line
+        zoo_artifact(Path("zoo:nope"))
 
 
 @pytest.mark.parametrize(
@@ -208,3 +212,35 @@ def test_the_zoo_bnn_backbone_exports_for_detectors(tmp_path):
     ref = load_model(f"zoo:{BNN}").model.sar.backbone.state_dict()
     for k, v in backbone.state_dict().items():
         torch.testing.assert_close(v, ref[k], rtol=0, atol=0, msg=k)
+
+
+DET = "ssdd_edge_det"
+
+
+def _zoo_has(name: str) -> bool:
+    return any(m["name"] == name for m in load_index(ZOO)["models"])
+
+
+@pytest.mark.slow
+def test_the_zoo_detector_meets_its_recorded_accuracy_through_the_deployed_path(data):
+    """The zoo's SSDD figures are re-measured here: the torch-free Detector, loaded by name, on
+    every SSDD test image, scored with the runtime's COCO AP, must give what zoo.json records."""
+    if not _zoo_has(DET):
+        pytest.skip(f"no {DET} in the zoo")
+    from sarbridge.runtime.annotations import read_dataset
+    from sarbridge.runtime.detector import Detector
+    from sarbridge.runtime.metrics import Detections, coco_ap
+
+    entry = next(m for m in load_index(ZOO)["models"] if m["name"] == DET)
+    det = Detector.from_artifact(f"zoo:{DET}", score_threshold=0.001, threads=2)
+    ds = read_dataset(data / "SSDD")
+    records = ds.split("test")
+    dets = []
+    for rec in records:
+        r = det.detect(rec.path)
+        dets.append(Detections(rec.image_id, r.boxes, r.scores, r.labels))
+    ap = coco_ap(records, dets, ds.classes, det.max_detections)
+    recorded = entry["deployed"]
+    assert recorded["images"] == len(records) == 232
+    for k in ("AP50", "AP50_95", "AP_small"):
+        assert ap[k] == pytest.approx(recorded[k], abs=1e-6), k
