@@ -686,10 +686,13 @@ def export_run(
     """Export whichever model ``source`` holds (a run folder, a checkpoint or ``zoo:<name>``):
     a BNN (its SAR encoder) or a detector, told by the checkpoint's task. ``source_label``
     names the source in the lineage when its path is not where it will be found (a release)."""
+    from sarbridge.runtime.zoo import is_zoo_ref
     from sarbridge.train.checkpoint import checkpoint_task, load_checkpoint, resolve_checkpoint
 
     path = resolve_checkpoint(source)
     task = checkpoint_task(load_checkpoint(path), path)
+    if name is None and is_zoo_ref(source):  # a zoo model keeps its zoo name
+        name = str(source).split(":", 1)[1]
     if task == "bnn":
         if nms_iou is not None or vote_iou is not None or tta_flips is not None:
             raise ExportError(

@@ -197,6 +197,15 @@ def test_release_writes_a_checked_entry_and_keeps_only_better_models(edge_artifa
     assert "0.500 / 0.250 / 0.200 | 12.5 ms (2 threads)" in (root / "README.md").read_text()
 
 
+def test_exporting_a_zoo_model_keeps_its_name(tmp_path):
+    pytest.importorskip("torch")
+    from sarbridge.export.onnx_export import export_run
+
+    manifest = export_run(f"zoo:{BNN}", tmp_path / "bnn", parity_images=2)
+    assert manifest["name"] == BNN and manifest["lineage"][-1]["source"] == f"zoo:{BNN}"
+    assert manifest["lineage"][-1]["parent"]["sha256"] == sha256_file(zoo_checkpoint(f"zoo:{BNN}"))
+
+
 def test_the_zoo_bnn_backbone_exports_for_detectors(tmp_path):
     torch = pytest.importorskip("torch")
     from sarbridge.runtime.errors import SarbridgeError
