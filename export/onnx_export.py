@@ -268,7 +268,7 @@ def export_detector(
     from sarbridge.runtime.annotations import read_dataset
     from sarbridge.runtime.paths import resolve_data_path
     from sarbridge.runtime.preprocess import SarPreprocess
-    from sarbridge.train.checkpoint import load_model, resolve_checkpoint
+    from sarbridge.train.checkpoint import load_model
     from sarbridge.train.evaluation import detector_predict
     from sarbridge.train.models.registry import detector_spec
 
@@ -300,7 +300,7 @@ def export_detector(
     trained = loaded.lineage[-1] if loaded.lineage else {}
     export_step = {
         "name": name or Path(out).name,
-        "parent": parent_ref(loaded.name, resolve_checkpoint(source)),
+        "parent": parent_ref(loaded.name, loaded.path),
         "source": source_label or str(source),
         "config_sha256": trained.get("config_sha256"),
         "format": "onnx",
@@ -587,7 +587,7 @@ def export_embedder(
 ) -> dict:
     """Export a BNN's SAR branch (backbone + head) as an ``embed`` artifact; ``source`` is a BNN
     run folder, checkpoint or ``zoo:<name>``."""
-    from sarbridge.train.checkpoint import load_model, resolve_checkpoint
+    from sarbridge.train.checkpoint import load_model
     from sarbridge.train.data.pairs import PatchTensors, make_splits
 
     out = Path(out)
@@ -629,7 +629,7 @@ def export_embedder(
         parity = {"parity_max_abs_diff": max_abs, "parity_patches": len(xn)}
         step = {
             "name": name or out.name,
-            "parent": parent_ref(loaded.name, resolve_checkpoint(source)),
+            "parent": parent_ref(loaded.name, loaded.path),
             "source": source_label or str(source),
             "config_sha256": trained.get("config_sha256"),
             "backbone": cfg.model.backbone,

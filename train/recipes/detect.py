@@ -27,7 +27,7 @@ from sarbridge.train.checkpoint import (
     lineage_step,
     load_model,
     parent_ref,
-    resolve_checkpoint,
+    run_record,
 )
 from sarbridge.train.config import config_hash
 from sarbridge.train.data.augment import epoch_batches
@@ -226,8 +226,8 @@ def initialise(
         return [], {"init": "file", "parent": parent_ref(Path(arg).name, arg)}
     if kind in ("det", "zoo"):
         source = cfg.init if is_zoo_ref(cfg.init) else arg
-        path = resolve_checkpoint(source)
-        loaded = load_model(source)
+        loaded = load_model(source)  # a zoo file's sha256 is checked once, here
+        path = loaded.path
         if loaded.task == "bnn":  # a released BNN: its SAR branch starts the backbone
             model.backbone.load_state_dict(loaded.model.sar.backbone.state_dict())
             return loaded.lineage, {"init": "zoo_bnn", "parent": parent_ref(loaded.name, path)}
@@ -248,7 +248,7 @@ def initialise(
             export_sar_backbone(run, path)
         meta = load_backbone_weights(model.backbone, path)
         parent_run = lineage_list(
-            _run_lineage(run), run.name, meta.get("config_sha256")
+            run_record(run).get("lineage"), run.name, meta.get("config_sha256")
         )
         return parent_run, {"init": "bnn", "parent": parent_ref(run.name, path)}
     raise SarbridgeError(
@@ -260,12 +260,6 @@ def initialise(
 def _structure_changed(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     shapes = {k: v.shape for k, v in a.state_dict().items()}
     return any(shapes.get(k) != v.shape for k, v in b.state_dict().items())
-
-
-def _run_lineage(run: Path):
-    from sarbridge.train.checkpoint import run_record
-
-    return run_record(run).get("lineage")
 
 
 # ---------------------------------------------------------------- run
