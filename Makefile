@@ -17,14 +17,15 @@ DET_ARGS  ?=
 BENCH_DATA ?= SSDD
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup demo train train-bnn train-det export detect bench test lint bench-tiling bench-bnn bench-runtime clean help
+.PHONY: setup demo train train-bnn train-det export compress detect bench test lint bench-tiling bench-bnn bench-runtime clean help
 
 help:
-	@echo "make setup        create $(VENV) and install sarbridge with every extra (train, onnx, geo, dev)"
+	@echo "make setup        create $(VENV) and install sarbridge with every extra (train, onnx, openvino, export, compress, bench, geo, dev)"
 	@echo "make demo         the main job at CPU size (data checks, synthetic data, tiling a real scene)"
 	@echo "make train        BNN pretraining, then the edge detector on SSDD initialised from it (CPU-sized)"
 	@echo "make train-bnn    BNN pretraining on the real optical/SAR pairs (CPU-sized, configs/bnn_edge.yaml)"
 	@echo "make export       the trained detector -> artifacts/\$$(DET_RUN) (ONNX + manifest, parity-checked), and the zoo detector"
+	@echo "make compress     METHOD=int8|fp16 TARGET=onnxruntime|openvino|tensorrt FROM=zoo:ssdd_edge_det -> artifacts/<name>_<method>_<target>"
 	@echo "make detect       sarbridge detect on the real large scenes with overlays -> \$$(OUT)/detect"
 	@echo "make bench        sarbridge bench on the SSDD test split and the large scenes -> reports/\$$(DET_RUN)"
 	@echo "make bench-runtime runtime overhead, ONNX Runtime vs PyTorch, 20k x 20k GeoTIFF memory"
@@ -35,7 +36,7 @@ help:
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --disable-pip-version-check -q -e '.[train,onnx,export,bench,geo,dev]'
+	$(BIN)/pip install --disable-pip-version-check -q -e '.[train,onnx,openvino,export,compress,bench,geo,dev]'
 	@touch $(STAMP)
 
 setup: $(STAMP)
@@ -68,6 +69,16 @@ export: setup
 ifneq ($(HAVE_ZOO_DET),)
 	$(BIN)/sarbridge export onnx --from zoo:$(ZOO_DET) --out $(ZOO_ARTIFACT)
 endif
+
+# compress: INT8 per deployment target (calibrated on train images, accuracy-guarded) or FP16
+METHOD ?= int8
+TARGET ?= onnxruntime
+FROM   ?= zoo:$(ZOO_DET)
+COMPRESS_OUT ?= artifacts/$(notdir $(subst zoo:,,$(FROM)))_$(METHOD)$(if $(filter fp16,$(METHOD)),,_$(TARGET))
+COMPRESS_ARGS ?=
+
+compress: setup
+	$(BIN)/sarbridge compress --method $(METHOD) --target $(TARGET) --from $(FROM) --out $(COMPRESS_OUT) $(COMPRESS_ARGS)
 
 detect: setup
 	$(BIN)/sarbridge detect $(SCENES) --model $(if $(HAVE_ZOO_DET),$(ZOO_ARTIFACT),$(ARTIFACT)) --out $(OUT)/detect --overlay

@@ -37,7 +37,15 @@ from sarbridge.runtime.fileio import atomic_write_json, git_sha, tool_versions
 
 SCHEMA = "sarbridge.bench/1"
 # the packages whose versions a results file records
-BENCH_PACKAGES = ("sarbridge", "numpy", "onnxruntime", "onnxruntime-gpu", "tensorrt", "torch")
+BENCH_PACKAGES = (
+    "sarbridge",
+    "numpy",
+    "onnxruntime",
+    "onnxruntime-gpu",
+    "openvino",
+    "tensorrt",
+    "torch",
+)
 RECORD_KEYS = (
     "model",
     "artifact",
@@ -145,7 +153,7 @@ def bench_one(artifact: str, backend: str, settings: BenchSettings) -> dict:
 
     artifact_path = Path(artifact)
     manifest = load_manifest(artifact_path)
-    options = {"threads": settings.threads}
+    options = {"threads": settings.threads}  # every backend takes threads; providers: ORT only
     if settings.providers and backend == "onnxruntime":
         options["providers"] = list(settings.providers)
     # AP needs the low-score tail; precision/recall are read at the manifest's `operating` threshold

@@ -29,7 +29,12 @@ Schema version 2 (all keys required unless marked optional)::
                      activations: {dtype: "uint8" | "int8", symmetric: bool},
                      weights: {dtype: "int8", symmetric: bool, per_channel_axis: int | null},
                      calibration: {split: str, images: int > 0, list_sha256: 64 hex,
-                                   method: str}}                 (required when precision is int8)
+                                   method: str},
+                     tool?: str (what placed the Q/DQ nodes),
+                     float_layers?: [str] (nodes the accuracy guard kept in floating point),
+                     guard?: {metric: str, split: str, images: int, max_drop, parent,
+                              quantized: number, tried?: [object]}}
+                                                                  (required when precision is int8)
     lineage         [step], oldest first; a step is
                     {kind: "train" | "prune" | "distill" | "qat" | "ptq" | "fp16" | "export"
                            | "engine",
@@ -289,10 +294,39 @@ def _check_lineage_v2(lineage: list, path) -> None:
 
 
 def _check_quantization_v2(quant, path) -> None:
-    keys = ("scheme", "target", "activations", "weights", "calibration")
+    keys = (
+        "scheme",
+        "target",
+        "tool",
+        "activations",
+        "weights",
+        "calibration",
+        "float_layers",
+        "guard",
+    )
     _object(quant, "quantization", path, keys)
     where = "quantization."
     _need(quant, "scheme", str, where, path)
+    if "tool" in quant:
+        _need(quant, "tool", str, where, path)
+    if "float_layers" in quant:
+        layers = _need(quant, "float_layers", list, where, path)
+        if not all(isinstance(v, str) for v in layers):
+            _fail(path, "field 'quantization.float_layers' must list node names (strings)")
+    if "guard" in quant:
+        guard = _object(
+            _need(quant, "guard", dict, where, path),
+            "quantization.guard",
+            path,
+            ("metric", "split", "images", "max_drop", "parent", "quantized", "tried"),
+        )
+        for key in ("metric", "split"):
+            _need(guard, key, str, "quantization.guard.", path)
+        _need(guard, "images", int, "quantization.guard.", path)
+        for key in ("max_drop", "parent", "quantized"):
+            _need(guard, key, float, "quantization.guard.", path)
+        if "tried" in guard:
+            _need(guard, "tried", list, "quantization.guard.", path)
     _choice(quant, "target", QUANTIZATION_TARGETS, where, path)
     act = _object(
         _need(quant, "activations", dict, where, path),

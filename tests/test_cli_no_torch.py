@@ -14,6 +14,7 @@ RUNTIME_MODULES = [
     "annotations",
     "backends",
     "backends.onnxruntime",
+    "backends.openvino",
     "boxes",
     "datatools",
     "decode",

@@ -25,6 +25,7 @@ def test_builtin_backends_and_their_extras():
     assert {"onnxruntime", "pytorch"} <= set(backends.list_backends())
     assert backends.backend_entry("onnxruntime").extra == "onnx"
     assert backends.backend_entry("pytorch").extra == "train"
+    assert backends.backend_entry("openvino").extra == "openvino"
 
 
 def test_listing_backends_imports_no_backend_package():
@@ -54,6 +55,21 @@ def test_a_missing_backend_package_names_the_extra():
     assert res.returncode == 0, res.stderr
     assert "'pytorch' backend" in res.stdout and "'torch' package" in res.stdout
     assert "pip install 'sarbridge[train]'" in res.stdout
+
+
+def test_a_missing_openvino_names_its_extra():
+    code = (
+        "sys.modules['openvino'] = None\n"
+        "from sarbridge.runtime.backends import open_backend\n"
+        "from sarbridge.runtime.errors import SarbridgeError\n"
+        "try:\n"
+        "    open_backend('openvino', 'model.onnx', {})\n"
+        "except SarbridgeError as exc:\n"
+        "    print(exc)\n"
+    )
+    res = run_without_torch(code)
+    assert res.returncode == 0, res.stderr
+    assert "'openvino' package" in res.stdout and "pip install 'sarbridge[openvino]'" in res.stdout
 
 
 def test_registry_refusals(monkeypatch):

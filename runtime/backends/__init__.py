@@ -7,8 +7,8 @@ The registry is lazy: a backend registers its name with an import path
 (``"module:attr"``) and the extra that installs its package; nothing is imported
 until :func:`open_backend` is asked for that name, so listing the backends costs
 nothing on a board, and a backend whose package is missing fails only when chosen,
-with the ``pip install`` line that fixes it. A new backend (OpenVINO, a TensorRT
-engine) is one module in this package plus one :func:`register_backend` line below.
+with the ``pip install`` line that fixes it. A new backend (a TensorRT engine, say) is
+one module in this package plus one :func:`register_backend` line below.
 """
 
 from __future__ import annotations
@@ -40,6 +40,12 @@ class Backend:
 
     def close(self) -> None:  # noqa: B027 - optional hook
         pass
+
+
+def fixed_batch(manifest: dict) -> int | None:
+    """The model's fixed batch size from the manifest's first input, None when it is dynamic."""
+    dim = manifest["inputs"][0]["shape"][0]
+    return dim if isinstance(dim, int) else None
 
 
 @dataclass(frozen=True)
@@ -124,14 +130,20 @@ def open_backend(name: str, model_path: str | Path, manifest: dict, **options) -
     return backend_class(name)(Path(model_path), manifest, **options)
 
 
-# The built-in backends. OpenVINO and TensorRT engines join with one line each once their
-# modules exist, e.g.
+# The built-in backends. A TensorRT engine backend would join with one line once its module
+# exists:
 #   register_backend("tensorrt", "sarbridge.runtime.backends.tensorrt:TensorRTBackend", "trt")
 register_backend(
     "onnxruntime",
     "sarbridge.runtime.backends.onnxruntime:OnnxRuntimeBackend",
     "onnx",
     "ONNX Runtime; on Jetson, NVIDIA's onnxruntime-gpu wheel",
+)
+register_backend(
+    "openvino",
+    "sarbridge.runtime.backends.openvino:OpenVinoBackend",
+    "openvino",
+    "OpenVINO on the CPU (device option for others), explicit precision hint",
 )
 register_backend(
     "pytorch",

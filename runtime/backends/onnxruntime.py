@@ -12,13 +12,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from sarbridge.runtime.backends import Backend
+from sarbridge.runtime.backends import Backend, fixed_batch
 from sarbridge.runtime.errors import SarbridgeError
-
-
-def _fixed_batch(manifest: dict) -> int | None:
-    dim = manifest["inputs"][0]["shape"][0]
-    return dim if isinstance(dim, int) else None
 
 
 class OnnxRuntimeBackend(Backend):
@@ -69,7 +64,7 @@ class OnnxRuntimeBackend(Backend):
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.providers = self.session.get_providers()
         self.threads = threads
-        self.max_batch = _fixed_batch(manifest)
+        self.max_batch = fixed_batch(manifest)
         self.description = f"onnxruntime {ort.__version__} ({', '.join(self.providers)})"
 
     def run(self, batch: np.ndarray) -> list[np.ndarray]:

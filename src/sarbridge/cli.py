@@ -267,6 +267,99 @@ def _run_export_onnx(args) -> int:
     return 0
 
 
+def _add_compress(sub: argparse._SubParsersAction) -> None:
+    c = sub.add_parser(
+        "compress",
+        help="a run or zoo detector -> a compressed, deployable artifact (INT8 per target, QAT, FP16)",
+        description="Exports the FP32 parent (BatchNorm folded, parity-checked), compresses it, "
+        "scores parent and result through the deployed torch-free pipeline (an accuracy guard on "
+        "validation images, then the test split once) and writes model.onnx + manifest.json. "
+        "INT8 calibrates on train images only, through the runtime's own preprocessing and "
+        "tiling. Targets and their quantization schemes: sarbridge compress --list-targets",
+    )
+    c.add_argument(
+        "--method",
+        help="int8: post-training quantization with an accuracy guard; fp16: half precision "
+        "for GPU targets",
+    )
+    c.add_argument(
+        "--from",
+        dest="source",
+        default="zoo:ssdd_edge_det",
+        help="run directory, checkpoint or zoo:<name> (default zoo:ssdd_edge_det)",
+    )
+    c.add_argument(
+        "--target",
+        default="onnxruntime",
+        help="deployment target of an INT8 model: onnxruntime (x86, uint8 x int8), "
+        "openvino (NNCF preset), tensorrt (symmetric int8 Q/DQ); default onnxruntime",
+    )
+    c.add_argument(
+        "--out",
+        type=Path,
+        help="artifact directory to write (default artifacts/<source name>_<method>[_<target>])",
+    )
+    c.add_argument(
+        "--calibration-images",
+        type=int,
+        default=300,
+        help="network inputs (images or scene tiles) of the train split to calibrate "
+        "on (default 300)",
+    )
+    c.add_argument(
+        "--guard-images",
+        type=int,
+        default=200,
+        help="validation images the accuracy guard scores (default 200)",
+    )
+    c.add_argument(
+        "--max-ap-drop",
+        type=float,
+        default=0.01,
+        help="largest AP50 drop the guard accepts before keeping layers in float (default 0.01)",
+    )
+    c.add_argument("--seed", type=int, default=0, help="calibration sampling seed")
+    c.add_argument("--threads", type=int, help="inference threads while scoring")
+    c.add_argument("--name", help="the artifact's name in its manifest (default: the folder)")
+    c.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    c.add_argument(
+        "--list-targets",
+        action="store_true",
+        help="print each target's quantization scheme and exit",
+    )
+    c.set_defaults(func=_run_compress)
+
+
+def _run_compress(args) -> int:
+    from sarbridge.compress.api import compress, describe_targets
+
+    if args.list_targets:
+        print(describe_targets())
+        return 0
+    if not args.method:
+        raise SystemExit("sarbridge compress: --method is required (int8 or fp16)")
+    out = args.out
+    if out is None:
+        stem = str(args.source).rstrip("/").split(":")[-1]
+        stem = Path(stem).name if not Path(stem).is_file() else Path(stem).parent.name
+        suffix = args.method if args.method == "fp16" else f"{args.method}_{args.target}"
+        out = Path("artifacts") / f"{stem}_{suffix}"
+    compress(
+        args.method,
+        args.source,
+        out,
+        target=args.target,
+        calibration_images=args.calibration_images,
+        guard_images=args.guard_images,
+        seed=args.seed,
+        max_ap_drop=args.max_ap_drop,
+        threads=args.threads,
+        name=args.name,
+        overwrite=args.overwrite,
+    )
+    return 0
+
+
 def _add_detect(sub: argparse._SubParsersAction) -> None:
     det = sub.add_parser(
         "detect",
@@ -283,11 +376,14 @@ def _add_detect(sub: argparse._SubParsersAction) -> None:
     )
     det.add_argument("--out", type=Path, required=True, help="output folder")
     det.add_argument(
-        "--backend", default="onnxruntime", help="inference backend (default onnxruntime)"
+        "--backend",
+        default="onnxruntime",
+        help="inference backend: onnxruntime, openvino (CPU), pytorch (default onnxruntime)",
     )
     det.add_argument(
         "--providers",
-        help="comma-separated ONNX Runtime providers (default: all available, GPU first)",
+        help="comma-separated ONNX Runtime providers (default: all available, GPU first); "
+        "onnxruntime backend only",
     )
     det.add_argument("--threads", type=int, help="inference threads (default: the backend's)")
     det.add_argument("--batch", type=int, default=8, help="tiles per inference call (default 8)")
@@ -305,11 +401,16 @@ def _add_detect(sub: argparse._SubParsersAction) -> None:
 
 def _run_detect(args) -> int:
     from sarbridge.runtime.detector import Detector
+    from sarbridge.runtime.errors import SarbridgeError
     from sarbridge.runtime.scenes import detect_scenes
     from sarbridge.runtime.zoo import resolve_artifact
 
-    options = {"threads": args.threads}
+    options = {"threads": args.threads}  # every backend takes threads
     if args.providers:
+        if args.backend != "onnxruntime":
+            raise SarbridgeError(
+                f"--providers is for the onnxruntime backend, not {args.backend!r}"
+            )
         options["providers"] = [p.strip() for p in args.providers.split(",") if p.strip()]
     detector = Detector.from_artifact(
         resolve_artifact(args.model),
@@ -356,9 +457,11 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     b.add_argument(
         "--backends",
         default="onnxruntime",
-        help="comma-separated: onnxruntime, pytorch (optional row)",
+        help="comma-separated: onnxruntime, openvino, pytorch (optional row)",
     )
-    b.add_argument("--providers", help="comma-separated ONNX Runtime providers")
+    b.add_argument(
+        "--providers", help="comma-separated ONNX Runtime providers (onnxruntime rows only)"
+    )
     b.add_argument("--threads", type=int, help="inference threads")
     b.add_argument(
         "--batch-sizes", default="1,2,4,8", help="throughput batch sizes (default 1,2,4,8)"
@@ -487,6 +590,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(sub)
     _add_train(sub)
     _add_export(sub)
+    _add_compress(sub)
     _add_detect(sub)
     _add_bench(sub)
     _add_zoo(sub)

@@ -112,15 +112,16 @@ def leave_out_unreadable(
     return kept, bad
 
 
-def make_sets(data: DetData):
-    """Train / validation / test sets of ``data`` (the recipe's ``data`` block): the classes and
-    a summary for run.json come with them."""
+def split_records(data: DetData, quiet: bool = False):
+    """The dataset of ``data`` (the recipe's ``data`` block) and its train / validation / test
+    records as a run sees them: validation is the seeded ``val_fraction`` of the train split.
+    Compression calibrates on the train records and guards on the validation ones, so both
+    come from here and never overlap."""
     ds = read_dataset(resolve_data_path(data.root))
-    if ds.problems:
+    if ds.problems and not quiet:
         print(
             f"{len(ds.problems)} problem(s) in {ds.root}; bad items are left out, e.g. {ds.problems[0]}"
         )
-    params = SarPreprocess.from_dict(data.preprocess)
     train = ds.split(data.train_split)
     test = ds.split(data.test_split)
     if not 0 <= data.val_fraction < 1:
@@ -135,6 +136,14 @@ def make_sets(data: DetData):
     train = [train[i] for i in sorted(order[n_val:])]
     if data.max_train_images:
         train = train[: data.max_train_images]
+    return ds, train, val, test
+
+
+def make_sets(data: DetData):
+    """Train / validation / test sets of ``data`` (the recipe's ``data`` block): the classes and
+    a summary for run.json come with them."""
+    ds, train, val, test = split_records(data)
+    params = SarPreprocess.from_dict(data.preprocess)
     tiled = bool(data.tile_size)
     # whole validation and test scenes of a tiled dataset are read again at each evaluation
     caches = {"train": {}, "val": None if tiled else {}, "test": None if tiled else {}}

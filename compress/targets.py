@@ -1,0 +1,324 @@
+"""One INT8 quantization scheme per deployment target: the single source of truth.
+
+Every INT8 artifact is made for one target and labelled with it in its manifest
+(``quantization.target``); the scheme decides the Q/DQ dtypes, symmetry and
+per-channel axes, which tool places the Q/DQ nodes, and which op types are quantized.
+:func:`scheme_problems` checks a quantized ONNX graph against its target's scheme and
+:func:`tensorrt_problems` against TensorRT's explicit-quantization rules (the TensorRT
+engine builder runs it before building).
+
+Only ``onnx`` is imported here: the checks run on a board without torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from sarbridge.runtime.errors import SarbridgeError
+
+
+class CompressError(SarbridgeError):
+    """Compression refused or failed: the message says what was asked and what was tried."""
+
+
+@dataclass(frozen=True)
+class QuantScheme:
+    """How one target wants its INT8 graph."""
+
+    target: str
+    activations: str  # "uint8" | "int8"
+    activations_symmetric: bool
+    weights_symmetric: bool
+    per_channel_axis: int | None  # output-channel axis of Conv weights; None: per tensor
+    tool: str  # which library places the Q/DQ nodes and calibrates
+    op_types: tuple[str, ...] | None  # op types quantized (None: the tool's default set)
+    quantize_conv_outputs: bool  # False: Q/DQ only in front of convolutions
+    quantize_bias: bool  # int32 bias through a DequantizeLinear
+    why: str
+    float_op_types: tuple[str, ...] = ()  # op types always left in float (the tool's scope)
+
+    def manifest_block(self) -> dict:
+        """The scheme part of the manifest's ``quantization`` object."""
+        return {
+            "scheme": f"{self.target}-{self.activations}-{'sym' if self.activations_symmetric else 'asym'}"
+            f"-int8-{'per-channel' if self.per_channel_axis is not None else 'per-tensor'}",
+            "target": self.target,
+            "activations": {"dtype": self.activations, "symmetric": self.activations_symmetric},
+            "weights": {
+                "dtype": "int8",
+                "symmetric": self.weights_symmetric,
+                "per_channel_axis": self.per_channel_axis,
+            },
+        }
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+SCHEMES: dict[str, QuantScheme] = {
+    "onnxruntime": QuantScheme(
+        target="onnxruntime",
+        activations="uint8",
+        activations_symmetric=False,
+        weights_symmetric=True,
+        per_channel_axis=0,
+        tool="onnxruntime.quantization (quantize_static, QDQ)",
+        op_types=None,
+        quantize_conv_outputs=True,
+        quantize_bias=True,
+        why="x86 VNNI's fast path is uint8 x int8; int8 x int8 runs about 10x slower in ONNX "
+        "Runtime here (facts.md). Everything ONNX Runtime can run quantized is quantized, so "
+        "consecutive layers stay in INT8 without a float round trip.",
+    ),
+    "openvino": QuantScheme(
+        target="openvino",
+        activations="uint8",  # NNCF's CPU preset: unsigned after ReLU, signed where negative
+        activations_symmetric=True,
+        weights_symmetric=True,
+        per_channel_axis=0,
+        tool="nncf (ONNX backend, QuantizationPreset.PERFORMANCE, TargetDevice.CPU)",
+        op_types=None,
+        quantize_conv_outputs=True,
+        quantize_bias=False,
+        why="NNCF's own placement and preset for OpenVINO's CPU plugin (symmetric, per-channel "
+        "weights, signedness per tensor); run with the openvino backend. The in-graph box "
+        "decode (softmax over distance bins, expectation) stays in float: NNCF quantizes its "
+        "Exp/Mul/Div inputs by default, which cost the zoo detector 4 points of test AP50:95 "
+        "(0.504 against 0.537 with them in float).",
+        float_op_types=("Exp", "ReduceSum", "ReduceMax", "Sub", "Div", "Mul", "Log", "Clip"),
+    ),
+    "tensorrt": QuantScheme(
+        target="tensorrt",
+        activations="int8",
+        activations_symmetric=True,
+        weights_symmetric=True,
+        per_channel_axis=0,
+        tool="onnxruntime.quantization (quantize_static, QDQ, symmetric)",
+        op_types=("Conv",),
+        quantize_conv_outputs=False,
+        quantize_bias=False,
+        why="TensorRT's explicit quantization: int8 with zero point 0, activations per tensor, "
+        "weights per output channel (axis 0); Q/DQ in front of each convolution's input and "
+        "weight only, so TensorRT fuses conv + bias + ReLU and propagates the scales itself; "
+        "bias stays float (TensorRT quantizes it).",
+    ),
+}
+
+
+def scheme_of(target: str) -> QuantScheme:
+    """The scheme of ``target``.
+
+    Raises:
+        CompressError: unknown target, listing the choices.
+    """
+    try:
+        return SCHEMES[target]
+    except KeyError:
+        raise CompressError(
+            f"unknown INT8 target {target!r}; choose one of: {', '.join(SCHEMES)}"
+        ) from None
+
+
+# ---------------------------------------------------------------- graph checks
+
+
+def _graph_index(model):
+    """(initializers by name, producer node by output name, consumers by input name)."""
+    from onnx import numpy_helper
+
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    producer, consumers = {}, {}
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.name == "value":
+                    inits[node.output[0]] = numpy_helper.to_array(attr.t)
+        for out in node.output:
+            producer[out] = node
+        for inp in node.input:
+            consumers.setdefault(inp, []).append(node)
+    return inits, producer, consumers
+
+
+def _axis(node) -> int:
+    for attr in node.attribute:
+        if attr.name == "axis":
+            return int(attr.i)
+    return 1  # the ONNX default
+
+
+def _is_weight_dq(node, inits, producer) -> bool:
+    """A DequantizeLinear whose input is a constant (a quantized weight or bias)."""
+    return node.op_type == "DequantizeLinear" and node.input[0] in inits
+
+
+def _is_conv_weight(node, consumers) -> bool:
+    """A DequantizeLinear whose output is a convolution's weight (input 1)."""
+    return any(
+        c.op_type in ("Conv", "ConvTranspose") and len(c.input) > 1 and c.input[1] == node.output[0]
+        for c in consumers.get(node.output[0], [])
+    )
+
+
+def _qdq_nodes(model):
+    return [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+
+
+def quantized_convs(model) -> list[str]:
+    """Names of the convolutions whose weights come through a DequantizeLinear."""
+    inits, producer, _ = _graph_index(model)
+    names = []
+    for node in model.graph.node:
+        if node.op_type == "Conv" and len(node.input) > 1:
+            dq = producer.get(node.input[1])
+            if dq is not None and _is_weight_dq(dq, inits, producer):
+                names.append(node.name)
+    return names
+
+
+def scheme_problems(model, scheme: QuantScheme) -> list[str]:
+    """What in ``model`` (an onnx.ModelProto with Q/DQ nodes) differs from ``scheme``: the
+    activation and weight dtypes, weight symmetry and per-channel axis. Empty: it follows."""
+    inits, producer, consumers = _graph_index(model)
+    problems = []
+    if not _qdq_nodes(model):
+        return ["the graph has no QuantizeLinear/DequantizeLinear nodes"]
+    for node in _qdq_nodes(model):
+        zp = inits.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        dtype = "uint8" if zp is None else str(zp.dtype)  # ONNX: no zero point means uint8
+        constant = _is_weight_dq(node, inits, producer)
+        if constant and inits[node.input[0]].dtype == np.int32:  # a quantized bias
+            continue
+        if constant and not _is_conv_weight(node, consumers):
+            # another constant operand (e.g. the box decode's bin weights): quantized like the
+            # activations it is multiplied with
+            if scheme.target != "openvino" and dtype != scheme.activations:
+                problems.append(
+                    f"{node.name}: a constant operand quantized as {dtype}, the "
+                    f"{scheme.target} scheme wants {scheme.activations}"
+                )
+            continue
+        if constant:
+            weight = inits[node.input[0]]
+            if dtype != "int8":
+                problems.append(f"{node.name}: weights are {dtype}, the scheme wants int8")
+            if scheme.weights_symmetric and zp is not None and np.any(zp != 0):
+                problems.append(f"{node.name}: weight zero point not 0 (the scheme is symmetric)")
+            scale = inits.get(node.input[1])
+            # per channel: a 1-D scale, one per output channel (for a 1-channel conv, one
+            # scale of any shape is the same thing)
+            per_channel = scale is not None and (
+                (scale.ndim == 1 and scale.size == weight.shape[0])
+                or (weight.shape[0] == 1 and scale.size == 1)
+            )
+            if scheme.per_channel_axis is not None and weight.ndim == 4:
+                if not per_channel:
+                    problems.append(f"{node.name}: conv weights quantized per tensor")
+                elif _axis(node) != scheme.per_channel_axis:
+                    problems.append(
+                        f"{node.name}: per-channel axis {_axis(node)}, the scheme wants "
+                        f"{scheme.per_channel_axis}"
+                    )
+        elif node.op_type == "QuantizeLinear":
+            if scheme.target != "openvino" and dtype != scheme.activations:
+                problems.append(
+                    f"{node.name}: activations are {dtype}, the {scheme.target} scheme wants "
+                    f"{scheme.activations}"
+                )
+            if (
+                scheme.activations_symmetric
+                and zp is not None
+                and dtype == "int8"
+                and np.any(zp != 0)
+            ):
+                problems.append(
+                    f"{node.name}: activation zero point not 0 (the scheme is symmetric)"
+                )
+    return problems
+
+
+# TensorRT fuses these after a convolution; a Q/DQ pair between them breaks the fusion
+_FUSED_AFTER_CONV = ("Relu", "LeakyRelu", "Sigmoid", "Clip", "HardSigmoid", "HardSwish")
+
+
+def tensorrt_problems(model, float_layers=()) -> list[str]:
+    """Where ``model`` breaks TensorRT's explicit-quantization (Q/DQ) rules; empty: it follows.
+
+    The rules checked (TensorRT developer guide, "Explicit quantization"):
+    every Q/DQ is int8 with zero point 0; activation scales are per tensor (scalars);
+    convolution weights are quantized per output channel (scale of length C_out, axis 0) or
+    per tensor; each QuantizeLinear feeds only DequantizeLinear nodes; every convolution not
+    in ``float_layers`` takes both its input and its weight through a DequantizeLinear; no
+    Q/DQ sits between a convolution and the activation TensorRT fuses into it.
+    """
+    inits, producer, consumers = _graph_index(model)
+    problems = []
+    qdq = _qdq_nodes(model)
+    if not qdq:
+        return ["the graph has no QuantizeLinear/DequantizeLinear nodes: not an INT8 model"]
+    for node in qdq:
+        zp = inits.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        is_weight = _is_weight_dq(node, inits, producer)
+        if is_weight and inits[node.input[0]].dtype == np.int32:
+            problems.append(
+                f"{node.name}: an int32 quantized bias; TensorRT wants the bias in float"
+            )
+            continue
+        if zp is None:
+            problems.append(
+                f"{node.name}: no zero point (ONNX reads that as uint8); TensorRT needs int8"
+            )
+        elif zp.dtype != np.int8:
+            problems.append(f"{node.name}: zero point is {zp.dtype}; TensorRT needs int8")
+        elif np.any(zp != 0):
+            problems.append(f"{node.name}: zero point not 0; TensorRT quantization is symmetric")
+        scale = inits.get(node.input[1])
+        if scale is None:
+            problems.append(f"{node.name}: scale is not a constant")
+            continue
+        if is_weight and _is_conv_weight(node, consumers):
+            weight = inits[node.input[0]]
+            if scale.ndim > 0 and (
+                scale.ndim != 1 or _axis(node) != 0 or scale.size != weight.shape[0]
+            ):
+                problems.append(
+                    f"{node.name}: weight scale shape {list(scale.shape)} on axis {_axis(node)}; "
+                    f"TensorRT wants per output channel ({weight.shape[0]},) on axis 0"
+                )
+        elif not is_weight and scale.size != 1:
+            problems.append(
+                f"{node.name}: activation scale of shape {list(scale.shape)}; TensorRT wants one "
+                "scale per tensor"
+            )
+        if node.op_type == "QuantizeLinear":
+            users = [c.op_type for c in consumers.get(node.output[0], [])]
+            if any(u != "DequantizeLinear" for u in users):
+                problems.append(
+                    f"{node.name}: a QuantizeLinear feeding {users}, not only DequantizeLinear"
+                )
+            src = producer.get(node.input[0])
+            if src is not None and src.op_type == "Conv":
+                fused = [
+                    c.op_type
+                    for c in consumers.get(src.output[0], [])
+                    if c.op_type in _FUSED_AFTER_CONV
+                ]
+                if fused:
+                    problems.append(
+                        f"{node.name}: quantizes {src.name}'s output ahead of its {fused[0]}; "
+                        "TensorRT fuses conv + activation, quantize after the activation"
+                    )
+    skip = set(float_layers)
+    for node in model.graph.node:
+        if node.op_type != "Conv" or node.name in skip:
+            continue
+        x, w = (producer.get(node.input[i]) for i in (0, 1))
+        if x is None or x.op_type != "DequantizeLinear":
+            problems.append(
+                f"{node.name}: its input is not dequantized from INT8 (no Q/DQ in front)"
+            )
+        if w is None or w.op_type != "DequantizeLinear":
+            problems.append(f"{node.name}: its weight is not quantized (no DequantizeLinear)")
+    return problems
