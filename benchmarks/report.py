@@ -188,6 +188,12 @@ def tables(results: dict) -> list[tuple[str, list[str], list[list[str]]]]:
                 ", ".join(f"b{t['batch']}: {t['images_per_s']:.1f}" for t in lat["throughput"]),
                 _fmt(pl.get("p50_ms"), ".1f"),
                 _fmt(pl.get("p90_ms"), ".1f"),
+                _fmt(
+                    None
+                    if pl.get("outside_model_share_p50") is None
+                    else pl["outside_model_share_p50"] * 100,
+                    ".1f",
+                ),
             ]
         )
         if r["scenes"]:
@@ -235,6 +241,7 @@ def tables(results: dict) -> list[tuple[str, list[str], list[list[str]]]]:
                 "throughput img/s by batch",
                 "pipeline p50 ms",
                 "pipeline p90 ms",
+                "% outside model (p50)",
             ],
             rows_lat,
         ),

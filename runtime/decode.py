@@ -19,6 +19,7 @@ stride, ``cls[C]`` are class logits. The box is::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -80,19 +81,44 @@ def dense_candidates(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The boxes, scores and labels :func:`decode_dense` hands to NMS (input pixels)."""
     raw = np.asarray(raw, dtype=np.float32)
-    keep, scores, labels = _candidates(sigmoid(raw[:, 4:]), score_threshold, pre_nms_top_k)
+    rows = _rows_above(raw[:, 4:], score_threshold)
+    logits = raw[:, 4:] if rows is None else raw[rows, 4:]
+    keep, scores, labels = _candidates(sigmoid(logits), score_threshold, pre_nms_top_k)
+    if rows is not None:
+        keep = rows[keep]
     dist = np.exp(np.minimum(raw[keep, :4], MAX_LOG_DISTANCE)) * strides[keep, None]  # [K, 4]
     p = points[keep]
     boxes = np.concatenate([p - dist[:, :2], p + dist[:, 2:]], axis=1)
     return boxes, scores, labels
 
 
+# A row's score is a float32 sigmoid, off from the exact value by far less than this
+_SIGMOID_SLACK = 1e-4
+
+
+def _rows_above(logits: np.ndarray, score_threshold: float) -> np.ndarray | None:
+    """Rows [R] (ascending) whose largest logit may give a score above ``score_threshold``: a
+    superset of the rows :func:`_candidates` keeps, found on the logits before any sigmoid (most
+    grid points are background). The bound is the logit of the threshold less a slack far larger
+    than the float32 sigmoid's error, so no row that passes the exact test is dropped; the exact
+    test still runs on these rows. None: no useful bound (every row is a candidate)."""
+    low = float(score_threshold) - _SIGMOID_SLACK
+    if not 1e-20 < low < 1.0:
+        return None
+    best = logits[:, 0] if logits.shape[1] == 1 else logits.max(axis=1)
+    return np.flatnonzero(best > math.log(low / (1.0 - low)))
+
+
 def _candidates(scores_all: np.ndarray, score_threshold: float, top_k: int):
     """Rows whose best class beats the threshold (at most ``top_k``, best first kept), with that
     class's score and label per kept row."""
-    labels = scores_all.argmax(axis=1)
-    scores = scores_all[np.arange(len(labels)), labels]
-    keep = np.where(scores > score_threshold)[0]
+    if scores_all.shape[1] == 1:  # one class: argmax is 0 everywhere
+        scores = scores_all[:, 0]
+        labels = np.zeros(len(scores), np.intp)
+    else:
+        labels = scores_all.argmax(axis=1)
+        scores = scores_all[np.arange(len(labels)), labels]
+    keep = np.flatnonzero(scores > score_threshold)
     if keep.size > top_k:
         keep = keep[np.argsort(-scores[keep], kind="stable")[:top_k]]
     return keep, scores[keep], labels[keep]
@@ -138,33 +164,62 @@ class Letterbox:
         )
 
 
+def scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
+    """(height, width) resized by ``scale``, each side rounded to whole pixels (at least one)."""
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def _resize_channel(channel: np.ndarray, nh: int, nw: int) -> np.ndarray:
+    """One float32 [H, W] channel resized to [nh, nw] (PIL bilinear)."""
+    from PIL import Image
+
+    img = Image.fromarray(np.ascontiguousarray(channel), mode="F")
+    return np.asarray(img.resize((nw, nh), Image.BILINEAR))
+
+
 def resize_by(image: np.ndarray, scale: float) -> np.ndarray:
     """Resize [C, H, W] float input by ``scale`` (bilinear), each side rounded to whole pixels
     (at least one); the input is returned as it is (made contiguous) when neither side changes."""
-    from PIL import Image
-
     _, h, w = image.shape
-    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    nh, nw = scaled_size(h, w, scale)
     if (nh, nw) == (h, w):
         return np.ascontiguousarray(image)
-    return np.stack(
-        [
-            np.asarray(
-                Image.fromarray(np.ascontiguousarray(c), mode="F").resize((nw, nh), Image.BILINEAR)
-            )
-            for c in image
-        ]
-    )
+    return np.stack([_resize_channel(c, nh, nw) for c in image])
 
 
-def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
-    """Resize [C, H, W] float input so its long side is ``size`` and pad bottom/right with zeros."""
+def letterbox_shape(height: int, width: int, size: int) -> Letterbox:
+    """How a height x width image is fitted into a ``size`` square (see :func:`letterbox`)."""
+    nh, nw = scaled_size(height, width, size / max(height, width))
+    return Letterbox(height, width, nh, nw)
+
+
+def letterbox(
+    image: np.ndarray, size: int, out: np.ndarray | None = None
+) -> tuple[np.ndarray, Letterbox]:
+    """Resize [C, H, W] float input so its long side is ``size`` and pad bottom/right with zeros.
+
+    Args:
+        out: float32 [C, size, size] to write the network input into (e.g. one slot of a reused
+            batch); a new array when None.
+    """
     c, h, w = image.shape
-    resized = resize_by(image, size / max(h, w))
-    _, nh, nw = resized.shape
-    out = np.zeros((c, size, size), np.float32)
-    out[:, :nh, :nw] = resized
-    return out, Letterbox(h, w, nh, nw)
+    box = letterbox_shape(h, w, size)
+    if out is None:
+        out = np.empty((c, size, size), np.float32)
+    nh, nw = box.resized_height, box.resized_width
+    if (nh, nw) == (h, w):
+        out[:, :h, :w] = image
+    else:
+        for k in range(c):
+            out[k, :nh, :nw] = _resize_channel(image[k], nh, nw)
+    pad_letterbox(out, box)
+    return out, box
+
+
+def pad_letterbox(out: np.ndarray, box: Letterbox) -> None:
+    """Zero the padding (bottom and right of the resized image) of a network input [C, S, S]."""
+    out[:, box.resized_height :, :] = 0
+    out[:, : box.resized_height, box.resized_width :] = 0
 
 
 # ---------------------------------------------------------------- anchor-based (YOLOv3)
@@ -222,9 +277,14 @@ def yolo_candidates(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The boxes, scores and labels :func:`decode_yolo` hands to NMS (input pixels)."""
     raw = np.asarray(raw, dtype=np.float32)
+    # a score is sigmoid(obj) * sigmoid(cls) <= sigmoid(obj): rows are found on the objectness
+    rows = _rows_above(raw[:, 4:5], score_threshold)
+    sub = raw if rows is None else raw[rows]
     keep, scores, labels = _candidates(
-        sigmoid(raw[:, 4:5]) * sigmoid(raw[:, 5:]), score_threshold, pre_nms_top_k
+        sigmoid(sub[:, 4:5]) * sigmoid(sub[:, 5:]), score_threshold, pre_nms_top_k
     )
+    if rows is not None:
+        keep = rows[keep]
     r = raw[keep]
     centre = (cells[keep] + sigmoid(r[:, :2])) * strides[keep, None]
     size = anchors[keep] * np.exp(np.minimum(r[:, 2:4], MAX_LOG_DISTANCE))

@@ -14,7 +14,9 @@ tile batch (plus the scene sample for the clip range), not by the scene.
 
 from __future__ import annotations
 
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,16 +25,25 @@ import numpy as np
 from sarbridge.runtime.backends import open_backend
 from sarbridge.runtime.decode import (
     DEFAULT_DECODE,
+    Letterbox,
     decode_views,
     flip_inputs,
     get_decoder,
     letterbox,
+    letterbox_shape,
+    pad_letterbox,
     parse_flips,
 )
 from sarbridge.runtime.errors import SarbridgeError
 from sarbridge.runtime.imageio import ArrayRaster, GeoRef, Raster, open_raster
 from sarbridge.runtime.manifest import MANIFEST_NAME, load_manifest, preprocess_of
-from sarbridge.runtime.preprocess import clip_range, preprocess, scene_sample, to_single_channel
+from sarbridge.runtime.preprocess import (
+    clip_range,
+    is_eight_bit,
+    preprocess,
+    scene_sample,
+    to_single_channel,
+)
 from sarbridge.runtime.tiling import Tile, merge_tile_detections, tile_grid
 
 STAGES = ("read", "preprocess", "model", "decode", "merge")
@@ -70,7 +81,20 @@ class ScenePipeline:
     network input, :meth:`run_inputs` in batches, detections back to scene pixels, cross-tile
     merge. The deployed :class:`Detector` and the training evaluation on large scenes are both
     this pipeline; they differ only in how :meth:`run_inputs` runs the network.
+
+    ``pipelined``: read and prepare the next batch of tiles on a worker thread while
+    :meth:`run_inputs` runs the current one (two batches of inputs in memory instead of one).
+    Worth it where the network runs on a device (GPU, NPU) or on other cores than the host work
+    and releases the GIL; the detections are the same either way. The stage timings then
+    overlap: read and preprocess run during model.
+
+    Tiles are preprocessed and letterboxed straight into the batch array :meth:`run_inputs`
+    gets. A subclass whose :meth:`run_inputs` does not keep that array past its return sets
+    ``reuse_inputs``: the batch arrays are then kept (per thread) and filled again for every
+    batch and scene, instead of fresh memory (and its page faults) each time.
     """
+
+    reuse_inputs = False
 
     def __init__(
         self,
@@ -83,6 +107,7 @@ class ScenePipeline:
         batch_size: int = 8,
         vote_iou: float | None = None,
         flips=(),
+        pipelined: bool = False,
     ):
         self.params, self.input_size = params, int(input_size)
         self.tile_size, self.overlap = int(tile_size), float(overlap)
@@ -90,6 +115,8 @@ class ScenePipeline:
         self.vote_iou = None if vote_iou is None else float(vote_iou)  # box voting after NMS
         self.flips = parse_flips(flips)  # test-time flips, merged with the plain view before NMS
         self.batch_size = max(1, int(batch_size))
+        self.pipelined = bool(pipelined)
+        self._local = threading.local()  # this thread's reused batch arrays (reuse_inputs)
 
     def run_inputs(self, inputs: np.ndarray, timings: dict | None = None) -> list:
         """Network inputs [B, C, S, S] -> per input (boxes, scores, labels) in input pixels."""
@@ -139,6 +166,13 @@ class ScenePipeline:
             t1 = time.perf_counter()
             timings["read"] += t1 - t0
             lo_hi = clip_range(to_single_channel(whole, raster.path), self.params, raster.path)
+        elif (
+            raster.channels == 1
+            and is_eight_bit(raster.dtype)
+            and self.params.eight_bit_passthrough
+        ):
+            t1 = t0
+            lo_hi = (0.0, 255.0)  # what clip_range gives any 8-bit sample: no scene pass needed
         else:
             sample = scene_sample(raster)
             t1 = time.perf_counter()
@@ -147,30 +181,31 @@ class ScenePipeline:
             del sample
         timings["preprocess"] += time.perf_counter() - t1
 
+        batches = [tiles[i : i + self.batch_size] for i in range(0, len(tiles), self.batch_size)]
+        pipelined = self.pipelined and len(batches) > 1
+        buffers = self._input_buffers(2 if pipelined else 1, len(batches[0]))
+
+        def prepare(i, stage_times):
+            out = None if buffers is None else buffers[i % len(buffers)][: len(batches[i])]
+            return self._prepare_batch(raster, whole, batches[i], lo_hi, stage_times, out)
+
         per_tile = []
-        for start in range(0, len(tiles), self.batch_size):
-            batch_tiles = tiles[start : start + self.batch_size]
-            inputs, boxes_back = [], []
-            for tile in batch_tiles:
-                t0 = time.perf_counter()
-                pixels = (
-                    whole if whole is not None else raster.read(tile.y0, tile.x0, tile.h, tile.w)
-                )
-                t1 = time.perf_counter()
-                x = preprocess(pixels, self.params, lo_hi, raster.path)
-                x, box = letterbox(x, self.input_size)
-                inputs.append(x)
-                boxes_back.append(box)
-                timings["read"] += t1 - t0
-                timings["preprocess"] += time.perf_counter() - t1
-            dets = self.run_inputs(np.stack(inputs), timings)
-            t0 = time.perf_counter()
-            per_tile.extend(
-                (lb.to_image(b), s, lab) for (b, s, lab), lb in zip(dets, boxes_back, strict=True)
-            )
-            timings["decode"] += time.perf_counter() - t0
-            if progress is not None:
-                progress.update(len(batch_tiles))
+        if pipelined:
+            # the worker prepares batch i + 1 (into the other buffer) while the network runs batch i
+            worker_times = dict.fromkeys(STAGES, 0.0)
+            with ThreadPoolExecutor(1, thread_name_prefix="sarbridge-tiles") as pool:
+                pending = pool.submit(prepare, 0, worker_times)
+                for i in range(len(batches)):
+                    inputs, boxes_back = pending.result()
+                    if i + 1 < len(batches):
+                        pending = pool.submit(prepare, i + 1, worker_times)
+                    self._run_batch(inputs, boxes_back, per_tile, timings, progress)
+            for stage in ("read", "preprocess"):
+                timings[stage] += worker_times[stage]
+        else:
+            for i in range(len(batches)):
+                inputs, boxes_back = prepare(i, timings)
+                self._run_batch(inputs, boxes_back, per_tile, timings, progress)
         t0 = time.perf_counter()
         if len(tiles) == 1:
             boxes, scores, labels = per_tile[0]
@@ -198,6 +233,78 @@ class ScenePipeline:
             timings,
         )
 
+    def _input_buffers(self, count: int, batch: int) -> list[np.ndarray] | None:
+        """``count`` batch arrays [B >= batch, C, S, S] kept by this thread (None unless
+        ``reuse_inputs``): made once, filled again for every batch."""
+        if not self.reuse_inputs:
+            return None
+        shape = (
+            max(batch, self.batch_size),
+            self.params.channels,
+            self.input_size,
+            self.input_size,
+        )
+        kept = getattr(self._local, "inputs", [])
+        kept = [b for b in kept if b.shape == shape]
+        while len(kept) < count:
+            kept.append(np.empty(shape, np.float32))
+        self._local.inputs = kept
+        return kept[:count]
+
+    def _prepare_batch(
+        self, raster: Raster, whole, tiles: list[Tile], lo_hi, timings: dict, out=None
+    ) -> tuple[np.ndarray, list[Letterbox]]:
+        """Network inputs [B, C, S, S] of ``tiles`` (read, preprocessed and letterboxed straight
+        into ``out``, or into a new batch array), and how each tile was fitted into its input."""
+        size = self.input_size
+        inputs = (
+            np.empty((len(tiles), self.params.channels, size, size), np.float32)
+            if out is None
+            else out
+        )
+        boxes_back = []
+        for k, tile in enumerate(tiles):
+            t0 = time.perf_counter()
+            pixels = whole if whole is not None else raster.read(tile.y0, tile.x0, tile.h, tile.w)
+            t1 = time.perf_counter()
+            boxes_back.append(self._fit(pixels, lo_hi, raster.path, inputs[k]))
+            timings["read"] += t1 - t0
+            timings["preprocess"] += time.perf_counter() - t1
+        return inputs, boxes_back
+
+    def _fit(self, pixels: np.ndarray, lo_hi, path, out: np.ndarray) -> Letterbox:
+        """Preprocess ``pixels`` and letterbox them into the network input ``out`` [C, S, S]:
+        a tile that needs no resizing is preprocessed in place, into the input's corner."""
+        h, w = pixels.shape[:2]
+        box = letterbox_shape(h, w, self.input_size)
+        if (box.resized_height, box.resized_width) == (h, w):
+            preprocess(pixels, self.params, lo_hi, path, out=out[:, :h, :w])
+            pad_letterbox(out, box)
+        else:
+            letterbox(preprocess(pixels, self.params, lo_hi, path), self.input_size, out=out)
+        return box
+
+    def _run_batch(self, inputs, boxes_back, per_tile: list, timings: dict, progress) -> None:
+        """The network and decode on one batch; detections back to tile pixels onto ``per_tile``."""
+        dets = self.run_inputs(inputs, timings)
+        t0 = time.perf_counter()
+        per_tile.extend(
+            (lb.to_image(b), s, lab) for (b, s, lab), lb in zip(dets, boxes_back, strict=True)
+        )
+        timings["decode"] += time.perf_counter() - t0
+        if progress is not None:
+            progress.update(len(boxes_back))
+
+
+def runs_on_device(backend) -> bool:
+    """True when ``backend`` runs the network on a device (GPU, NPU) rather than the host CPU:
+    its first onnxruntime provider is not the CPU one, or its OpenVINO device is not ``CPU``."""
+    providers = getattr(backend, "providers", None)
+    if providers:
+        return providers[0] != "CPUExecutionProvider"
+    device = getattr(backend, "device", None)
+    return isinstance(device, str) and not device.upper().startswith("CPU")
+
 
 class Detector(ScenePipeline):
     """An exported detection artifact loaded on a backend.
@@ -211,8 +318,13 @@ class Detector(ScenePipeline):
         tta_flips: overrides the manifest's test-time flips (``postprocessing.tta_flips``):
             ``()``/``"off"`` for none, else names among ``"h"``, ``"v"``, ``"hv"``; each flip
             is one more network run per tile, merged with the plain view before NMS.
+        pipelined: prepare the next batch of tiles while the backend runs the current one (see
+            :class:`ScenePipeline`); None (default): when the backend runs on a device (an
+            onnxruntime GPU/TensorRT provider, an OpenVINO GPU/NPU), not on the host's CPU.
         backend_options: passed to the backend (``providers``, ``threads``).
     """
+
+    reuse_inputs = True  # run_inputs hands the batch to the backend and keeps nothing
 
     def __init__(
         self,
@@ -222,6 +334,7 @@ class Detector(ScenePipeline):
         batch_size: int = 8,
         score_threshold: float | None = None,
         tta_flips=None,
+        pipelined: bool | None = None,
         **backend_options,
     ):
         if manifest["task"] != "detect":
@@ -282,6 +395,7 @@ class Detector(ScenePipeline):
         )
         cap = self.backend.max_batch
         self.batch_size = max(1, min(self.batch_size, cap) if cap else self.batch_size)
+        self.pipelined = runs_on_device(self.backend) if pipelined is None else bool(pipelined)
 
     @classmethod
     def from_artifact(cls, path: str | Path, backend: str = "onnxruntime", **kwargs) -> Detector:

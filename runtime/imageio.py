@@ -162,15 +162,16 @@ class ArrayRaster(Raster):
         return self._array[y0 : y0 + h, x0 : x0 + w]
 
 
-def _grey_bands(img) -> bool:
-    """True when the colour bands of a PIL image are identical (compared in C, no copies)."""
+def _grey_band(img):
+    """The first colour band of a PIL image when its colour bands are identical (alpha ignored;
+    compared in C, no numpy copies), else None."""
     from PIL import ImageChops
 
-    colour = [b for b in img.getbands() if b != "A"]
-    first = img.getchannel(colour[0])
-    return all(
-        ImageChops.difference(first, img.getchannel(b)).getbbox() is None for b in colour[1:]
-    )
+    colour = [band for name, band in zip(img.getbands(), img.split(), strict=True) if name != "A"]
+    first = colour[0]
+    if all(ImageChops.difference(first, band).getbbox() is None for band in colour[1:]):
+        return first
+    return None
 
 
 def _pil_to_array(path: Path) -> np.ndarray:
@@ -190,8 +191,8 @@ def _pil_to_array(path: Path) -> np.ndarray:
                 arr = np.array(img, dtype=np.uint16)
             elif mode == "CMYK":
                 arr = np.asarray(img.convert("RGB"))
-            elif mode in ("RGB", "RGBA", "LA") and _grey_bands(img):
-                arr = np.asarray(img.getchannel(0))  # a grey quick-look: one band, alpha dropped
+            elif mode in ("RGB", "RGBA", "LA") and (grey := _grey_band(img)) is not None:
+                arr = np.asarray(grey)  # a grey quick-look: one band, alpha dropped
                 mode = "L"
             else:
                 arr = np.asarray(img)

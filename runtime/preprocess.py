@@ -125,17 +125,30 @@ def is_eight_bit(dtype) -> bool:
     return np.dtype(dtype) == np.uint8
 
 
-def _linear_to_db(values: np.ndarray, input_kind: str) -> np.ndarray:
-    values = np.maximum(values.astype(np.float32, copy=False), _EPS)
-    factor = 20.0 if input_kind == "amplitude" else 10.0
-    return factor * np.log10(values)
+def _linear_to_db(values: np.ndarray, input_kind: str, out: np.ndarray | None = None) -> np.ndarray:
+    """``20 log10`` (amplitude) or ``10 log10`` (intensity) of values floored at ``_EPS``, float32,
+    computed in one buffer (``out``, float32 of the values' shape, or a new array)."""
+    if out is None:
+        out = np.empty(values.shape, np.float32)
+    if out is not values:
+        out[...] = values  # the float32 cast (as astype)
+    np.maximum(out, _EPS, out=out)
+    np.log10(out, out=out)
+    return np.multiply(out, 20.0 if input_kind == "amplitude" else 10.0, out=out)
 
 
-def _radiometric(values: np.ndarray, params: SarPreprocess) -> np.ndarray:
-    """dB conversion (when asked) of non-8-bit values, float32."""
+def _radiometric(
+    values: np.ndarray, params: SarPreprocess, out: np.ndarray | None = None
+) -> np.ndarray:
+    """dB conversion (when asked) of non-8-bit values, float32. With ``out`` (float32, the values'
+    shape) the result is written there; without, linear float32 values may come back as they are
+    (not a copy)."""
     if params.to_db and params.input_kind != "db":
-        return _linear_to_db(values, params.input_kind)
-    return values.astype(np.float32, copy=False)
+        return _linear_to_db(values, params.input_kind, out)
+    if out is None:
+        return values.astype(np.float32, copy=False)
+    out[...] = values
+    return out
 
 
 def clip_range(
@@ -174,7 +187,11 @@ def clip_range(
 
 
 def preprocess(
-    image: np.ndarray, params: SarPreprocess, lo_hi: tuple[float, float] | None = None, path=None
+    image: np.ndarray,
+    params: SarPreprocess,
+    lo_hi: tuple[float, float] | None = None,
+    path=None,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Turn SAR pixels into network input.
 
@@ -184,25 +201,35 @@ def preprocess(
         lo_hi: the scene's clip range from :func:`clip_range`; computed from
             ``image`` itself when None (fine for chips, wrong for tiles of a
             larger scene).
+        out: float32 [C, H, W] to write the result into (it may be a view, e.g. the top-left
+            corner of a network input); a new array when None. Every step runs in this one
+            buffer, so no temporary image is made.
 
     Returns:
-        float32 [C, H, W] with C = ``params.channels``.
+        float32 [C, H, W] with C = ``params.channels`` (``out`` when given).
     """
     band = to_single_channel(image, path)
     if lo_hi is None:
         lo_hi = clip_range(band, params, path)
     lo, hi = lo_hi
+    shape = (params.channels, *band.shape)
+    if out is None:
+        out = np.empty(shape, np.float32)
+    elif out.shape != shape or out.dtype != np.float32:
+        raise ValueError(f"out is {out.dtype} {out.shape}; this image needs float32 {shape}")
+    x = out[0]
     if is_eight_bit(band.dtype) and params.eight_bit_passthrough:
-        x = band.astype(np.float32) * np.float32(1.0 / 255.0)
+        np.multiply(band, np.float32(1.0 / 255.0), out=x, dtype=np.float32)
     else:
-        x = _radiometric(band, params)
-        x = (np.clip(x, lo, hi) - np.float32(lo)) * np.float32(1.0 / (hi - lo))
+        _radiometric(band, params, out=x)
+        np.clip(x, lo, hi, out=x)
+        np.subtract(x, np.float32(lo), out=x)
+        np.multiply(x, np.float32(1.0 / (hi - lo)), out=x)
     if params.mean != 0.0 or params.std != 1.0:
-        x = (x - np.float32(params.mean)) * np.float32(1.0 / params.std)
-    x = x[None]  # [1, H, W]
-    if params.channels == 3:
-        x = np.repeat(x, 3, axis=0)  # [3, H, W]
-    return np.ascontiguousarray(x, dtype=np.float32)
+        np.subtract(x, np.float32(params.mean), out=x)
+        np.multiply(x, np.float32(1.0 / params.std), out=x)
+    out[1:] = x  # the single band replicated to the network's channels
+    return out
 
 
 def scene_sample(raster, max_side: int = 2048) -> np.ndarray:
