@@ -28,7 +28,7 @@ from sarbridge.runtime.manifest import load_manifest, save_manifest
 
 from .targets import SCHEMES, CompressError, scheme_of
 
-METHODS = ("int8", "fp16")
+METHODS = ("int8", "qat", "fp16")
 TOOL_PACKAGES = (
     "sarbridge",
     "torch",
@@ -146,7 +146,8 @@ def _guard_records(train, val, calibration_items, count: int, seed: int, root):
     """The run's validation records; a run without validation (trained on every train
     image) is guarded on train images the calibration did not read."""
     if val:
-        return val[:count] if count else val, "val"
+        order = np.random.default_rng(seed + 1).permutation(len(val))[:count]
+        return [val[i] for i in sorted(order)], "val"
     from .calibration import _relative
 
     used = {item.rsplit("#", 1)[0] for item in calibration_items}
@@ -174,6 +175,10 @@ def compress(
     name: str | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    epochs: int = 2,
+    lr: float = 1e-4,
+    runs_dir: str | Path = "runs",
+    resume: bool = False,
 ) -> dict:
     """Compress the detector ``source`` (a run folder, checkpoint or ``zoo:<name>``) with
     ``method`` into the artifact folder ``out``; returns its manifest.
@@ -193,6 +198,7 @@ def compress(
         raise CompressError("--calibration-images and --guard-images must be at least 1")
     out = Path(out)
     _check_out(out, overwrite)
+    _require_packages(method, target)
     if method == "qat":
         from .qat import compress_qat
 
@@ -208,10 +214,13 @@ def compress(
             name=name,
             overwrite=overwrite,
             progress=progress,
+            epochs=epochs,
+            lr=lr,
+            runs_dir=runs_dir,
+            resume=resume,
         )
     loaded = _load_detector_source(source)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.work.", dir=out.parent))
+    work = Path(tempfile.mkdtemp(prefix=f"sarbridge-{method}-"))
     try:
         from sarbridge.export.onnx_export import export_run
 
@@ -243,6 +252,23 @@ def compress(
         shutil.rmtree(work, ignore_errors=True)
 
 
+def _require_packages(method: str, target: str) -> None:
+    """Fail before any work when a package the method or target needs is missing."""
+    import importlib.util
+
+    needed = ["torch", "onnx", "onnxruntime", "onnxslim"]
+    if method == "qat" or (method == "int8" and target == "openvino"):
+        needed.append("nncf")
+    if method in ("int8", "qat") and target == "openvino":
+        needed.append("openvino")
+    missing = [m for m in needed if importlib.util.find_spec(m) is None]
+    if missing:
+        raise CompressError(
+            f"--method {method} --target {target} needs {', '.join(missing)}: "
+            "pip install 'sarbridge[train,export,compress]'"
+        )
+
+
 def _sets(loaded):
     from sarbridge.train.data.detection import split_records
 
@@ -267,11 +293,9 @@ def _int8(
     threads,
     name,
     progress,
-    qat_step=None,
 ) -> dict:
     from .calibration import collect_inputs
     from .ptq import Quantizer, guarded_quantize, prepare
-    from .targets import scheme_problems, tensorrt_problems
 
     scheme = SCHEMES[target]
     backend = "openvino" if target == "openvino" else "onnxruntime"
@@ -317,84 +341,130 @@ def _int8(
     finally:
         shutil.rmtree(quantizer.workdir, ignore_errors=True)
 
+    return _finish_int8(
+        parent, parent_dir, result.model, out, ds, train, val, test, cal, target=target,
+        guard_images=guard_images, seed=seed, max_ap_drop=max_ap_drop, threads=threads,
+        name=name, progress=progress, kind="ptq", lineage_extra=[],
+        method_note=quantizer.method, guard_result=(guard, guard_split, baseline, result),
+    )  # fmt: skip
+
+
+def _finish_int8(
+    parent, parent_dir, model_path, out, ds, train, val, test, cal, *, target, guard_images,
+    seed, max_ap_drop, threads, name, progress, kind, lineage_extra, method_note,
+    guard_result=None, step_parent=None,
+) -> dict:  # fmt: skip
+    """Scheme check, guard (measured here when ``guard_result`` is None: a QAT model), the test
+    split once, manifest and artifact; shared by post-training INT8 and QAT."""
     import onnx
 
-    model = onnx.load(str(result.model))
+    from .targets import scheme_problems, tensorrt_problems
+
+    scheme = SCHEMES[target]
+    backend = "openvino" if target == "openvino" else "onnxruntime"
+    if guard_result is None:
+        guard, guard_split = _guard_records(train, val, cal.items, guard_images, seed, ds.root)
+        baseline = score(parent, parent_dir, guard, ds.classes, backend, threads, "guard",
+                         progress).AP50  # fmt: skip
+        metric = score(_with_model(parent, model_path, "int8"), model_path.parent, guard,
+                       ds.classes, backend, threads, "guard", progress).AP50  # fmt: skip
+        print(f"    guard ({len(guard)} {guard_split} images, {backend}): AP50 FP32 "
+              f"{baseline:.4f}, INT8 {metric:.4f} (drop {baseline - metric:+.4f}, budget "
+              f"{max_ap_drop})")  # fmt: skip
+        if baseline - metric > max_ap_drop:
+            raise CompressError(
+                f"the {kind.upper()} model misses the accuracy budget: guard AP50 drop "
+                f"{baseline - metric:.4f} > {max_ap_drop}; nothing was written (train longer, "
+                "or try --method int8, whose guard can keep layers in float)"
+            )
+        float_layers, tried = [], [{"float_layers": 0, "metric": metric, "drop": baseline - metric}]
+    else:
+        guard, guard_split, baseline, result = guard_result
+        metric, float_layers, tried = result.metric, result.float_layers, result.tried
+
+    model = onnx.load(str(model_path))
     problems = scheme_problems(model, scheme)
+    from .targets import quantized_convs
+
+    still = sorted(set(float_layers) & set(quantized_convs(model)))
+    if still:
+        problems.append(f"layers meant to stay in float are quantized: {still}")
     if target == "tensorrt":
-        problems += tensorrt_problems(model, result.float_layers)
+        problems += tensorrt_problems(model, float_layers)
     if problems:
         raise CompressError(
             f"the INT8 graph does not follow the {target} scheme ({len(problems)} problem(s), "
             f"e.g. {problems[0]}); nothing was written"
         )
 
+    fp32_path = parent_dir / parent["model"]["file"]
     print(f"[4] the test split, scored once: {len(test)} images, FP32 parent and INT8 ({backend})")
-    child = _with_model(parent, result.model, "int8")
+    child = _with_model(parent, model_path, "int8")
     before = score(parent, parent_dir, test, ds.classes, backend, threads, "test FP32", progress)
     after = score(
-        child, result.model.parent, test, ds.classes, backend, threads, "test INT8", progress
+        child, model_path.parent, test, ds.classes, backend, threads, "test INT8", progress
     )
-    size_before, size_after = fp32_path.stat().st_size, result.model.stat().st_size
+    size_before, size_after = fp32_path.stat().st_size, model_path.stat().st_size
     quantization = {
         **scheme.manifest_block(),
-        "tool": scheme.tool,
+        "tool": scheme.tool if kind == "ptq" else "nncf (torch QAT) + Q/DQ export",
         "calibration": {
             "split": cal.split,
             "images": len(cal.items),
             "list_sha256": cal.list_sha256,
-            "method": quantizer.method,
+            "method": method_note,
         },
-        "float_layers": result.float_layers,
+        "float_layers": list(float_layers),
         "guard": {
             "metric": "AP50",
             "split": guard_split,
             "images": len(guard),
             "max_drop": float(max_ap_drop),
             "parent": float(baseline),
-            "quantized": float(result.metric),
-            "tried": result.tried,
+            "quantized": float(metric),
+            "tried": tried,
         },
     }
     metrics = {
         **after.as_metrics("test_"),
         **before.as_metrics("parent_test_"),
-        "guard_AP50": float(result.metric),
+        "guard_AP50": float(metric),
         "parent_guard_AP50": float(baseline),
         "model_bytes": float(size_after),
         "parent_model_bytes": float(size_before),
-        "float_layers": float(len(result.float_layers)),
+        "float_layers": float(len(float_layers)),
     }
     accuracy_note = (
-        "INT8 for TensorRT, scored by running the same Q/DQ graph in ONNX Runtime on the CPU "
-        "(the same integer arithmetic; TensorRT itself cannot run here)"
+        "INT8 for TensorRT, scored by running its Q/DQ graph in ONNX Runtime on the CPU "
+        "(quantize-dequantize around float convolutions; TensorRT, not installable here, "
+        "fuses the same Q/DQ into INT8 kernels that may round slightly differently)"
         if target == "tensorrt"
         else f"scored with the {backend} backend through the deployed pipeline"
     )
     step = {
         "target": target,
         "scheme": quantization["scheme"],
-        "tool": scheme.tool,
+        "tool": quantization["tool"],
         "calibration_images": len(cal.items),
         "calibration_list_sha256": cal.list_sha256,
         "seed": int(seed),
-        "float_layers": result.float_layers,
+        "float_layers": list(float_layers),
         "accuracy_note": accuracy_note,
     }
     manifest = _child_manifest(
         parent,
         parent_dir,
-        result.model,
-        "int8",
+        model_path,
+        "mixed" if float_layers else "int8",
         name or out.name,
-        "qat" if qat_step else "ptq",
+        "export" if kind == "qat" else kind,
         metrics,
         step,
         quantization=quantization,
-        extra_lineage=[qat_step] if qat_step else [],
+        extra_lineage=lineage_extra,
+        step_parent=step_parent,
     )
-    files = {"model.onnx": result.model}
-    tmp = _write_artifact(manifest, files, out, cal)
+    tmp = _write_artifact(manifest, {"model.onnx": model_path}, out, cal)
     _publish(tmp, out)
     _print_summary(out, manifest, before, after, size_before, size_after, accuracy_note)
     return manifest
@@ -411,6 +481,7 @@ def _child_manifest(
     step,
     quantization=None,
     extra_lineage=(),
+    step_parent=None,
 ) -> dict:
     from sarbridge.runtime.manifest import SCHEMA_VERSION
     from sarbridge.train.checkpoint import lineage_step
@@ -422,7 +493,7 @@ def _child_manifest(
     m["precision"] = precision
     if quantization is not None:
         m["quantization"] = quantization
-    parent_ref = {"name": parent["name"], "sha256": parent["model"]["sha256"]}
+    parent_ref = step_parent or {"name": parent["name"], "sha256": parent["model"]["sha256"]}
     m["lineage"] = [
         *parent["lineage"],
         *extra_lineage,
@@ -436,6 +507,7 @@ def _child_manifest(
 
 
 def _write_artifact(manifest: dict, files: dict[str, Path], out: Path, cal=None) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         for fname, src in files.items():

@@ -58,12 +58,17 @@ class CalibrationSet:
     split: str
     skipped: list[str]
 
+    def list_bytes(self) -> bytes:
+        """The list as written to calibration.txt: one ``path#tile`` per line."""
+        return ("\n".join(self.items) + "\n").encode()
+
     @property
     def list_sha256(self) -> str:
-        return hashlib.sha256("\n".join(self.items).encode()).hexdigest()
+        """sha256 of calibration.txt (``sha256sum calibration.txt`` gives the same)."""
+        return hashlib.sha256(self.list_bytes()).hexdigest()
 
     def write_list(self, path: Path) -> None:
-        path.write_text("\n".join(self.items) + "\n")
+        path.write_bytes(self.list_bytes())
 
 
 def _relative(path: Path, root: Path | None) -> str:

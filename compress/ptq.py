@@ -112,10 +112,18 @@ class Quantizer:
     """Quantizes one prepared FP32 graph for one scheme; ``quantize(out, exclude)`` may be
     called many times (calibration runs once)."""
 
-    def __init__(self, prepared: Path, scheme: QuantScheme, inputs: np.ndarray, input_name: str):
+    def __init__(
+        self,
+        prepared: Path,
+        scheme: QuantScheme,
+        inputs: np.ndarray,
+        input_name: str,
+        workdir: Path | None = None,
+    ):
         self.prepared, self.scheme = Path(prepared), scheme
         self.inputs, self.input_name = inputs, input_name
-        self.workdir = Path(tempfile.mkdtemp(prefix="sarbridge-ptq-"))
+        # the caller's work folder (removed with it), else a temporary one under it
+        self.workdir = Path(tempfile.mkdtemp(prefix="ptq-", dir=workdir or self.prepared.parent))
         self.cache = self.workdir / "calibration_ranges.json"
         self.activations = conv_activations(self.prepared)
         self.method = (
@@ -128,9 +136,20 @@ class Quantizer:
         """Write the INT8 graph to ``out`` with the convolutions in ``exclude`` kept in float
         (``only``: quantize just these nodes, for the sensitivity ranking)."""
         exclude = [a for name in exclude for a in (name, *self.activations.get(name, ()))]
-        if self.scheme.tool.startswith("nncf"):
-            return self._nncf(out, exclude)
-        return self._onnxruntime(out, exclude, only)
+        try:
+            if self.scheme.tool.startswith("nncf"):
+                return self._nncf(out, exclude)
+            return self._onnxruntime(out, exclude, only)
+        except ImportError as exc:
+            raise CompressError(
+                f"INT8 for {self.scheme.target} needs the {exc.name!r} package: "
+                "pip install 'sarbridge[compress]'"
+            ) from exc
+        except (RuntimeError, ValueError, TypeError, KeyError, OSError) as exc:
+            raise CompressError(
+                f"{self.prepared}: {self.scheme.tool} failed to quantize the model "
+                f"({type(exc).__name__}: {exc})"
+            ) from exc
 
     def _onnxruntime(self, out: Path, exclude, only) -> Path:
         from onnxruntime.quantization import (
@@ -278,25 +297,31 @@ def guarded_quantize(
         )
         return path, value
 
-    path, value = attempt([])
-    ranking = None
     excluded: list[str] = []
-    if baseline - value > max_drop:
-        ranking = layer_sensitivity(quantizer, probe, threads, progress)
-        limit = max(1, math.ceil(len(ranking) * max_float_fraction))
-        k = 1
-        while baseline - value > max_drop:
-            if k > limit:
-                steps = ", ".join(f"{t['float_layers']} float: drop {t['drop']:.4f}" for t in tried)
-                raise CompressError(
-                    f"INT8 misses the accuracy budget (drop <= {max_drop}) with up to {limit} of "
-                    f"{len(ranking)} convolutions kept in float ({steps}); nothing was written. "
-                    "Try --method qat, more calibration images, or a larger --max-ap-drop"
-                )
-            excluded = [name for name, _ in ranking[:k]]
-            path, value = attempt(excluded)
-            k *= 2
-    os.replace(path, out)
-    for stale in out.parent.glob(f"{out.stem}.float*{out.suffix}"):
-        stale.unlink()
+    try:
+        path, value = attempt([])
+        ranking = None
+        if baseline - value > max_drop:
+            ranking = layer_sensitivity(quantizer, probe, threads, progress)
+            limit = max(1, math.ceil(len(ranking) * max_float_fraction))
+            k = 1
+            while baseline - value > max_drop:
+                if k > limit and len(excluded) < limit:
+                    k = limit  # the last attempt: exactly the limit
+                if k > limit:
+                    steps = ", ".join(
+                        f"{t['float_layers']} float: drop {t['drop']:.4f}" for t in tried
+                    )
+                    raise CompressError(
+                        f"INT8 misses the accuracy budget (drop <= {max_drop}) with up to {limit} of "
+                        f"{len(ranking)} convolutions kept in float ({steps}); nothing was written. "
+                        "Try --method qat, more calibration images, or a larger --max-ap-drop"
+                    )
+                excluded = [name for name, _ in ranking[:k]]
+                path, value = attempt(excluded)
+                k *= 2
+        os.replace(path, out)
+    finally:
+        for stale in out.parent.glob(f"{out.stem}.float*{out.suffix}"):
+            stale.unlink()
     return GuardResult(out, excluded, baseline, value, tried, ranking)

@@ -149,17 +149,65 @@ def _axis(node) -> int:
     return 1  # the ONNX default
 
 
-def _is_weight_dq(node, inits, producer) -> bool:
-    """A DequantizeLinear whose input is a constant (a quantized weight or bias)."""
-    return node.op_type == "DequantizeLinear" and node.input[0] in inits
+_WEIGHT_SLOTS = {"Conv": 0, "ConvTranspose": 1, "Gemm": 0, "MatMul": 1}  # op -> out-channel axis
 
 
-def _is_conv_weight(node, consumers) -> bool:
-    """A DequantizeLinear whose output is a convolution's weight (input 1)."""
-    return any(
-        c.op_type in ("Conv", "ConvTranspose") and len(c.input) > 1 and c.input[1] == node.output[0]
-        for c in consumers.get(node.output[0], [])
-    )
+class _Graph:
+    """Producers, consumers and constants of a graph, and what each Q/DQ node quantizes."""
+
+    def __init__(self, model):
+        self.inits, self.producer, self.consumers = _graph_index(model)
+
+    def weight_user(self, tensor: str):
+        """The op (Conv, ConvTranspose, Gemm, MatMul) taking ``tensor`` as its weight, or None."""
+        for c in self.consumers.get(tensor, []):
+            if c.op_type in _WEIGHT_SLOTS and len(c.input) > 1 and c.input[1] == tensor:
+                return c
+        return None
+
+    def constant_source(self, node):
+        """The constant a Q/DQ node quantizes (a Q on a constant, a DQ on an integer constant or
+        on such a Q), else None."""
+        src = node.input[0]
+        if src in self.inits:
+            return self.inits[src]
+        q = self.producer.get(src)
+        if node.op_type == "DequantizeLinear" and q is not None and q.op_type == "QuantizeLinear":
+            return self.inits.get(q.input[0])
+        return None
+
+    def kind(self, node) -> tuple[str, object]:
+        """("bias" | "weight" | "constant" | "activation", the op using the weight)."""
+        const = self.constant_source(node)
+        if const is None:
+            return "activation", None
+        if node.op_type == "DequantizeLinear" and const.dtype == np.int32:
+            return "bias", None
+        out = node.output[0]
+        if node.op_type == "QuantizeLinear":  # its DequantizeLinear feeds the op
+            dqs = self.consumers.get(out, [])
+            out = dqs[0].output[0] if dqs else out
+        user = self.weight_user(out)
+        return ("weight", user) if user is not None else ("constant", None)
+
+    def zero_point(self, node):
+        return self.inits.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+
+    def weight_scale_problem(self, node, user, weight) -> str | None:
+        """None when the weight scale is per tensor or one per output channel on the right axis."""
+        scale = self.inits.get(node.input[1])
+        if scale is None:
+            return f"{node.name}: the weight scale is not a constant"
+        axis = _WEIGHT_SLOTS[user.op_type]
+        channels = weight.shape[axis] if weight.ndim > axis else 1
+        if scale.size == 1:
+            return None
+        if scale.ndim == 1 and scale.size == channels and _axis(node) == axis:
+            return None
+        return (
+            f"{node.name}: weight scale of shape {list(scale.shape)} on axis {_axis(node)}; "
+            f"one per output channel ({channels},) on axis {axis} or one per tensor is wanted"
+        )
 
 
 def _qdq_nodes(model):
@@ -168,74 +216,64 @@ def _qdq_nodes(model):
 
 def quantized_convs(model) -> list[str]:
     """Names of the convolutions whose weights come through a DequantizeLinear."""
-    inits, producer, _ = _graph_index(model)
+    g = _Graph(model)
     names = []
     for node in model.graph.node:
         if node.op_type == "Conv" and len(node.input) > 1:
-            dq = producer.get(node.input[1])
-            if dq is not None and _is_weight_dq(dq, inits, producer):
+            dq = g.producer.get(node.input[1])
+            if (
+                dq is not None
+                and dq.op_type == "DequantizeLinear"
+                and g.constant_source(dq) is not None
+            ):
                 names.append(node.name)
     return names
 
 
 def scheme_problems(model, scheme: QuantScheme) -> list[str]:
-    """What in ``model`` (an onnx.ModelProto with Q/DQ nodes) differs from ``scheme``: the
-    activation and weight dtypes, weight symmetry and per-channel axis. Empty: it follows."""
-    inits, producer, consumers = _graph_index(model)
+    """What in ``model`` (an onnx.ModelProto with Q/DQ nodes) differs from ``scheme``: weight
+    dtype, symmetry and per-channel axis; activation dtype and symmetry (not for ``openvino``,
+    whose preset picks the signedness per tensor). Empty: it follows."""
+    g = _Graph(model)
     problems = []
     if not _qdq_nodes(model):
         return ["the graph has no QuantizeLinear/DequantizeLinear nodes"]
     for node in _qdq_nodes(model):
-        zp = inits.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        kind, user = g.kind(node)
+        zp = g.zero_point(node)
         dtype = "uint8" if zp is None else str(zp.dtype)  # ONNX: no zero point means uint8
-        constant = _is_weight_dq(node, inits, producer)
-        if constant and inits[node.input[0]].dtype == np.int32:  # a quantized bias
+        if kind == "bias":
             continue
-        if constant and not _is_conv_weight(node, consumers):
-            # another constant operand (e.g. the box decode's bin weights): quantized like the
-            # activations it is multiplied with
-            if scheme.target != "openvino" and dtype != scheme.activations:
-                problems.append(
-                    f"{node.name}: a constant operand quantized as {dtype}, the "
-                    f"{scheme.target} scheme wants {scheme.activations}"
-                )
-            continue
-        if constant:
-            weight = inits[node.input[0]]
+        if kind == "weight":
+            if node.op_type == "QuantizeLinear" and g.consumers.get(node.output[0]):
+                continue  # checked at its DequantizeLinear
+            weight = g.constant_source(node)
             if dtype != "int8":
                 problems.append(f"{node.name}: weights are {dtype}, the scheme wants int8")
             if scheme.weights_symmetric and zp is not None and np.any(zp != 0):
                 problems.append(f"{node.name}: weight zero point not 0 (the scheme is symmetric)")
-            scale = inits.get(node.input[1])
-            # per channel: a 1-D scale, one per output channel (for a 1-channel conv, one
-            # scale of any shape is the same thing)
-            per_channel = scale is not None and (
-                (scale.ndim == 1 and scale.size == weight.shape[0])
-                or (weight.shape[0] == 1 and scale.size == 1)
-            )
-            if scheme.per_channel_axis is not None and weight.ndim == 4:
-                if not per_channel:
+            scale = g.inits.get(node.input[1])
+            axis = _WEIGHT_SLOTS[user.op_type]
+            channels = weight.shape[axis] if weight.ndim > axis else 1
+            if scheme.per_channel_axis is not None and weight.ndim == 4 and channels > 1:
+                if scale is None or scale.ndim != 1 or scale.size != channels:
                     problems.append(f"{node.name}: conv weights quantized per tensor")
-                elif _axis(node) != scheme.per_channel_axis:
+                elif _axis(node) != axis:
                     problems.append(
-                        f"{node.name}: per-channel axis {_axis(node)}, the scheme wants "
-                        f"{scheme.per_channel_axis}"
+                        f"{node.name}: per-channel axis {_axis(node)}, the output channels are "
+                        f"on axis {axis}"
                     )
-        elif node.op_type == "QuantizeLinear":
-            if scheme.target != "openvino" and dtype != scheme.activations:
-                problems.append(
-                    f"{node.name}: activations are {dtype}, the {scheme.target} scheme wants "
-                    f"{scheme.activations}"
-                )
-            if (
-                scheme.activations_symmetric
-                and zp is not None
-                and dtype == "int8"
-                and np.any(zp != 0)
-            ):
-                problems.append(
-                    f"{node.name}: activation zero point not 0 (the scheme is symmetric)"
-                )
+            continue
+        if node.op_type != "QuantizeLinear" or scheme.target == "openvino":
+            continue
+        what = "a constant operand" if kind == "constant" else "activations"
+        if dtype != scheme.activations:
+            problems.append(
+                f"{node.name}: {what} quantized as {dtype}, the {scheme.target} scheme wants "
+                f"{scheme.activations}"
+            )
+        if scheme.activations_symmetric and zp is not None and dtype == "int8" and np.any(zp != 0):
+            problems.append(f"{node.name}: activation zero point not 0 (the scheme is symmetric)")
     return problems
 
 
@@ -245,27 +283,29 @@ _FUSED_AFTER_CONV = ("Relu", "LeakyRelu", "Sigmoid", "Clip", "HardSigmoid", "Har
 
 def tensorrt_problems(model, float_layers=()) -> list[str]:
     """Where ``model`` breaks TensorRT's explicit-quantization (Q/DQ) rules; empty: it follows.
+    Written for the TensorRT engine builder to check a model before building.
 
-    The rules checked (TensorRT developer guide, "Explicit quantization"):
-    every Q/DQ is int8 with zero point 0; activation scales are per tensor (scalars);
-    convolution weights are quantized per output channel (scale of length C_out, axis 0) or
-    per tensor; each QuantizeLinear feeds only DequantizeLinear nodes; every convolution not
-    in ``float_layers`` takes both its input and its weight through a DequantizeLinear; no
-    Q/DQ sits between a convolution and the activation TensorRT fuses into it.
+    The rules checked (TensorRT developer guide, "Explicit quantization"): every Q/DQ is int8
+    with zero point 0; activation scales are per tensor; weights (a DequantizeLinear on an int8
+    constant, or a Q/DQ pair on a float one) are quantized per tensor or per output channel
+    (axis 0 for Conv, 1 for ConvTranspose); the bias is not quantized; each QuantizeLinear feeds
+    only DequantizeLinear nodes; every convolution not in ``float_layers`` takes its input and
+    its weight through a DequantizeLinear; no Q/DQ sits between a convolution and the
+    activation TensorRT fuses into it.
     """
-    inits, producer, consumers = _graph_index(model)
+    g = _Graph(model)
     problems = []
     qdq = _qdq_nodes(model)
     if not qdq:
         return ["the graph has no QuantizeLinear/DequantizeLinear nodes: not an INT8 model"]
     for node in qdq:
-        zp = inits.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
-        is_weight = _is_weight_dq(node, inits, producer)
-        if is_weight and inits[node.input[0]].dtype == np.int32:
+        kind, user = g.kind(node)
+        if kind == "bias":
             problems.append(
                 f"{node.name}: an int32 quantized bias; TensorRT wants the bias in float"
             )
             continue
+        zp = g.zero_point(node)
         if zp is None:
             problems.append(
                 f"{node.name}: no zero point (ONNX reads that as uint8); TensorRT needs int8"
@@ -274,35 +314,30 @@ def tensorrt_problems(model, float_layers=()) -> list[str]:
             problems.append(f"{node.name}: zero point is {zp.dtype}; TensorRT needs int8")
         elif np.any(zp != 0):
             problems.append(f"{node.name}: zero point not 0; TensorRT quantization is symmetric")
-        scale = inits.get(node.input[1])
+        scale = g.inits.get(node.input[1])
         if scale is None:
             problems.append(f"{node.name}: scale is not a constant")
             continue
-        if is_weight and _is_conv_weight(node, consumers):
-            weight = inits[node.input[0]]
-            if scale.ndim > 0 and (
-                scale.ndim != 1 or _axis(node) != 0 or scale.size != weight.shape[0]
-            ):
-                problems.append(
-                    f"{node.name}: weight scale shape {list(scale.shape)} on axis {_axis(node)}; "
-                    f"TensorRT wants per output channel ({weight.shape[0]},) on axis 0"
-                )
-        elif not is_weight and scale.size != 1:
+        if kind == "weight":
+            problem = g.weight_scale_problem(node, user, g.constant_source(node))
+            if problem:
+                problems.append(problem)
+        elif scale.size != 1:
             problems.append(
                 f"{node.name}: activation scale of shape {list(scale.shape)}; TensorRT wants one "
                 "scale per tensor"
             )
         if node.op_type == "QuantizeLinear":
-            users = [c.op_type for c in consumers.get(node.output[0], [])]
+            users = [c.op_type for c in g.consumers.get(node.output[0], [])]
             if any(u != "DequantizeLinear" for u in users):
                 problems.append(
                     f"{node.name}: a QuantizeLinear feeding {users}, not only DequantizeLinear"
                 )
-            src = producer.get(node.input[0])
+            src = g.producer.get(node.input[0])
             if src is not None and src.op_type == "Conv":
                 fused = [
                     c.op_type
-                    for c in consumers.get(src.output[0], [])
+                    for c in g.consumers.get(src.output[0], [])
                     if c.op_type in _FUSED_AFTER_CONV
                 ]
                 if fused:
@@ -314,7 +349,7 @@ def tensorrt_problems(model, float_layers=()) -> list[str]:
     for node in model.graph.node:
         if node.op_type != "Conv" or node.name in skip:
             continue
-        x, w = (producer.get(node.input[i]) for i in (0, 1))
+        x, w = (g.producer.get(node.input[i]) for i in (0, 1))
         if x is None or x.op_type != "DequantizeLinear":
             problems.append(
                 f"{node.name}: its input is not dequantized from INT8 (no Q/DQ in front)"

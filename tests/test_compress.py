@@ -189,12 +189,16 @@ def test_guard_that_cannot_meet_the_budget_says_what_it_tried(tmp_path):
 
     prepared = prepare(_export(_Net(), tmp_path / "fp32.onnx"), tmp_path / "prepared.onnx")
     q = Quantizer(prepared, SCHEMES["onnxruntime"], _inputs(), "images")
-    with pytest.raises(CompressError, match=r"misses the accuracy budget.*0 float: drop"):
+    lines = []
+    with pytest.raises(CompressError, match=r"misses the accuracy budget.*up to 3 of 3"):
         guarded_quantize(
             q, lambda path: 0.5, 0.9, 0.01, tmp_path / "int8.onnx", _inputs(4), progress=False,
-            log=lambda s: None,
+            log=lines.append, max_float_fraction=1.0,
         )  # fmt: skip
+    # 0, 1, 2 and then exactly the limit (3), not only the powers of two below it
+    assert [int(line.split("with")[1].split("layer")[0]) for line in lines] == [0, 1, 2, 3]
     assert not (tmp_path / "int8.onnx").exists()
+    assert not list(tmp_path.glob("int8.float*.onnx"))  # every attempt removed
 
 
 # ---------------------------------------------------------------- calibration data
@@ -224,6 +228,29 @@ def test_calibration_reads_train_images_only(data):
     assert again.list_sha256 == cal.list_sha256 != other.list_sha256
 
 
+def test_a_large_scene_calibrates_on_tiles_cut_by_the_runtime(data):
+    """A scene larger than the manifest's tile gives several inputs, each one tile of the
+    runtime's grid; a cap per scene keeps one scene from filling the set."""
+    from sarbridge.compress.calibration import collect_inputs
+    from sarbridge.runtime.annotations import ImageRecord
+    from sarbridge.runtime.manifest import load_manifest
+    from sarbridge.runtime.tiling import tile_grid
+
+    manifest = load_manifest(REPO / "zoo" / "ssdd_edge_det")
+    scene = data / "large_scenes_ioEclipse" / "vv2.jpg"
+    from PIL import Image
+
+    with Image.open(scene) as im:
+        width, height = im.size
+    grid = tile_grid(height, width, manifest["tiling"]["size"], manifest["tiling"]["overlap"])
+    assert len(grid) > 8
+    rec = ImageRecord("vv2", scene, height, width)
+    cal = collect_inputs(manifest, [rec], 64, 0, "train", progress=False, per_scene=5)
+    assert len(cal.items) == 5 and len(set(cal.items)) == 5
+    assert all(0 <= int(i.rsplit("#", 1)[1]) < len(grid) for i in cal.items)
+    assert not np.allclose(cal.inputs[0], cal.inputs[1])  # different tiles
+
+
 def test_an_empty_or_unreadable_calibration_set_is_refused(tmp_path):
     from sarbridge.compress.calibration import collect_inputs
     from sarbridge.runtime.annotations import ImageRecord
@@ -251,15 +278,17 @@ def test_an_empty_or_unreadable_calibration_set_is_refused(tmp_path):
         (["--method", "int8", "--from", "runs/no_such_run"], "no_such_run"),
         (["--method", "int8", "--from", "zoo:bnn_edge_sar"], "nothing to detect"),
         (["--method", "int8", "--max-ap-drop", "2"], "max-ap-drop"),
+        (["--method", "qat", "--target", "tensorrt", "--epochs", "1"], "not supported yet"),
+        (["--method", "qat", "--epochs", "0"], "--epochs must be at least 1"),
     ],
 )
 def test_bad_requests_are_refused_and_write_nothing(tmp_path, capsys, args, message):
     from sarbridge.cli import main
 
-    out = tmp_path / "out"
-    assert main(["compress", *args, "--out", str(out)]) == 2
+    out = tmp_path / "artifacts" / "out"
+    assert main(["compress", *args, "--out", str(out), "--runs-dir", str(tmp_path / "runs")]) == 2
     assert message in capsys.readouterr().err
-    assert not out.exists() and list(tmp_path.iterdir()) == []
+    assert list(tmp_path.iterdir()) == []  # not even the artifacts/ or runs/ folder
 
 
 def test_an_existing_artifact_is_not_replaced(tmp_path, capsys):
@@ -299,7 +328,8 @@ def test_int8_from_a_run_with_validation_end_to_end(edge_artifact, tmp_path):
     import hashlib
 
     assert (
-        hashlib.sha256("\n".join(items).encode()).hexdigest() == quant["calibration"]["list_sha256"]
+        hashlib.sha256((out / "calibration.txt").read_bytes()).hexdigest()
+        == quant["calibration"]["list_sha256"]
     )
     used = {i.rsplit("#", 1)[0] for i in items}
     assert not used & {str(r.path.relative_to(ds.root)) for r in val + test}
@@ -337,3 +367,45 @@ def test_fp16_keeps_float32_inputs_and_records_parity(edge_artifact, tmp_path):
     metrics = manifest["metrics"]
     assert metrics["parity_max_abs_diff"] < 0.1 and metrics["parity_detection_agreement"] > 0.9
     assert json.loads((out / "manifest.json").read_text())["lineage"][-1]["kind"] == "fp16"
+
+
+@pytest.mark.slow
+def test_qat_fine_tunes_exports_qdq_and_resumes_like_any_run(edge_artifact, tmp_path):
+    """QAT on the tiny run: a run folder of its own (checkpoints, run.json), a Q/DQ graph with
+    int8 weights that follows the onnxruntime scheme, the qat step in the lineage; run again
+    with resume, the trainer restores the fake-quantized model from its checkpoint (the same
+    structure rebuilt) and the export is the same model."""
+    from sarbridge.compress.api import compress
+
+    run = edge_artifact.parent.parent / "runs" / "tiny_edge"
+    runs = tmp_path / "runs"
+    kwargs = dict(calibration_images=8, guard_images=8, threads=1, progress=False,
+                  max_ap_drop=0.5, epochs=1, runs_dir=runs)  # fmt: skip
+    first = compress("qat", run, tmp_path / "qat", **kwargs)
+    qat_run = runs / "qat_qat"
+    assert (qat_run / "checkpoint.pt").is_file() and (qat_run / "run.json").is_file()
+    kinds = [s["kind"] for s in first["lineage"]]
+    assert kinds[-2:] == ["qat", "export"] and first["precision"] == "int8"
+    model = onnx.load(str(tmp_path / "qat" / "model.onnx"))
+    assert scheme_problems(model, SCHEMES["onnxruntime"]) == []
+    assert not [n for n in model.graph.node if n.op_type in ("FakeQuantize", "QuantizeLinear")
+                and n.input[0] in {t.name for t in model.graph.initializer}]  # fmt: skip
+    import shutil
+
+    import onnxruntime as ort
+
+    shutil.copy(tmp_path / "qat" / "model.onnx", tmp_path / "first.onnx")
+    compress("qat", run, tmp_path / "qat", overwrite=True, resume=True, **kwargs)
+    x = np.random.default_rng(0).random((2, 1, 128, 128), dtype=np.float32)
+
+    def run_model(path):
+        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+            None, {"images": x}
+        )[0]
+
+    np.testing.assert_array_equal(
+        run_model(tmp_path / "first.onnx"), run_model(tmp_path / "qat" / "model.onnx")
+    )
+    shutil.rmtree(tmp_path / "qat")
+    with pytest.raises(CompressError, match="--resume"):  # the run exists: resume or overwrite
+        compress("qat", run, tmp_path / "qat", **kwargs)

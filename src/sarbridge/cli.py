@@ -279,8 +279,9 @@ def _add_compress(sub: argparse._SubParsersAction) -> None:
     )
     c.add_argument(
         "--method",
-        help="int8: post-training quantization with an accuracy guard; fp16: half precision "
-        "for GPU targets",
+        help="int8: post-training quantization with an accuracy guard; qat: NNCF "
+        "quantization-aware fine-tuning, then the same per-target INT8 export; fp16: half "
+        "precision for GPU targets",
     )
     c.add_argument(
         "--from",
@@ -321,13 +322,21 @@ def _add_compress(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--seed", type=int, default=0, help="calibration sampling seed")
     c.add_argument("--threads", type=int, help="inference threads while scoring")
     c.add_argument("--name", help="the artifact's name in its manifest (default: the folder)")
+    c.add_argument("--epochs", type=int, default=2, help="qat: fine-tuning epochs (default 2)")
+    c.add_argument(
+        "--lr", type=float, default=1e-4, help="qat: fine-tuning learning rate (default 1e-4)"
+    )
+    c.add_argument(
+        "--resume", action="store_true", help="qat: continue the fine-tuning run in runs/"
+    )
+    c.add_argument("--runs-dir", type=Path, default=Path("runs"), help="qat: runs folder")
     c.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     c.add_argument(
         "--list-targets",
         action="store_true",
         help="print each target's quantization scheme and exit",
     )
-    c.set_defaults(func=_run_compress)
+    c.set_defaults(func=_run_compress, parser=c)
 
 
 def _run_compress(args) -> int:
@@ -337,7 +346,7 @@ def _run_compress(args) -> int:
         print(describe_targets())
         return 0
     if not args.method:
-        raise SystemExit("sarbridge compress: --method is required (int8 or fp16)")
+        args.parser.error("--method is required (int8, qat or fp16)")
     out = args.out
     if out is None:
         stem = str(args.source).rstrip("/").split(":")[-1]
@@ -356,6 +365,10 @@ def _run_compress(args) -> int:
         threads=args.threads,
         name=args.name,
         overwrite=args.overwrite,
+        epochs=args.epochs,
+        lr=args.lr,
+        runs_dir=args.runs_dir,
+        resume=args.resume,
     )
     return 0
 
