@@ -341,6 +341,8 @@ def _int8(
     finally:
         shutil.rmtree(quantizer.workdir, ignore_errors=True)
 
+    # the layers the scheme keeps in float for speed come first in the manifest's list
+    result.float_layers = [*quantizer.speed_float, *result.float_layers]
     return _finish_int8(
         parent, parent_dir, result.model, out, ds, train, val, test, cal, target=target,
         guard_images=guard_images, seed=seed, max_ap_drop=max_ap_drop, threads=threads,

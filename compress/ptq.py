@@ -65,6 +65,23 @@ def conv_names(model_path: Path) -> list[str]:
 _ACTIVATIONS = ("Relu", "LeakyRelu", "Clip", "Sigmoid", "HardSwish")
 
 
+def single_channel_convs(model_path: Path) -> list[str]:
+    """Convolutions (not grouped) whose weight reads one input channel."""
+    import onnx
+
+    model = onnx.load(str(model_path))
+    weights = {t.name: t.dims for t in model.graph.initializer}
+    names = []
+    for node in model.graph.node:
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        dims = (
+            weights.get(node.input[1]) if node.op_type == "Conv" and len(node.input) > 1 else None
+        )
+        if dims is not None and len(dims) == 4 and dims[1] == 1 and group == 1:
+            names.append(node.name)
+    return names
+
+
 def conv_activations(model_path: Path) -> dict[str, list[str]]:
     """Each convolution's activation node (its only consumer), which a quantizer would
     otherwise quantize around: a layer kept in float keeps its activation in float too."""
@@ -126,6 +143,10 @@ class Quantizer:
         self.workdir = Path(tempfile.mkdtemp(prefix="ptq-", dir=workdir or self.prepared.parent))
         self.cache = self.workdir / "calibration_ranges.json"
         self.activations = conv_activations(self.prepared)
+        # layers the scheme keeps in float for speed, whatever the guard finds
+        self.speed_float = (
+            single_channel_convs(self.prepared) if scheme.float_single_channel_convs else []
+        )
         self.method = (
             "nncf MinMax statistics + fast bias correction"
             if scheme.target == "openvino"
@@ -135,6 +156,7 @@ class Quantizer:
     def quantize(self, out: Path, exclude: Sequence[str] = (), only: Sequence[str] = ()) -> Path:
         """Write the INT8 graph to ``out`` with the convolutions in ``exclude`` kept in float
         (``only``: quantize just these nodes, for the sensitivity ranking)."""
+        exclude = [*self.speed_float, *[n for n in exclude if n not in self.speed_float]]
         exclude = [a for name in exclude for a in (name, *self.activations.get(name, ()))]
         try:
             if self.scheme.tool.startswith("nncf"):

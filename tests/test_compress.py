@@ -29,10 +29,10 @@ pytest.importorskip("onnxruntime")
 class _Net(torch.nn.Module):
     """conv-ReLU x3 (BatchNorm-free, like an exported detector)."""
 
-    def __init__(self):
+    def __init__(self, channels: int = 1):
         super().__init__()
         g = torch.Generator().manual_seed(0)
-        self.c1 = torch.nn.Conv2d(1, 8, 3, padding=1)
+        self.c1 = torch.nn.Conv2d(channels, 8, 3, padding=1)
         self.c2 = torch.nn.Conv2d(8, 8, 3, padding=1)
         self.c3 = torch.nn.Conv2d(8, 4, 1)
         for conv in (self.c1, self.c2, self.c3):
@@ -45,7 +45,7 @@ class _Net(torch.nn.Module):
 
 
 def _export(net, path: Path) -> Path:
-    x = torch.zeros(1, 1, 32, 32)
+    x = torch.zeros(1, net.c1.in_channels, 32, 32)
     torch.onnx.export(
         net.eval(), (x,), str(path), input_names=["images"], output_names=["raw"],
         opset_version=17, dynamo=False, dynamic_axes={"images": {0: "batch"}, "raw": {0: "batch"}},
@@ -53,8 +53,8 @@ def _export(net, path: Path) -> Path:
     return path
 
 
-def _inputs(n=24, seed=0):
-    return np.random.default_rng(seed).random((n, 1, 32, 32), dtype=np.float32)
+def _inputs(n=24, seed=0, channels=1):
+    return np.random.default_rng(seed).random((n, channels, 32, 32), dtype=np.float32)
 
 
 @pytest.fixture(scope="module")
@@ -103,6 +103,20 @@ def test_each_target_gets_its_scheme(graphs):
     assert scheme_problems(graphs["onnxruntime"], SCHEMES["tensorrt"])
 
 
+def test_onnxruntime_keeps_a_single_channel_conv_in_float(tmp_path, graphs):
+    """QLinearConv reading one channel (the stem on a SAR band) is slower than the float conv:
+    the onnxruntime scheme leaves it in float; the tensorrt scheme quantizes it."""
+    from sarbridge.compress.ptq import Quantizer, prepare
+    from sarbridge.compress.targets import quantized_convs
+
+    prepared = prepare(_export(_Net(), tmp_path / "fp32.onnx"), tmp_path / "prepared.onnx")
+    assert Quantizer(prepared, SCHEMES["onnxruntime"], _inputs(), "images").speed_float == [
+        "/c1/Conv"
+    ]
+    assert "/c1/Conv" not in quantized_convs(graphs["onnxruntime"])
+    assert "/c1/Conv" in quantized_convs(graphs["tensorrt"])
+
+
 def test_tensorrt_rules_pass_on_a_tensorrt_model_and_fail_on_a_uint8_one(graphs):
     assert tensorrt_problems(graphs["tensorrt"]) == []
     problems = tensorrt_problems(graphs["onnxruntime"])
@@ -137,7 +151,7 @@ class _Fragile(_Net):
     channels a handful of levels. The layers that cannot stand 8 bits are c1 and c2."""
 
     def __init__(self):
-        super().__init__()
+        super().__init__(channels=2)  # two input channels: not float for speed (see below)
         with torch.no_grad():
             self.c1.weight[0] *= 1000
             self.c1.bias[0] *= 1000
@@ -166,9 +180,10 @@ def test_guard_keeps_a_fragile_layer_in_float(tmp_path):
     from sarbridge.compress.ptq import Quantizer, guarded_quantize, prepare
 
     prepared = prepare(_export(_Fragile(), tmp_path / "fp32.onnx"), tmp_path / "prepared.onnx")
-    probe = _inputs(8, seed=1)
+    probe = _inputs(8, seed=1, channels=2)
     evaluate = _fidelity(prepared, probe)
-    q = Quantizer(prepared, SCHEMES["onnxruntime"], _inputs(), "images")
+    q = Quantizer(prepared, SCHEMES["onnxruntime"], _inputs(channels=2), "images")
+    assert q.speed_float == []
     plain = evaluate(q.quantize(tmp_path / "plain.onnx"))
     assert plain < 0.95  # the fragile layer really breaks plain INT8
     result = guarded_quantize(
