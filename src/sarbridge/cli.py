@@ -409,6 +409,13 @@ def _add_detect(sub: argparse._SubParsersAction) -> None:
     det.add_argument("--overlay", action="store_true", help="also write an overlay PNG per scene")
     det.add_argument("--geojson", action=argparse.BooleanOptionalAction, default=True)
     det.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+    det.add_argument(
+        "--pipelined",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="prepare the next tiles while the backend runs the current ones (default: on when "
+        "the network runs on a GPU/NPU, off on the CPU)",
+    )
     det.set_defaults(func=_run_detect)
 
 
@@ -431,6 +438,7 @@ def _run_detect(args) -> int:
         batch_size=args.batch,
         score_threshold=args.score_threshold,
         tta_flips=args.tta_flips,
+        pipelined=args.pipelined,
         **options,
     )
     print(f"{args.model}: {detector.backend.description}")
