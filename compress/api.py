@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 
-from sarbridge.runtime.errors import SarbridgeError
 from sarbridge.runtime.fileio import sha256_file, tool_versions
 from sarbridge.runtime.manifest import load_manifest, save_manifest
 
@@ -199,40 +198,36 @@ def compress(
     out = Path(out)
     _check_out(out, overwrite)
     _require_packages(method, target)
+    run_dir = None
     if method == "qat":
-        from .qat import compress_qat
+        from .qat import prepare_qat_run
 
-        return compress_qat(
-            source,
-            out,
-            target=target,
-            calibration_images=calibration_images,
-            guard_images=guard_images,
-            seed=seed,
-            max_ap_drop=max_ap_drop,
-            threads=threads,
-            name=name,
+        run_dir = prepare_qat_run(
+            out, target=target, epochs=epochs, name=name, runs_dir=runs_dir, resume=resume,
             overwrite=overwrite,
-            progress=progress,
-            epochs=epochs,
-            lr=lr,
-            runs_dir=runs_dir,
-            resume=resume,
-        )
+        )  # fmt: skip
     loaded = _load_detector_source(source)
     work = Path(tempfile.mkdtemp(prefix=f"sarbridge-{method}-"))
     try:
         from sarbridge.export.onnx_export import export_run
+        from sarbridge.runtime.zoo import is_zoo_ref
 
         print(f"[1] FP32 parent: ONNX export of {source} (BatchNorm folded, parity-checked)")
         parent_dir = work / "fp32"
-        from sarbridge.runtime.zoo import is_zoo_ref
-
         parent_name = str(source).split(":", 1)[1] if is_zoo_ref(source) else loaded.name
         export_run(source, parent_dir, name=parent_name)
         parent = load_manifest(parent_dir)
         if method == "fp16":
             return _fp16(loaded, parent, parent_dir, work, out, name, threads, progress)
+        if method == "qat":
+            from .qat import compress_qat
+
+            return compress_qat(
+                loaded, parent, parent_dir, work, out, run_dir, target=target,
+                calibration_images=calibration_images, guard_images=guard_images, seed=seed,
+                max_ap_drop=max_ap_drop, threads=threads, name=name, progress=progress,
+                epochs=epochs, lr=lr, resume=resume,
+            )  # fmt: skip
         return _int8(
             loaded,
             parent,
@@ -327,19 +322,11 @@ def _int8(
     ).AP50
     print(f"[3] INT8 for {target} ({scheme.tool}); guard AP50 of the FP32 parent {baseline:.4f}")
     probe = cal.inputs[np.random.default_rng(seed).permutation(len(cal.inputs))[:16]]
-    try:
-        result = guarded_quantize(
-            quantizer,
-            guard_ap,
-            baseline,
-            max_ap_drop,
-            work / "model_int8.onnx",
-            probe,
-            threads,
-            progress=progress,
-        )
-    finally:
-        shutil.rmtree(quantizer.workdir, ignore_errors=True)
+    # the quantizer's files are in ``work``, which compress() removes
+    result = guarded_quantize(
+        quantizer, guard_ap, baseline, max_ap_drop, work / "model_int8.onnx", probe, threads,
+        progress=progress,
+    )  # fmt: skip
 
     # the layers the scheme keeps in float for speed come first in the manifest's list
     result.float_layers = [*quantizer.speed_float, *result.float_layers]
@@ -614,4 +601,4 @@ def describe_targets() -> str:
     return "\n".join(lines)
 
 
-__all__ = ["METHODS", "CompressError", "SarbridgeError", "compress", "describe_targets", "score"]
+__all__ = ["METHODS", "CompressError", "compress", "describe_targets", "score"]

@@ -19,9 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sarbridge.runtime.detector import ScenePipeline
+from sarbridge.runtime.detector import ScenePipeline, scene_settings
 from sarbridge.runtime.errors import DataError
-from sarbridge.runtime.manifest import preprocess_of
 
 from .targets import CompressError
 
@@ -31,16 +30,7 @@ class InputCapture(ScenePipeline):
     running a network."""
 
     def __init__(self, manifest: dict):
-        params, input_size = preprocess_of(manifest)
-        post = manifest["postprocessing"]
-        super().__init__(
-            params,
-            input_size,
-            int(manifest["tiling"]["size"]),
-            float(manifest["tiling"]["overlap"]),
-            float(post["iou_threshold"]),
-            int(post["max_detections"]),
-        )
+        super().__init__(**scene_settings(manifest))
         self.inputs: list[np.ndarray] = []
 
     def run_inputs(self, inputs: np.ndarray, timings: dict | None = None) -> list:

@@ -55,21 +55,21 @@ def prepare(fp32_path: Path, out_path: Path) -> Path:
     return out_path
 
 
-def conv_names(model_path: Path) -> list[str]:
+def _load(model):
+    """An onnx.ModelProto, loading it when given a path."""
     import onnx
 
-    model = onnx.load(str(model_path))
-    return [n.name for n in model.graph.node if n.op_type == "Conv"]
+    return onnx.load(str(model)) if isinstance(model, (str, Path)) else model
 
 
-_ACTIVATIONS = ("Relu", "LeakyRelu", "Clip", "Sigmoid", "HardSwish")
+def conv_names(model) -> list[str]:
+    """The convolutions of ``model`` (an onnx.ModelProto or its path)."""
+    return [n.name for n in _load(model).graph.node if n.op_type == "Conv"]
 
 
-def single_channel_convs(model_path: Path) -> list[str]:
+def single_channel_convs(model) -> list[str]:
     """Convolutions (not grouped) whose weight reads one input channel."""
-    import onnx
-
-    model = onnx.load(str(model_path))
+    model = _load(model)
     weights = {t.name: t.dims for t in model.graph.initializer}
     names = []
     for node in model.graph.node:
@@ -82,12 +82,13 @@ def single_channel_convs(model_path: Path) -> list[str]:
     return names
 
 
-def conv_activations(model_path: Path) -> dict[str, list[str]]:
+_ACTIVATIONS = ("Relu", "LeakyRelu", "Clip", "Sigmoid", "HardSwish")
+
+
+def conv_activations(model) -> dict[str, list[str]]:
     """Each convolution's activation node (its only consumer), which a quantizer would
     otherwise quantize around: a layer kept in float keeps its activation in float too."""
-    import onnx
-
-    model = onnx.load(str(model_path))
+    model = _load(model)
     users: dict[str, list] = {}
     for node in model.graph.node:
         for name in node.input:
@@ -114,16 +115,6 @@ class _Reader:
         self.k += 1
         return {self.input_name: self.inputs[self.k - 1 : self.k]}
 
-    def __iter__(self):
-        self.k = 0
-        return self
-
-    def __next__(self):
-        item = self.get_next()
-        if item is None:
-            raise StopIteration
-        return item
-
 
 class Quantizer:
     """Quantizes one prepared FP32 graph for one scheme; ``quantize(out, exclude)`` may be
@@ -142,11 +133,11 @@ class Quantizer:
         # the caller's work folder (removed with it), else a temporary one under it
         self.workdir = Path(tempfile.mkdtemp(prefix="ptq-", dir=workdir or self.prepared.parent))
         self.cache = self.workdir / "calibration_ranges.json"
-        self.activations = conv_activations(self.prepared)
+        graph = _load(self.prepared)  # read once for the facts below
+        self.convs = conv_names(graph)
+        self.activations = conv_activations(graph)
         # layers the scheme keeps in float for speed, whatever the guard finds
-        self.speed_float = (
-            single_channel_convs(self.prepared) if scheme.float_single_channel_convs else []
-        )
+        self.speed_float = single_channel_convs(graph) if scheme.float_single_channel_convs else []
         self.method = (
             "nncf MinMax statistics + fast bias correction"
             if scheme.target == "openvino"
@@ -267,7 +258,7 @@ def layer_sensitivity(
     power = float(np.mean(reference.astype(np.float64) ** 2)) or 1.0
     scores = []
     path = ranker.workdir / "single_layer.onnx"
-    for conv in tqdm(conv_names(ranker.prepared), desc="layer sensitivity", disable=not progress):
+    for conv in tqdm(ranker.convs, desc="layer sensitivity", disable=not progress):
         ranker.quantize(path, only=[conv])
         got = _session(path, threads).run(None, {name: probe})[0]
         scores.append((conv, float(np.mean((got - reference).astype(np.float64) ** 2)) / power))

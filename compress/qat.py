@@ -26,13 +26,12 @@ import dataclasses
 import logging
 import os
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 
-from .targets import SCHEMES, CompressError
+from .targets import CompressError
 
 # the decode ops kept in float (torch function names NNCF's torch backend reports)
 _DECODE_TYPES = ["exp", "sum", "amax", "sub", "div", "mul", "log", "clamp"]
@@ -245,37 +244,18 @@ def export_qdq(model, example, path: Path) -> Path:
     return path
 
 
-def compress_qat(
-    source,
+def prepare_qat_run(
     out: Path,
     *,
     target: str,
-    calibration_images: int,
-    guard_images: int,
-    seed: int,
-    max_ap_drop: float,
-    threads: int | None,
+    epochs: int,
     name: str | None,
+    runs_dir: str | Path,
+    resume: bool,
     overwrite: bool,
-    progress: bool,
-    epochs: int = 2,
-    lr: float = 1e-4,
-    runs_dir: str | Path = "runs",
-    resume: bool = False,
-) -> dict:
-    """See the module docstring; returns the artifact's manifest."""
-    import torch
-
-    from sarbridge.export.onnx_export import export_run
-    from sarbridge.runtime.fileio import sha256_file
-    from sarbridge.runtime.manifest import load_manifest
-    from sarbridge.runtime.zoo import is_zoo_ref
-    from sarbridge.train.checkpoint import deployed_weights, load_checkpoint, parent_ref
-    from sarbridge.train.recipes.detect import train_detector
-
-    from .api import _finish_int8, _load_detector_source, _sets
-    from .calibration import collect_inputs
-
+) -> Path:
+    """Check a QAT request before any work; the fine-tuning run's folder (an earlier one is
+    removed only with ``overwrite`` and without ``resume``)."""
     if epochs < 1:
         raise CompressError(f"--epochs must be at least 1, not {epochs}")
     if target == "tensorrt":
@@ -284,10 +264,7 @@ def compress_qat(
             "(TensorRT) activation quantizers on this graph for every hardware config; use "
             "--method int8 --target tensorrt (post-training, within budget on the zoo detector)"
         )
-    loaded = _load_detector_source(source)
-    cfg = loaded.config
-    run_name = f"{name or out.name}_qat"
-    run_dir = Path(runs_dir) / run_name
+    run_dir = Path(runs_dir) / f"{name or out.name}_qat"
     if run_dir.exists() and not resume and not overwrite:
         raise CompressError(
             f"{run_dir} exists (an earlier QAT run); pass --resume to continue it or "
@@ -295,60 +272,93 @@ def compress_qat(
         )
     if run_dir.exists() and overwrite and not resume:
         shutil.rmtree(run_dir)
-    work = Path(tempfile.mkdtemp(prefix="sarbridge-qat-"))
-    try:
-        parent_name = str(source).split(":", 1)[1] if is_zoo_ref(source) else loaded.name
-        print(f"[1] FP32 parent: ONNX export of {source} (BatchNorm folded, parity-checked)")
-        parent_dir = work / "fp32"
-        export_run(source, parent_dir, name=parent_name)
-        parent = load_manifest(parent_dir)
-        ds, train, val, test = _sets(loaded)
-        print(
-            f"[2] NNCF fake quantizers for {target}, initialised on {calibration_images} train inputs"
-        )
-        cal = collect_inputs(parent, train, calibration_images, seed, "train", ds.root,
-                             progress=progress)  # fmt: skip
-        qmodel = quantized_model(loaded, target, cal.inputs)
-        qat_cfg = dataclasses.replace(
-            cfg,
-            name=run_name,
-            init="random",  # the weights come with the model handed in
-            optim=dataclasses.replace(
-                cfg.optim, epochs=int(epochs), lr=float(lr), warmup_steps=0, amp="fp32",
-                channels_last=False,
-            ),
-            augment=dataclasses.replace(cfg.augment, close_mosaic=int(epochs)),
-        )  # fmt: skip
-        print(f"[3] quantization-aware fine-tuning: {epochs} epoch(s) at lr {lr:g} -> {run_dir}")
-        report = train_detector(
-            qat_cfg, runs_dir, resume=resume, progress=progress, model=qmodel,
-            lineage=list(loaded.lineage),
-        )  # fmt: skip
-        best = load_checkpoint(run_dir / "best.pt")
-        qmodel.load_state_dict(deployed_weights(best))
-        path = export_qdq(qmodel, torch.from_numpy(cal.inputs[:1]), work / "model_int8.onnx")
-        trained = {k: float(v) for k, v in (report.get("test") or {}).items()
-                   if isinstance(v, (int, float))}  # fmt: skip
-        qat_step = {
-            "kind": "qat",
-            "name": run_name,
-            "parent": parent_ref(loaded.name, loaded.path),
-            "config_sha256": None,
-            "metrics": {f"torch_test_{k}": v for k, v in trained.items()},
-            "run": str(run_dir),
-            "epochs": int(epochs),
-            "lr": float(lr),
-            "tool": "nncf (torch, fake quantization) + sarbridge detector trainer",
-        }
-        return _finish_int8(
-            parent, parent_dir, path, out, ds, train, val, test, cal, target=target,
-            guard_images=guard_images, seed=seed, max_ap_drop=max_ap_drop, threads=threads,
-            name=name, progress=progress, kind="qat", lineage_extra=[qat_step],
-            method_note="NNCF quantization-aware fine-tuning",
-            step_parent={"name": run_name, "sha256": sha256_file(run_dir / "best.pt")},
-        )  # fmt: skip
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    return run_dir
 
 
-__all__ = ["SCHEMES", "compress_qat", "export_qdq", "fold_batchnorm_inplace", "quantized_model"]
+def compress_qat(
+    loaded,
+    parent: dict,
+    parent_dir: Path,
+    work: Path,
+    out: Path,
+    run_dir: Path,
+    *,
+    target: str,
+    calibration_images: int,
+    guard_images: int,
+    seed: int,
+    max_ap_drop: float,
+    threads: int | None,
+    name: str | None,
+    progress: bool,
+    epochs: int,
+    lr: float,
+    resume: bool,
+) -> dict:
+    """QAT of ``loaded`` (its FP32 export ``parent`` in ``parent_dir``) in ``run_dir``, then the
+    INT8 artifact at ``out``; see the module docstring. Returns the artifact's manifest."""
+    import torch
+
+    from sarbridge.runtime.fileio import sha256_file
+    from sarbridge.train.checkpoint import deployed_weights, load_checkpoint, parent_ref
+    from sarbridge.train.recipes.detect import train_detector
+
+    from .api import _finish_int8, _sets
+    from .calibration import collect_inputs
+
+    cfg = loaded.config
+    run_name = run_dir.name
+    ds, train, val, test = _sets(loaded)
+    print(
+        f"[2] NNCF fake quantizers for {target}, initialised on {calibration_images} train inputs"
+    )
+    cal = collect_inputs(parent, train, calibration_images, seed, "train", ds.root,
+                         progress=progress)  # fmt: skip
+    qmodel = quantized_model(loaded, target, cal.inputs)
+    qat_cfg = dataclasses.replace(
+        cfg,
+        name=run_name,
+        init="random",  # the weights come with the model handed in
+        optim=dataclasses.replace(
+            cfg.optim, epochs=int(epochs), lr=float(lr), warmup_steps=0, amp="fp32",
+            channels_last=False,
+        ),
+        augment=dataclasses.replace(cfg.augment, close_mosaic=int(epochs)),
+    )  # fmt: skip
+    print(f"[3] quantization-aware fine-tuning: {epochs} epoch(s) at lr {lr:g} -> {run_dir}")
+    report = train_detector(
+        qat_cfg, run_dir.parent, resume=resume, progress=progress, model=qmodel,
+        lineage=list(loaded.lineage),
+    )  # fmt: skip
+    best = load_checkpoint(run_dir / "best.pt")
+    qmodel.load_state_dict(deployed_weights(best))
+    path = export_qdq(qmodel, torch.from_numpy(cal.inputs[:1]), work / "model_int8.onnx")
+    trained = {k: float(v) for k, v in (report.get("test") or {}).items()
+               if isinstance(v, (int, float))}  # fmt: skip
+    qat_step = {
+        "kind": "qat",
+        "name": run_name,
+        "parent": parent_ref(loaded.name, loaded.path),
+        "config_sha256": None,
+        "metrics": {f"torch_test_{k}": v for k, v in trained.items()},
+        "run": str(run_dir),
+        "epochs": int(epochs),
+        "lr": float(lr),
+        "tool": "nncf (torch, fake quantization) + sarbridge detector trainer",
+    }
+    return _finish_int8(
+        parent, parent_dir, path, out, ds, train, val, test, cal, target=target,
+        guard_images=guard_images, seed=seed, max_ap_drop=max_ap_drop, threads=threads,
+        name=name, progress=progress, kind="qat", lineage_extra=[qat_step],
+        method_note="NNCF quantization-aware fine-tuning",
+        step_parent={"name": run_name, "sha256": sha256_file(run_dir / "best.pt")},
+    )  # fmt: skip
+
+
+__all__ = [
+    "compress_qat",
+    "export_qdq",
+    "fold_batchnorm_inplace",
+    "prepare_qat_run",
+    "quantized_model",
+]

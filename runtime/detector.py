@@ -296,6 +296,22 @@ class ScenePipeline:
             progress.update(len(boxes_back))
 
 
+def scene_settings(manifest: dict) -> dict:
+    """:class:`ScenePipeline` arguments from a manifest: preprocessing, input and tile size,
+    overlap, NMS IoU, detection cap, box voting."""
+    params, input_size = preprocess_of(manifest)
+    post = manifest["postprocessing"]
+    return {
+        "params": params,
+        "input_size": input_size,
+        "tile_size": int(manifest["tiling"]["size"]),
+        "overlap": float(manifest["tiling"]["overlap"]),
+        "iou_threshold": float(post["iou_threshold"]),
+        "max_detections": int(post["max_detections"]),
+        "vote_iou": post.get("vote_iou"),
+    }
+
+
 def runs_on_device(backend) -> bool:
     """True when ``backend`` runs the network on a device (GPU, NPU) rather than the host CPU:
     its first onnxruntime provider is not the CPU one, or its OpenVINO device is not ``CPU``."""
@@ -357,17 +373,7 @@ class Detector(ScenePipeline):
                 f"{self.artifact / MANIFEST_NAME}: postprocessing.{missing[0]} is missing "
                 f"(needed by the {self.decoder} decode)"
             )
-        params, input_size = preprocess_of(manifest)
-        super().__init__(
-            params,
-            input_size,
-            int(manifest["tiling"]["size"]),
-            float(manifest["tiling"]["overlap"]),
-            float(post["iou_threshold"]),
-            int(post["max_detections"]),
-            batch_size,
-            vote_iou=post.get("vote_iou"),
-        )
+        super().__init__(**scene_settings(manifest), batch_size=batch_size)
         try:
             self.flips = parse_flips(post.get("tta_flips") if tta_flips is None else tta_flips)
         except ValueError as exc:
