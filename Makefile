@@ -25,7 +25,9 @@ help:
 	@echo "make train        BNN pretraining, then the edge detector on SSDD initialised from it (CPU-sized)"
 	@echo "make train-bnn    BNN pretraining on the real optical/SAR pairs (CPU-sized, configs/bnn_edge.yaml)"
 	@echo "make export       the trained detector -> artifacts/\$$(DET_RUN) (ONNX + manifest, parity-checked), and the zoo detector"
-	@echo "make compress     METHOD=int8|fp16 TARGET=onnxruntime|openvino|tensorrt FROM=zoo:ssdd_edge_det -> artifacts/<name>_<method>_<target>"
+	@echo "make compress     METHOD=int8|qat|fp16 TARGET=onnxruntime|openvino|tensorrt FROM=zoo:ssdd_edge_det -> artifacts/<name>_<method>_<target>"
+	@echo "                  METHOD=prune|distill|finetune COMPRESS_ARGS='--ratio 0.5 ...' -> runs/<name>_<method>"
+	@echo "                  RECIPE=configs/compress_edge_prune50_kd_int8.yaml (resumes where it stopped)"
 	@echo "make detect       sarbridge detect on the real large scenes with overlays -> \$$(OUT)/detect"
 	@echo "make bench        sarbridge bench on the SSDD test split and the large scenes -> reports/\$$(DET_RUN)"
 	@echo "make bench-runtime runtime overhead, ONNX Runtime vs PyTorch, 20k x 20k GeoTIFF memory"
@@ -71,14 +73,22 @@ ifneq ($(HAVE_ZOO_DET),)
 endif
 
 # compress: INT8 per deployment target (calibrated on train images, accuracy-guarded) or FP16
+# (artifacts/), pruning / distillation / fine-tuning (runs/), or a recipe of chained steps
 METHOD ?= int8
 TARGET ?= onnxruntime
 FROM   ?= zoo:$(ZOO_DET)
-COMPRESS_OUT ?= artifacts/$(notdir $(subst zoo:,,$(FROM)))_$(METHOD)$(if $(filter fp16,$(METHOD)),,_$(TARGET))
+RECIPE ?=
+TRAINING_METHODS = prune distill finetune
+COMPRESS_NAME = $(notdir $(subst zoo:,,$(FROM)))_$(METHOD)
+COMPRESS_OUT ?= $(if $(filter $(METHOD),$(TRAINING_METHODS)),runs/$(COMPRESS_NAME),artifacts/$(COMPRESS_NAME)$(if $(filter fp16,$(METHOD)),,_$(TARGET)))
 COMPRESS_ARGS ?=
 
 compress: setup
+ifneq ($(RECIPE),)
+	$(BIN)/sarbridge compress --recipe $(RECIPE) --resume $(COMPRESS_ARGS)
+else
 	$(BIN)/sarbridge compress --method $(METHOD) --target $(TARGET) --from $(FROM) --out $(COMPRESS_OUT) $(COMPRESS_ARGS)
+endif
 
 detect: setup
 	$(BIN)/sarbridge detect $(SCENES) --model $(if $(HAVE_ZOO_DET),$(ZOO_ARTIFACT),$(ARTIFACT)) --out $(OUT)/detect --overlay

@@ -27,7 +27,9 @@ from sarbridge.runtime.manifest import load_manifest, save_manifest
 
 from .targets import SCHEMES, CompressError, scheme_of
 
-METHODS = ("int8", "qat", "fp16")
+METHODS = ("int8", "qat", "fp16", "prune", "distill", "finetune")
+DEFAULT_EPOCHS = {"qat": 2, "prune": 10, "distill": 10, "finetune": 10}
+DEFAULT_LR = {"qat": 1e-4, "prune": 1e-3, "distill": 1e-3, "finetune": 1e-3}
 TOOL_PACKAGES = (
     "sarbridge",
     "torch",
@@ -174,13 +176,22 @@ def compress(
     name: str | None = None,
     overwrite: bool = False,
     progress: bool = True,
-    epochs: int = 2,
-    lr: float = 1e-4,
+    epochs: int | None = None,
+    lr: float | None = None,
     runs_dir: str | Path = "runs",
     resume: bool = False,
+    ratio: float | None = None,
+    ratio_of: str = "macs",
+    importance: str = "l2",
+    global_pruning: bool = True,
+    round_to: int = 16,
+    teacher=None,
 ) -> dict:
     """Compress the detector ``source`` (a run folder, checkpoint or ``zoo:<name>``) with
-    ``method`` into the artifact folder ``out``; returns its manifest.
+    ``method`` into the artifact folder ``out``; returns its manifest. ``prune``,
+    ``distill`` and ``finetune`` write a run folder at ``out`` instead (:mod:`.finetune`) and return its
+    comparison with the parent; ``epochs`` and ``lr`` default per method (DEFAULT_EPOCHS,
+    DEFAULT_LR).
 
     Raises:
         CompressError: unknown method or target, a source that is not a detector, an empty or
@@ -189,6 +200,24 @@ def compress(
     """
     if method not in METHODS:
         raise CompressError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
+    epochs = DEFAULT_EPOCHS.get(method, 0) if epochs is None else int(epochs)
+    lr = DEFAULT_LR.get(method, 0.0) if lr is None else float(lr)
+    if method in ("prune", "distill", "finetune"):
+        from .finetune import compress_train_step
+        from .prune import PruneSettings
+
+        if ratio is None and method == "prune":
+            raise CompressError("--method prune needs --ratio (the share of the MACs kept)")
+        settings = None
+        if method == "prune":
+            settings = PruneSettings(
+                ratio, ratio_of=ratio_of, importance=importance, global_pruning=global_pruning,
+                round_to=round_to,
+            )  # fmt: skip
+        return compress_train_step(
+            method, source, Path(out), settings=settings, teacher=teacher, epochs=epochs, lr=lr,
+            seed=seed, threads=threads, resume=resume, overwrite=overwrite, progress=progress,
+        )  # fmt: skip
     if method in ("int8", "qat"):
         scheme_of(target)
     if not 0 <= max_ap_drop < 1:

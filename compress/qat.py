@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import shutil
 import warnings
 from pathlib import Path
 
@@ -264,14 +263,10 @@ def prepare_qat_run(
             "(TensorRT) activation quantizers on this graph for every hardware config; use "
             "--method int8 --target tensorrt (post-training, within budget on the zoo detector)"
         )
+    from .finetune import check_run_out
+
     run_dir = Path(runs_dir) / f"{name or out.name}_qat"
-    if run_dir.exists() and not resume and not overwrite:
-        raise CompressError(
-            f"{run_dir} exists (an earlier QAT run); pass --resume to continue it or "
-            "--overwrite to start again (nothing was written)"
-        )
-    if run_dir.exists() and overwrite and not resume:
-        shutil.rmtree(run_dir)
+    check_run_out(run_dir, resume, overwrite)
     return run_dir
 
 

@@ -281,7 +281,15 @@ def _add_compress(sub: argparse._SubParsersAction) -> None:
         "--method",
         help="int8: post-training quantization with an accuracy guard; qat: NNCF "
         "quantization-aware fine-tuning, then the same per-target INT8 export; fp16: half "
-        "precision for GPU targets",
+        "precision for GPU targets; prune: channel pruning (Torch-Pruning) + fine-tuning, "
+        "a run folder; distill: training with a teacher's outputs and features, a run folder; "
+        "finetune: the same training without a teacher (the baseline), a run folder",
+    )
+    c.add_argument(
+        "--recipe",
+        type=Path,
+        help="a recipe (configs/compress_<name>.yaml): steps that chain, each measured "
+        "against its parent, resumable step by step",
     )
     c.add_argument(
         "--from",
@@ -298,7 +306,41 @@ def _add_compress(sub: argparse._SubParsersAction) -> None:
     c.add_argument(
         "--out",
         type=Path,
-        help="artifact directory to write (default artifacts/<source name>_<method>[_<target>])",
+        help="artifact directory to write (default artifacts/<source name>_<method>[_<target>]); "
+        "prune and distill: the run folder (default runs/<source name>_<method>...)",
+    )
+    c.add_argument(
+        "--ratio",
+        type=float,
+        help="prune: the share of the parent's MACs (or channels, --ratio-of) KEPT, in (0, 1)",
+    )
+    c.add_argument(
+        "--ratio-of", default="macs", choices=["macs", "channels"], help="prune: what --ratio counts"
+    )
+    c.add_argument(
+        "--importance",
+        default="l2",
+        choices=["l2", "bn", "taylor"],
+        help="prune: channel importance: L2 magnitude (default), BatchNorm scale, Taylor",
+    )
+    c.add_argument(
+        "--global",
+        dest="global_pruning",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="prune: rank channels across layers (default) or prune each layer alike",
+    )
+    c.add_argument(
+        "--round-to",
+        type=int,
+        default=16,
+        help="prune: channel counts a multiple of this (default 16: AVX-512 holds 16 floats; "
+        "at half the MACs, 16 ran 1.7x faster than the parent in ONNX Runtime, 8 only 1.36x)",
+    )
+    c.add_argument(
+        "--teacher",
+        help="distill (and prune's fine-tuning): the teacher, a run folder, checkpoint or "
+        "zoo:<name>",
     )
     c.add_argument(
         "--calibration-images",
@@ -322,12 +364,19 @@ def _add_compress(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--seed", type=int, default=0, help="calibration sampling seed")
     c.add_argument("--threads", type=int, help="inference threads while scoring")
     c.add_argument("--name", help="the artifact's name in its manifest (default: the folder)")
-    c.add_argument("--epochs", type=int, default=2, help="qat: fine-tuning epochs (default 2)")
     c.add_argument(
-        "--lr", type=float, default=1e-4, help="qat: fine-tuning learning rate (default 1e-4)"
+        "--epochs",
+        type=int,
+        help="qat, prune, distill: training epochs (defaults 2, 10, 10; prune 0: no fine-tuning)",
     )
     c.add_argument(
-        "--resume", action="store_true", help="qat: continue the fine-tuning run in runs/"
+        "--lr", type=float, help="qat, prune, distill, finetune: learning rate (defaults 1e-4, "
+        "then 1e-3)"
+    )
+    c.add_argument(
+        "--resume",
+        action="store_true",
+        help="qat, prune, distill, recipes: continue an interrupted run where it stopped",
     )
     c.add_argument("--runs-dir", type=Path, default=Path("runs"), help="qat: runs folder")
     c.add_argument("--overwrite", action="store_true", help="replace an existing --out")
@@ -345,14 +394,28 @@ def _run_compress(args) -> int:
     if args.list_targets:
         print(describe_targets())
         return 0
+    if args.recipe:
+        from sarbridge.compress.recipe import run_recipe_file
+
+        run_recipe_file(args.recipe, resume=args.resume, threads=args.threads,
+                        runs_dir=args.runs_dir)  # fmt: skip
+        return 0
     if not args.method:
-        args.parser.error("--method is required (int8, qat or fp16)")
+        args.parser.error(
+            "--method is required (int8, qat, fp16, prune, distill or finetune) or --recipe"
+        )
     out = args.out
     if out is None:
         stem = str(args.source).rstrip("/").split(":")[-1]
         stem = Path(stem).name if not Path(stem).is_file() else Path(stem).parent.name
-        suffix = args.method if args.method == "fp16" else f"{args.method}_{args.target}"
-        out = Path("artifacts") / f"{stem}_{suffix}"
+        if args.method == "prune":
+            suffix = f"prune{round((args.ratio or 0) * 100)}"
+        elif args.method in ("fp16", "distill", "finetune"):
+            suffix = args.method
+        else:
+            suffix = f"{args.method}_{args.target}"
+        folder = args.runs_dir if args.method in ("prune", "distill", "finetune") else Path("artifacts")
+        out = folder / f"{stem}_{suffix}"
     compress(
         args.method,
         args.source,
@@ -369,6 +432,12 @@ def _run_compress(args) -> int:
         lr=args.lr,
         runs_dir=args.runs_dir,
         resume=args.resume,
+        ratio=args.ratio,
+        ratio_of=args.ratio_of,
+        importance=args.importance,
+        global_pruning=args.global_pruning,
+        round_to=args.round_to,
+        teacher=args.teacher,
     )
     return 0
 

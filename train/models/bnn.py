@@ -96,6 +96,11 @@ class BridgeNet(nn.Module):
         self.optical = Branch(opt_bb, patch_size, reduce_channels, embed_dim, pool)
         self.embed_dim = embed_dim
 
+    def pruning_scope(self) -> tuple[nn.Module, list[nn.Module]]:
+        """What channel pruning may change: the SAR branch's backbone (the part that initialises
+        detectors); its head keeps the 50-d embedding and the channels its linear layer reads."""
+        return self.sar, [self.sar.head.reduce, self.sar.head.fc]
+
     def train(self, mode: bool = True) -> BridgeNet:
         """Train mode; with ``freeze_bn`` BatchNorm keeps using (and not updating) its running statistics."""
         super().train(mode)

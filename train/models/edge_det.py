@@ -54,6 +54,7 @@ class EdgeDetector(nn.Module):
         self.num_classes = num_classes
         self.box_bins = box_bins
         self.emit_box_bins = False  # set by box_distributions()
+        self.emit_features = False  # set by neck_features()
         self.backbone = build_backbone(backbone, in_channels=in_channels)
         c3, c4, c5 = self.backbone.out_channels
         w = width
@@ -87,7 +88,9 @@ class EdgeDetector(nn.Module):
         """raw [B, N, 4 + C]: per grid point 4 log-distances (left, top, right, bottom, in strides)
         and C class logits; inside :func:`box_distributions` (training with box_bins) the
         4 * R bin logits instead of the log-distances, [B, N, 4 * R + C]. (A flag, not an
-        argument: the graph stays traceable and DDP's forward is the one that runs.)"""
+        argument: the graph stays traceable and DDP's forward is the one that runs.) Inside
+        :func:`neck_features`, ``(raw, [P3, N4, N5])``: the neck levels the heads read, for
+        feature distillation."""
         c3, c4, c5 = self.backbone(x)
         p5 = self.lat5(c5)
         p4 = self.td4(
@@ -105,7 +108,13 @@ class EdgeDetector(nn.Module):
                 reg = torch.log(self.expected_distance(reg.unflatten(1, (4, self.box_bins))))
             cls = self.cls_out[k](self.cls_towers[k](feat))  # [B, C, h, w]
             outs.append(torch.cat([reg, cls], 1).flatten(2))  # [B, 4 + C, h*w]
-        return torch.cat(outs, 2).transpose(1, 2)  # [B, N, 4 + C]
+        raw = torch.cat(outs, 2).transpose(1, 2)  # [B, N, 4 + C]
+        return (raw, [p3, n4, n5]) if self.emit_features else raw
+
+    def pruning_scope(self) -> tuple[nn.Module, list[nn.Module]]:
+        """What channel pruning may change: the whole detector, except the output convolutions
+        of the heads (class logits, box sides or DFL bins keep their count)."""
+        return self, [*self.cls_out, *self.reg_out]
 
     def expected_distance(self, bin_logits: torch.Tensor) -> torch.Tensor:
         """Distance [B, 4, h, w] in strides from bin logits [B, 4, R, h, w], kept above 1e-3
@@ -131,13 +140,22 @@ def bin_expectation(bin_logits: torch.Tensor, values: torch.Tensor, dim: int) ->
 
 
 @contextmanager
-def box_distributions(model: nn.Module):
-    """Within the block, a box_bins EdgeDetector outputs its bin logits (what the loss needs)."""
-    model.emit_box_bins = True
+def _switched_on(model: nn.Module, flag: str):
+    setattr(model, flag, True)
     try:
         yield model
     finally:
-        model.emit_box_bins = False
+        setattr(model, flag, False)
+
+
+def box_distributions(model: nn.Module):
+    """Within the block, a box_bins EdgeDetector outputs its bin logits (what the loss needs)."""
+    return _switched_on(model, "emit_box_bins")
+
+
+def neck_features(model: nn.Module):
+    """Within the block, an EdgeDetector returns ``(raw, [P3, N4, N5])`` (distillation)."""
+    return _switched_on(model, "emit_features")
 
 
 def grid(input_size: int, strides, device) -> tuple[torch.Tensor, torch.Tensor]:

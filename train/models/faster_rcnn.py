@@ -73,6 +73,14 @@ class FasterRCNNFPN(nn.Module):
             box_detections_per_img=300,
         )
 
+    def pruning_scope(self) -> tuple[nn.Module, list[nn.Module]]:
+        """What channel pruning may change: the backbone and the FPN's inner convolutions; the
+        FPN's output convolutions keep their channels, so the RPN and the RoI heads (shared
+        across levels) are untouched."""
+        body_fpn = self.detector.backbone
+        outputs = [m for m in body_fpn.fpn.layer_blocks.modules() if isinstance(m, nn.Conv2d)]
+        return body_fpn, outputs
+
     def backbone_in_channels(self) -> int:
         return next(m for m in self.backbone.modules() if isinstance(m, nn.Conv2d)).in_channels
 

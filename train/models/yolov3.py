@@ -91,6 +91,11 @@ class YOLOv3(nn.Module):
         a = torch.as_tensor(np.asarray(anchors, np.float32)).view_as(self.anchors)
         self.anchors.copy_(a)
 
+    def pruning_scope(self) -> tuple[nn.Module, list[nn.Module]]:
+        """What channel pruning may change: all but each head's output convolution (anchors
+        x (5 + classes) channels)."""
+        return self, [head[-1] for head in self.heads]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c3, c4, c5 = self.backbone(x)
         f5 = self.set5(c5)

@@ -138,6 +138,26 @@ class DetEval:
 
 
 @dataclass(frozen=True)
+class DetDistill:
+    """Knowledge distillation from a teacher detector (train/losses/distill.py); edge detectors."""
+
+    teacher: str | None = None  # a detector run folder, checkpoint or zoo:<name>; None: off
+    cls_weight: float = 1.0  # the teacher's class probabilities as soft targets
+    box_weight: float = 1.0  # localization distillation of the DFL box distributions
+    feature_weight: float = 1.0  # PKD on the neck levels through 1x1 adapters
+    temperature: float = 2.0  # of the box distributions
+
+    def __post_init__(self):
+        from sarbridge.train.config import ConfigError
+
+        for key in ("cls_weight", "box_weight", "feature_weight"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"distill.{key} must be at least 0, not {getattr(self, key)}")
+        if self.temperature <= 0:
+            raise ConfigError(f"distill.temperature must be above 0, not {self.temperature}")
+
+
+@dataclass(frozen=True)
 class DetConfig:
     name: str = "det_edge"
     seed: int = 0
@@ -152,6 +172,7 @@ class DetConfig:
     model: DetModel = DetModel()
     optim: DetOptim = DetOptim()
     eval: DetEval = DetEval()
+    distill: DetDistill = DetDistill()
 
 
 # ---------------------------------------------------------------- models
@@ -257,6 +278,36 @@ def initialise(
     )
 
 
+def load_teacher(cfg: DetConfig, student: torch.nn.Module, classes: list[str]):
+    """The distiller of ``cfg.distill`` for ``student`` and what the lineage records of its
+    teacher; (None, None) without a teacher.
+
+    Raises:
+        SarbridgeError: the teacher is not a detector, detects other classes, or is no edge
+            detector (train/losses/distill.py names what differs).
+    """
+    from sarbridge.train.losses.distill import Distiller
+
+    d = cfg.distill
+    if d.teacher is None:
+        return None, None
+    loaded = load_model(d.teacher)
+    if loaded.task != "detect":
+        raise SarbridgeError(
+            f"distill.teacher {d.teacher}: holds a {loaded.task} model, not a detector"
+        )
+    if list(loaded.classes) != list(classes):
+        raise SarbridgeError(
+            f"distill.teacher {d.teacher}: detects {loaded.classes}, the student {list(classes)}"
+            ": a teacher must share the student's class set"
+        )
+    distiller = Distiller(
+        loaded.model, student, cfg.data.input_size, d.cls_weight, d.box_weight,
+        d.feature_weight, d.temperature,
+    )  # fmt: skip
+    return distiller, {**parent_ref(loaded.name, loaded.path), "source": str(d.teacher)}
+
+
 def _structure_changed(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     shapes = {k: v.shape for k, v in a.state_dict().items()}
     return any(shapes.get(k) != v.shape for k, v in b.state_dict().items())
@@ -300,16 +351,25 @@ def train_detector(
             start["anchors"] = [[round(float(v), 1) for v in a] for a in anchors]
             if info.is_main:
                 print("anchors (k-means on the training boxes):", start["anchors"])
+        distiller, teacher_ref = load_teacher(cfg, net_model, list(classes))
+        if distiller is not None:
+            start["teacher"] = teacher_ref
         own = lineage_step(
-            "train", cfg.name, start.pop("parent", None), config_hash(cfg), **start
-        )
+            "distill" if distiller else "train", cfg.name, start.pop("parent", None),
+            config_hash(cfg), **start,
+        )  # fmt: skip
         net_model.to(info.device)
         o = cfg.optim
         layout = torch.channels_last if o.channels_last else torch.contiguous_format
         net_model.to(memory_format=layout)
         amp_dtype = autocast_dtype(o.amp, info.device, warn=info.is_main)
         net = wrap_ddp(net_model, info)
-        optimizer = make_optimizer(net.parameters(), o.name, o.lr, o.weight_decay, o.momentum)
+        params = list(net.parameters())
+        if distiller is not None:
+            distiller.to(info.device)
+            distiller.teacher_model.to(info.device).to(memory_format=layout)
+            params += list(distiller.adapters.parameters())  # trained beside the student
+        optimizer = make_optimizer(params, o.name, o.lr, o.weight_decay, o.momentum)
         steps_per_epoch = len(train.records) // o.batch_size
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer,
@@ -317,15 +377,22 @@ def train_detector(
         )
         ema = ModelEMA(net_model, o.ema_decay, o.ema_ramp_steps) if o.ema else None
         eval_model = (lambda: ema.module) if ema else (lambda: net_model)  # noqa: E731
-        extra_state = None
-        if ema:
-            extra_state = (
-                lambda: {"ema": ema.module.state_dict(), "ema_updates": ema.updates},
-                lambda s: (
-                    ema.module.load_state_dict(s["ema"]),
-                    setattr(ema, "updates", int(s["ema_updates"])),
-                ),
-            )
+        def get_state() -> dict:
+            state = {}
+            if ema:
+                state |= {"ema": ema.module.state_dict(), "ema_updates": ema.updates}
+            if distiller is not None:
+                state["distill_adapters"] = distiller.adapters.state_dict()
+            return state
+
+        def set_state(state: dict) -> None:
+            if ema:
+                ema.module.load_state_dict(state["ema"])
+                ema.updates = int(state["ema_updates"])
+            if distiller is not None:
+                distiller.adapters.load_state_dict(state["distill_adapters"])
+
+        extra_state = (get_state, set_state) if ema or distiller is not None else None
         if info.is_main:
             n_params = sum(p.numel() for p in net_model.parameters())
             print(
@@ -333,6 +400,8 @@ def train_detector(
                 f"{summary['images']['train']} train / {summary['images']['val']} val / "
                 f"{summary['images']['test']} test images"
             )
+            if distiller is not None:
+                print(f"distilled from {cfg.distill.teacher}: {distiller.describe()}")
             if not len(val.records):
                 print(
                     f"no validation images (data.val_fraction {cfg.data.val_fraction:g}): "
@@ -345,6 +414,8 @@ def train_detector(
             with torch.autocast(
                 info.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
             ):
+                if distiller is not None:
+                    return distiller.loss(net, x, targets, x.shape[-1], cfg.model.box_weight)
                 return detector_loss(net, x, targets, x.shape[-1], box_weight=cfg.model.box_weight)
 
         def evaluate_epoch(epoch: int) -> dict[str, float]:

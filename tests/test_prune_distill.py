@@ -1,0 +1,335 @@
+"""Structured pruning (Torch-Pruning), distillation and compression recipes."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("torch_pruning")
+
+from torch import nn  # noqa: E402
+
+from sarbridge.compress.prune import (  # noqa: E402
+    PruneSettings,
+    changed_layers,
+    count_macs,
+    prune,
+    pruning_scope,
+)
+from sarbridge.compress.recipe import load_recipe  # noqa: E402
+from sarbridge.compress.targets import CompressError  # noqa: E402
+
+
+def _convs(model):
+    return {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+
+
+def _onnx_matches(module, x, tmp_path, atol=1e-3):
+    import onnxruntime as ort
+
+    path = tmp_path / "pruned.onnx"
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module.eval(), (x,), str(path), opset_version=17, dynamo=False)
+        expected = module(x)
+    expected = list(expected.values()) if isinstance(expected, dict) else [expected]
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        None, {ort.InferenceSession(str(path)).get_inputs()[0].name: x.numpy()}
+    )
+    for e, g in zip(expected, got, strict=True):
+        np.testing.assert_allclose(e.numpy(), g, atol=atol, rtol=1e-3)
+
+
+def _models():
+    from sarbridge.train.models.bnn import BridgeNet
+    from sarbridge.train.models.registry import build_detector
+
+    torch.manual_seed(0)
+    return {
+        "edge_det": (build_detector("edge_det", box_bins=16), 256),
+        "yolov3_darknet53": (build_detector("yolov3_darknet53"), 128),
+        "faster_rcnn_r50_fpn": (build_detector("faster_rcnn_r50_fpn"), 128),
+        "bnn_edge": (BridgeNet("edge", patch_size=128), 128),
+    }
+
+
+@pytest.mark.parametrize("name", ["edge_det", "yolov3_darknet53", "faster_rcnn_r50_fpn", "bnn_edge"])
+def test_pruning_reaches_the_mac_ratio_keeps_protected_layers_and_exports(name, tmp_path):
+    """Every registered detector and the BNN: MACs within 4 points of the
+    target, narrowed convolutions a multiple of round_to, protected layers unchanged, a forward
+    pass, and an ONNX export that ONNX Runtime runs to the same numbers."""
+    model, size = _models()[name]
+    model.eval()
+    scope, protected = pruning_scope(model)
+    x = torch.rand(1, 1, size, size)
+    pruned, result = prune(model, x, PruneSettings(0.5, round_to=16), progress=False)
+    # freshly initialised weights rank alike, so channels go in coarse steps: 5 points
+    assert abs(result.macs_kept - 0.5) < 0.05, result.as_dict()
+    macs, _ = count_macs(pruning_scope(pruned)[0], x)
+    assert macs == result.macs_after < result.macs_before
+    changed = changed_layers(model, pruned)
+    assert changed and all(after % 16 == 0 for _, after in changed.values())
+    names = {id(m): n for n, m in model.named_modules()}
+    before = _convs(model) | {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    after = dict(pruned.named_modules())
+    for layer in protected:
+        n = names[id(layer)]
+        assert after[n].weight.shape[0] == before[n].weight.shape[0], n
+    assert count_macs(scope, x)[0] == result.macs_before  # the original is left as it was
+    p_scope, _ = pruning_scope(pruned)
+    with torch.no_grad():
+        p_scope(x)
+    _onnx_matches(p_scope if name in ("faster_rcnn_r50_fpn", "bnn_edge") else pruned, x, tmp_path)
+    if name == "faster_rcnn_r50_fpn":  # the whole detector still detects
+        with torch.no_grad():
+            out = pruned(torch.rand(1, 1, size, size))
+        assert set(out[0]) == {"boxes", "scores", "labels"}
+
+
+@pytest.mark.parametrize("ratio", [0.75, 0.5, 0.3])
+def test_the_trained_zoo_detector_is_pruned_to_the_requested_macs(ratio):
+    from sarbridge.train.checkpoint import load_model
+
+    model = load_model("zoo:ssdd_edge_det").model
+    _, result = prune(model, torch.rand(1, 1, 512, 512), PruneSettings(ratio), progress=False)
+    assert abs(result.macs_kept - ratio) < 0.02, result.as_dict()
+
+
+def test_ratio_of_channels_and_per_layer_pruning():
+    from sarbridge.train.models.registry import build_detector
+
+    model = build_detector("edge_det").eval()
+    x = torch.rand(1, 1, 128, 128)
+    pruned, result = prune(
+        model, x, PruneSettings(0.75, ratio_of="channels", global_pruning=False), progress=False
+    )
+    assert result.channel_ratio == pytest.approx(0.25)
+    assert result.macs_after < result.macs_before
+    assert all(after % 16 == 0 for _, after in changed_layers(model, pruned).values())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"ratio": 0}, "in \\(0, 1\\)"),
+        ({"ratio": 1.0}, "in \\(0, 1\\)"),
+        ({"ratio": -0.5}, "in \\(0, 1\\)"),
+        ({"ratio": 0.5, "importance": "random"}, "--importance"),
+        ({"ratio": 0.5, "ratio_of": "flops"}, "--ratio-of"),
+        ({"ratio": 0.5, "round_to": 0}, "--round-to"),
+    ],
+)
+def test_bad_prune_settings_are_refused(kwargs, message):
+    with pytest.raises(CompressError, match=message):
+        PruneSettings(**kwargs)
+
+
+def test_a_model_without_a_pruning_scope_is_refused():
+    with pytest.raises(CompressError, match="does not declare what may be pruned"):
+        prune(nn.Sequential(nn.Conv2d(1, 8, 3)), torch.rand(1, 1, 16, 16), PruneSettings(0.5))
+
+
+# ---------------------------------------------------------------- distillation
+
+
+def _real_batch(data, size=256, count=4):
+    from sarbridge.runtime.decode import letterbox
+    from sarbridge.train.config import from_dict
+    from sarbridge.train.data.detection import make_sets
+    from sarbridge.train.recipes.detect import DetConfig
+
+    cfg = from_dict(DetConfig, {"data": {"input_size": size, "max_train_images": count,
+                                         "val_fraction": 0.0}})  # fmt: skip
+    train = make_sets(cfg.data)[0]
+    xs, targets = [], []
+    for k in range(count):
+        image, lb = letterbox(train.image(k), size)
+        xs.append(image)
+        boxes = np.asarray(train.records[k].boxes, np.float32).reshape(-1, 4)
+        sx, sy = lb.resized_width / lb.width, lb.resized_height / lb.height
+        boxes = boxes * np.array([sx, sy, sx, sy], np.float32)  # padding is bottom/right
+        targets.append({"boxes": torch.from_numpy(boxes),
+                        "labels": torch.zeros(len(boxes), dtype=torch.long)})  # fmt: skip
+    return torch.from_numpy(np.stack(xs)), targets
+
+
+def test_distillation_lowers_the_distillation_loss_on_real_images(data):
+    """The zoo detector teaches its pruned copy: on a batch of real SSDD train images the
+    distillation terms (soft classes, box distributions, neck features) fall in a few steps."""
+    from sarbridge.train.checkpoint import load_model
+    from sarbridge.train.losses.distill import Distiller
+
+    teacher = load_model("zoo:ssdd_edge_det").model
+    x, targets = _real_batch(data)
+    student, _ = prune(teacher, x[:1], PruneSettings(0.5), progress=False)
+    distiller = Distiller(teacher, student, 256)
+    assert distiller.use_ld and "LD" in distiller.describe()
+    student.train()
+    opt = torch.optim.AdamW([*student.parameters(), *distiller.adapters.parameters()], lr=1e-3)
+    kd = []
+    for _ in range(6):
+        loss, logs = distiller.loss(student, x, targets, 256)
+        kd.append(logs["kd_cls"] + logs["kd_box"] + logs["kd_feat"])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert kd[-1] < 0.8 * kd[0], kd
+    assert all(not p.requires_grad for p in teacher.parameters())
+
+
+def test_a_teacher_that_is_not_an_edge_detector_is_refused():
+    from sarbridge.train.losses.distill import Distiller
+    from sarbridge.train.models.registry import build_detector
+
+    student = build_detector("edge_det")
+    with pytest.raises(Exception, match="edge detectors"):
+        Distiller(build_detector("yolov3_darknet53"), student, 128)
+    with pytest.raises(Exception, match="class set"):
+        Distiller(build_detector("edge_det", num_classes=3), student, 128)
+
+
+# ---------------------------------------------------------------- the command and recipes
+
+
+def _tiny_run(edge_artifact):
+    return edge_artifact.parent.parent / "runs" / "tiny_edge"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--method", "prune", "--ratio", "1.5"], "in (0, 1)"),
+        (["--method", "prune", "--ratio", "0"], "in (0, 1)"),
+        (["--method", "prune"], "needs --ratio"),
+        (["--method", "distill"], "needs --teacher"),
+        (["--method", "distill", "--teacher", "zoo:bnn_edge_sar"], "holds a bnn model"),
+        (["--method", "finetune", "--teacher", "zoo:ssdd_edge_det"], "without a teacher"),
+        (["--method", "finetune", "--epochs", "0"], "--epochs must be at least 1"),
+        (["--method", "prune", "--ratio", "0.5", "--from", "zoo:bnn_edge_sar"], "--epochs 0"),
+    ],
+)
+def test_bad_prune_and_distill_requests_write_nothing(tmp_path, capsys, args, message):
+    from sarbridge.cli import main
+
+    out = tmp_path / "runs" / "out"
+    assert main(["compress", *args, "--out", str(out), "--runs-dir", str(tmp_path / "runs")]) == 2
+    assert message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_teacher_of_another_class_set_is_refused(edge_artifact, tmp_path, capsys):
+    from sarbridge.cli import main
+    from sarbridge.train.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(_tiny_run(edge_artifact) / "best.pt")
+    ckpt["classes"] = ["tanker"]
+    torch.save(ckpt, tmp_path / "other_classes.pt")
+    out = tmp_path / "runs" / "kd"
+    args = ["compress", "--method", "distill", "--from", str(_tiny_run(edge_artifact)),
+            "--teacher", str(tmp_path / "other_classes.pt"), "--out", str(out)]  # fmt: skip
+    assert main(args) == 2
+    assert "class set" in capsys.readouterr().err and not out.exists()
+
+
+def _write_recipe(path, source, steps):
+    import yaml
+
+    path.write_text(yaml.safe_dump({"name": "chain", "source": str(source), "steps": steps}))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("steps", "message"),
+    [
+        ([{"method": "int8"}, {"method": "prune", "ratio": 0.5}], "pruning after quantization"),
+        ([{"method": "qat"}, {"method": "int8"}], "PTQ after QAT"),
+        ([{"method": "fp16"}, {"method": "distill", "teacher": "source"}], "training after"),
+        ([{"method": "int8"}, {"method": "finetune"}], "training after quantization"),
+        ([{"method": "sparsify"}], "method 'sparsify' does not exist"),
+        ([{"method": "prune", "ratio": 0.5, "bits": 4}], "unknown options \\['bits'\\]"),
+        ([{"method": "prune"}], "needs a ratio"),
+        ([], "non-empty list"),
+    ],
+)
+def test_refused_recipes_name_the_rule_and_write_nothing(tmp_path, steps, message):
+    from sarbridge.compress.recipe import run_recipe_file
+
+    path = _write_recipe(tmp_path / "r.yaml", "zoo:ssdd_edge_det", steps)
+    with pytest.raises(CompressError, match=message):
+        load_recipe(path)
+    with pytest.raises(CompressError, match=message):
+        run_recipe_file(path, runs_dir=tmp_path / "runs", artifacts_dir=tmp_path / "art")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.yaml"]
+
+
+def test_the_shipped_recipes_are_valid():
+    from pathlib import Path
+
+    shipped = sorted(Path(__file__).parents[1].glob("configs/compress_*.yaml"))
+    assert {p.stem for p in shipped} >= {"compress_edge_int8", "compress_edge_prune50_kd_int8"}
+    for path in shipped:
+        assert load_recipe(path).steps
+
+
+@pytest.mark.slow
+def test_a_recipe_killed_between_steps_resumes_and_ends_like_an_uninterrupted_one(
+    edge_artifact, tmp_path, monkeypatch
+):
+    """prune (no fine-tuning) -> distill 1 epoch from the unpruned source -> fp16 on the tiny
+    run: killed after step 1, started again with --resume, it skips step 1 and ends with the
+    same distilled weights and artifact as a recipe run without interruption. The pruned run
+    restores with load_model and its export matches PyTorch (parity in its manifest)."""
+    import sarbridge.compress.api as api
+    from sarbridge.compress.recipe import run_recipe_file
+    from sarbridge.export.onnx_export import export_run
+    from sarbridge.train.checkpoint import load_model
+
+    source = _tiny_run(edge_artifact)
+    steps = [
+        {"method": "prune", "ratio": 0.6, "epochs": 0},
+        {"method": "distill", "teacher": "source", "epochs": 1},
+        {"method": "fp16"},
+    ]
+    recipe = _write_recipe(tmp_path / "chain.yaml", source, steps)
+    kw = dict(threads=1, progress=False)
+
+    plain = run_recipe_file(recipe, runs_dir=tmp_path / "a" / "runs",
+                            artifacts_dir=tmp_path / "a" / "art", **kw)  # fmt: skip
+    real, calls = api.compress, []
+
+    def killed_after_step_1(method, *args, **kwargs):
+        calls.append(method)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(method, *args, **kwargs)
+
+    monkeypatch.setattr(api, "compress", killed_after_step_1)
+    b_runs, b_art = tmp_path / "b" / "runs", tmp_path / "b" / "art"
+    with pytest.raises(KeyboardInterrupt):
+        run_recipe_file(recipe, runs_dir=b_runs, artifacts_dir=b_art, **kw)
+    monkeypatch.setattr(api, "compress", real)
+    with pytest.raises(CompressError, match="--resume"):
+        run_recipe_file(recipe, runs_dir=b_runs, artifacts_dir=b_art, **kw)
+    resumed = run_recipe_file(recipe, runs_dir=b_runs, artifacts_dir=b_art, resume=True, **kw)
+
+    assert [s["method"] for s in resumed["steps"]] == ["prune", "distill", "fp16"]
+    for a, b in zip(plain["steps"], resumed["steps"], strict=True):
+        assert a["result"].get("child", {}).get("test") == b["result"].get("child", {}).get("test")
+    wa = load_model(tmp_path / "a" / "runs" / "chain" / "2_distill").model.state_dict()
+    wb = load_model(b_runs / "chain" / "2_distill").model.state_dict()
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k])
+    pruned = load_model(b_runs / "chain" / "1_prune")
+    kinds = [s["kind"] for s in load_model(b_runs / "chain" / "2_distill").lineage]
+    assert kinds[-2:] == ["prune", "distill"]
+    assert pruned.model.lat3[0].out_channels < load_model(source).model.lat3[0].out_channels
+    manifest = export_run(b_runs / "chain" / "1_prune", tmp_path / "pruned_onnx", parity_images=4)
+    assert manifest["metrics"]["parity_max_abs_diff"] < 1e-3
+    compare = json.loads((b_runs / "chain" / "1_prune" / "run.json").read_text())["compare"]
+    assert compare["child"]["macs"] < compare["parent"]["macs"]
+    fp16 = json.loads((b_art / "chain" / "3_fp16" / "manifest.json").read_text())
+    assert fp16["lineage"][-3]["kind"] == "distill"
