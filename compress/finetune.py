@@ -106,6 +106,21 @@ def _finetune_config(cfg, run_name: str, epochs: int, lr: float, seed: int, teac
     )
 
 
+def _same_pruning(step: dict, settings, parent: dict, path: Path) -> None:
+    """A resumed prune run must be the one asked for: same settings, same parent weights."""
+    asked = dataclasses.asdict(settings)
+    if step.get("kind") != "prune" or step.get("settings") != asked:
+        raise CompressError(
+            f"{path} was pruned with {step.get('settings')}, not {asked}: use another --out, "
+            "or --overwrite without --resume to prune again"
+        )
+    if (step.get("parent") or {}).get("sha256") != parent["sha256"]:
+        raise CompressError(
+            f"{path} was pruned from other weights than {parent['name']} (sha256 differs): use "
+            "another --out, or --overwrite without --resume"
+        )
+
+
 def _prune_step_checkpoint(loaded, pruned, cfg, lineage, result) -> dict:
     from sarbridge.train.checkpoint import capture_structure
     from sarbridge.train.config import to_dict
@@ -171,7 +186,8 @@ def compress_train_step(
         raise CompressError("--method prune needs --ratio")
     run_dir = Path(run_dir)
     resuming = resume and run_dir.exists()
-    check_run_out(run_dir, resume, overwrite)
+    if run_dir.exists() and not resume and not overwrite:
+        check_run_out(run_dir, resume, overwrite)  # refuses before the slower checks below
     if threads:
         torch.set_num_threads(threads)
     loaded = load_model(source)
@@ -196,8 +212,9 @@ def compress_train_step(
             check_pair(teacher_loaded.model, loaded.model)
         except Exception as exc:
             raise CompressError(f"--teacher {teacher}: {exc}") from None
+    check_run_out(run_dir, resume, overwrite)  # every request checked: an old run may go now
     cfg = loaded.config
-    size = cfg.data.input_size if loaded.task == "detect" else cfg.model.patch_size
+    size = cfg.data.input_size  # a detector's input, a BNN's patch side
     parent_metrics = _test_metrics(loaded.lineage)
     work = Path(tempfile.mkdtemp(prefix=f"sarbridge-{method}-"))
     try:
@@ -210,6 +227,8 @@ def compress_train_step(
             if resuming and pruned_path.is_file():
                 print(f"[2] pruned model of the interrupted run: {pruned_path}")
                 again = load_model(pruned_path)
+                _same_pruning(again.lineage[-1], settings, parent_ref(loaded.name, loaded.path),
+                              pruned_path)  # fmt: skip
                 model, lineage = again.model, list(again.lineage)
                 prune_info = again.checkpoint.get("prune")
             else:
@@ -246,9 +265,11 @@ def compress_train_step(
             print(f"[3] fine-tuning {epochs} epoch(s) at lr {lr:g} ({how}) -> {run_dir}")
             from sarbridge.train.recipes.detect import train_detector
 
+            made_here = method == "prune"  # else the model is the source's file as it is
             report = train_detector(
                 ft_cfg, run_dir.parent, resume=resuming, progress=progress, model=model,
                 lineage=lineage,
+                parent=None if made_here else parent_ref(loaded.name, loaded.path),
             )  # fmt: skip
             child = load_model(run_dir)
             model, child_metrics = child.model, dict(report.get("test") or {})
@@ -280,8 +301,14 @@ def _numbers(d: dict) -> dict:
 
 
 def _export_footprint(source, model, size, out: Path, threads) -> dict:
-    """Footprint with an FP32 ONNX export of ``source`` (detectors); MACs only for a BNN."""
+    """Footprint with an FP32 ONNX export of ``source`` (detectors); parameters and MACs of the
+    SAR branch only for a BNN (the part pruning changes)."""
     from sarbridge.export.onnx_export import export_run
+
+    from .prune import pruning_scope
+
+    if not hasattr(model, "strides"):  # a BNN: two inputs, one of which is pruned
+        return footprint(pruning_scope(model)[0], size, None, threads)
 
     try:
         export_run(source, out, parity_images=4)
@@ -308,6 +335,9 @@ def _taylor_gradients(cfg, seed: int, batches: int = 4):
         train = make_sets(cfg.data)[0]
         seeded = dc.replace(cfg, seed=seed)
         model.train()
+        for m in model.modules():  # the statistics of the model to prune stay as they were
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.eval()
         for x, targets in itertools.islice(
             epoch_batches(seeded, train, 0, DistInfo(), torch.device("cpu")), batches
         ):

@@ -68,8 +68,7 @@ class PruneResult:
     macs_after: int
     params_before: int
     params_after: int
-    # the pruner's ratio: the share of channels removed per layer (a uniform ratio), or of the
-    # parameters removed (global pruning to a MAC target, which has no single ratio)
+    # Torch-Pruning's ratio (of channels removed) before the single steps that reach the target
     channel_ratio: float
 
     @property
@@ -201,7 +200,8 @@ def _greedy_to_macs(
             if scores is None or len(scores) != n:
                 continue
             order = torch.argsort(scores)[: settings.round_to]
-            candidates.append((float(scores[order].mean()), root, order.tolist()))
+            candidates.append((float(scores[order].mean()), group[0].dep.handler, root,
+                               order.tolist()))  # fmt: skip
         if not candidates:
             break  # nothing left to prune within the limits
         candidates.sort(key=lambda c: c[0])
@@ -210,12 +210,12 @@ def _greedy_to_macs(
         # round's MACs per step; otherwise, and near the target, one step per round
         count = 1
         if steps_available is None:
-            steps_available = sum(c[1].out_channels for c in candidates) // settings.round_to
+            steps_available = sum(c[2].out_channels for c in candidates) // settings.round_to
         if per_step is not None and steps_available > 512:
             count = max(1, int((macs - target) / per_step) // 64)
         done = 0
-        for _, root, idxs in candidates[:count]:
-            step = graph.get_pruning_group(root, tp.prune_conv_out_channels, idxs=idxs)
+        for _, handler, root, idxs in candidates[:count]:
+            step = graph.get_pruning_group(root, handler, idxs=idxs)
             if graph.check_pruning_group(step):
                 step.prune()
                 done += 1

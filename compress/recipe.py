@@ -131,11 +131,33 @@ def load_recipe(path: str | Path, source: str | None = None) -> Recipe:
             raise CompressError(f"{path}: step {k} ({method} after {before}) is refused: {problem}")
         if method == "prune" and "ratio" not in options:
             raise CompressError(f"{path}: step {k} (prune) needs a ratio")
+        _check_values(path, k, method, options)
         if method == "distill" and "teacher" not in options:
             raise CompressError(f"{path}: step {k} (distill) needs a teacher")
         steps.append(Step(k, method, options))
         before = method
     return Recipe(name, src, steps, path)
+
+
+def _check_values(path: Path, k: int, method: str, options: dict) -> None:
+    """Option values a step would refuse, found before the first step runs."""
+    from .prune import PruneSettings
+    from .targets import scheme_of
+
+    try:
+        if method == "prune":
+            PruneSettings(
+                options["ratio"], ratio_of=options.get("ratio_of", "macs"),
+                importance=options.get("importance", "l2"),
+                global_pruning=options.get("global", True), round_to=options.get("round_to", 16),
+            )  # fmt: skip
+        if method in ("int8", "qat"):
+            scheme_of(options.get("target", "onnxruntime"))
+        epochs = options.get("epochs")
+        if epochs is not None and (not isinstance(epochs, int) or epochs < (method != "prune")):
+            raise CompressError(f"epochs must be a whole number of at least {int(method != 'prune')}")
+    except (CompressError, TypeError) as exc:
+        raise CompressError(f"{path}: step {k} ({method}): {exc}") from None
 
 
 def _outputs(recipe: Recipe, runs_dir: Path, artifacts_dir: Path) -> list[Path]:
@@ -206,7 +228,7 @@ def run_recipe_file(
             }
             result = compress(
                 step.method, previous, out, threads=threads, progress=progress,
-                resume=resume and out.exists(), runs_dir=runs_dir / recipe.name, **kwargs,
+                resume=resume, runs_dir=runs_dir / recipe.name, **kwargs,
             )  # fmt: skip
             entry["result"] = _summary(step, result)
         record["steps"].append(entry)

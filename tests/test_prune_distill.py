@@ -164,6 +164,7 @@ def test_distillation_lowers_the_distillation_loss_on_real_images(data):
     from sarbridge.train.losses.distill import Distiller
 
     teacher = load_model("zoo:ssdd_edge_det").model
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
     x, targets = _real_batch(data)
     student, _ = prune(teacher, x[:1], PruneSettings(0.5), progress=False)
     distiller = Distiller(teacher, student, 256)
@@ -178,17 +179,19 @@ def test_distillation_lowers_the_distillation_loss_on_real_images(data):
         loss.backward()
         opt.step()
     assert kd[-1] < 0.8 * kd[0], kd
-    assert all(not p.requires_grad for p in teacher.parameters())
+    for k, v in teacher.state_dict().items():  # weights and BatchNorm statistics untouched
+        torch.testing.assert_close(v, before[k], rtol=0, atol=0)
 
 
 def test_a_teacher_that_is_not_an_edge_detector_is_refused():
+    from sarbridge.runtime.errors import SarbridgeError
     from sarbridge.train.losses.distill import Distiller
     from sarbridge.train.models.registry import build_detector
 
     student = build_detector("edge_det")
-    with pytest.raises(Exception, match="edge detectors"):
+    with pytest.raises(SarbridgeError, match="edge detectors"):
         Distiller(build_detector("yolov3_darknet53"), student, 128)
-    with pytest.raises(Exception, match="class set"):
+    with pytest.raises(SarbridgeError, match="class set"):
         Distiller(build_detector("edge_det", num_classes=3), student, 128)
 
 
@@ -252,6 +255,10 @@ def _write_recipe(path, source, steps):
         ([{"method": "sparsify"}], "method 'sparsify' does not exist"),
         ([{"method": "prune", "ratio": 0.5, "bits": 4}], "unknown options \\['bits'\\]"),
         ([{"method": "prune"}], "needs a ratio"),
+        ([{"method": "prune", "ratio": 0.5, "epochs": 0}, {"method": "prune", "ratio": 2}],
+         "step 2 \\(prune\\): --ratio must be in"),
+        ([{"method": "finetune", "epochs": 0}], "at least 1"),
+        ([{"method": "int8", "target": "coreml"}], "unknown INT8 target"),
         ([], "non-empty list"),
     ],
 )
@@ -264,6 +271,42 @@ def test_refused_recipes_name_the_rule_and_write_nothing(tmp_path, steps, messag
     with pytest.raises(CompressError, match=message):
         run_recipe_file(path, runs_dir=tmp_path / "runs", artifacts_dir=tmp_path / "art")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.yaml"]
+
+
+def test_a_bnn_is_pruned_without_fine_tuning_and_restores(tmp_path):
+    """The zoo BNN's SAR branch pruned to 60 % of its MACs (--epochs 0): a run whose checkpoint
+    load_model restores, its footprint the SAR branch's, its 50-d head unchanged."""
+    from sarbridge.compress.api import compress
+    from sarbridge.train.checkpoint import load_model
+
+    out = tmp_path / "runs" / "bnn_p60"
+    c = compress("prune", "zoo:bnn_edge_sar", out, ratio=0.6, epochs=0, threads=1, progress=False)
+    assert abs(c["child"]["macs"] / c["parent"]["macs"] - 0.6) < 0.03
+    pruned = load_model(out)
+    assert pruned.task == "bnn" and pruned.lineage[-1]["kind"] == "prune"
+    assert pruned.model.sar.head.fc.out_features == 50
+    side = pruned.config.data.input_size
+    with torch.no_grad():
+        z = pruned.model.sar(torch.rand(2, 1, side, side))
+    assert z.shape == (2, 50)
+
+
+@pytest.mark.slow
+def test_a_resumed_prune_must_be_the_same_pruning_and_overwrite_checks_first(
+    edge_artifact, tmp_path
+):
+    from sarbridge.compress.api import compress
+
+    run = _tiny_run(edge_artifact)
+    out = tmp_path / "runs" / "p60"
+    kw = dict(epochs=0, threads=1, progress=False)
+    compress("prune", run, out, ratio=0.6, **kw)
+    (out / "checkpoint.pt").unlink()  # as if killed after pruning, before fine-tuning
+    with pytest.raises(CompressError, match="was pruned with"):
+        compress("prune", run, out, ratio=0.5, resume=True, **kw)
+    with pytest.raises(CompressError, match="holds a bnn model"):  # refused before removing
+        compress("distill", run, out, teacher="zoo:bnn_edge_sar", overwrite=True, **{**kw, "epochs": 1})
+    assert (out / "pruned.pt").is_file()
 
 
 def test_the_shipped_recipes_are_valid():

@@ -20,6 +20,7 @@ the global batch (embeddings are all-gathered where the loss couples samples).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime
 import json
@@ -206,8 +207,12 @@ class Trainer:
         extra_state: tuple[Callable[[], dict], Callable[[dict], None]] | None = None,
         after_step: Callable[[], None] | None = None,
         lineage: list[dict] | None = None,
+        normalize_config: Callable[[dict], dict] | None = None,
     ):
         self.run_dir = Path(run_dir)
+        # a stored config as this version writes it (keys added since filled with defaults),
+        # so a run started before a config key existed still resumes
+        self.normalize_config = normalize_config
         self.task = task
         self.lineage = list(lineage or [])
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
@@ -246,7 +251,12 @@ class Trainer:
         if not path.is_file():
             return False
         state = load_checkpoint(path)
-        if state.get("config") != self.config:
+        stored = state.get("config")
+        if self.normalize_config is not None and isinstance(stored, dict):
+            # not a config of this kind: the comparison below refuses it
+            with contextlib.suppress(SarbridgeError):
+                stored = self.normalize_config(stored)
+        if stored != self.config:
             raise SarbridgeError(
                 f"{path}: the run was started with another config; use a new --name or the same config"
             )

@@ -147,10 +147,11 @@ class Distiller(nn.Module):
             total = total + self.box_weight * kd_box
             logs["kd_box"] = float(kd_box.detach())
         if self.feature_weight > 0:
-            kd_feat = sum(
-                pkd_loss(adapter(f.float()), tf.float())
-                for adapter, f, tf in zip(self.adapters, feats, t_feats, strict=True)
-            ) / len(feats)
+            with torch.autocast(images.device.type, enabled=False):  # float32 statistics
+                kd_feat = sum(
+                    pkd_loss(adapter(f.float()), tf.float())
+                    for adapter, f, tf in zip(self.adapters, feats, t_feats, strict=True)
+                ) / len(feats)
             total = total + self.feature_weight * kd_feat
             logs["kd_feat"] = float(kd_feat.detach())
         logs["loss"] = float(total.detach())

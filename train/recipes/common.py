@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from sarbridge.train.checkpoint import atomic_torch_save, load_checkpoint, metrics_of_test
-from sarbridge.train.config import config_hash, to_dict
+from sarbridge.train.config import config_hash, from_dict, to_dict
 from sarbridge.train.engine import (
     DistInfo,
     EpochPlan,
@@ -79,6 +79,7 @@ def run_recipe(
             extra_state=job.extra_state,
             after_step=job.after_step,
             lineage=job.lineage,
+            normalize_config=lambda stored: to_dict(from_dict(type(cfg), stored)),
         )
         if resume and trainer.resume() and info.is_main:
             print(f"resumed {run_dir} at epoch {trainer.start_epoch + 1}/{job.epochs}")

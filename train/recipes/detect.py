@@ -323,6 +323,7 @@ def train_detector(
     progress: bool = True,
     model: torch.nn.Module | None = None,
     lineage: list[dict] | None = None,
+    parent: dict | None = None,
 ) -> dict:
     """Train a detector; return the final report (also in run.json).
 
@@ -331,6 +332,8 @@ def train_detector(
         model: a ready model to train (a pruned or otherwise changed detector handed in by a
             compression step); None builds ``cfg.model`` and applies ``cfg.init``.
         lineage: the steps that made ``model`` (with ``model`` only).
+        parent: ``{"name", "sha256"}`` of the file ``model`` was loaded from as it is (with
+            ``model`` only; None when it was changed in memory, e.g. pruned).
     """
     from sarbridge.train.losses import detector_loss
 
@@ -341,8 +344,8 @@ def train_detector(
             net_model = model_from_config(cfg, len(classes))
             parent_steps, start = initialise(net_model, cfg, list(classes))
         else:
-            parent_steps, start = list(lineage or []), {"init": "model"}
-            if parent_steps:  # the step that made the model in memory: no file to hash
+            parent_steps, start = list(lineage or []), {"init": "model", "parent": parent}
+            if parent_steps and parent is None:  # made in memory: no file to hash
                 start["after"] = parent_steps[-1]["name"]
         continued = start["init"] in ("det", "model")  # a trained detector: anchors come with it
         if hasattr(net_model, "set_anchors") and cfg.model.anchors == "kmeans" and not continued:
