@@ -49,9 +49,11 @@ def footprint(model, input_size: int, onnx_dir: Path | None, threads: int | None
     model file's size and its ONNX Runtime batch-1 latency (median of 30 runs after 5)."""
     import torch
 
+    from sarbridge.train.models.layers import input_channels
+
     from .prune import count_macs
 
-    x = torch.zeros(1, _in_channels(model), input_size, input_size)
+    x = torch.zeros(1, input_channels(model), input_size, input_size)
     macs, params = count_macs(model, x)
     out = {"parameters": params, "macs": macs}
     if onnx_dir is not None:
@@ -76,12 +78,6 @@ def footprint(model, input_size: int, onnx_dir: Path | None, threads: int | None
         out["ort_latency_ms_p50"] = round(float(np.median(times)) * 1000, 2)
         out["ort_threads"] = threads
     return out
-
-
-def _in_channels(model) -> int:
-    from torch import nn
-
-    return next(m for m in model.modules() if isinstance(m, nn.Conv2d)).in_channels
 
 
 def _test_metrics(lineage: list[dict]) -> dict:
@@ -171,6 +167,7 @@ def compress_train_step(
         run_record,
     )
     from sarbridge.train.config import config_hash
+    from sarbridge.train.models.layers import input_channels
 
     from .prune import PruneSettings, changed_layers, prune
 
@@ -196,22 +193,17 @@ def compress_train_step(
             f"{source} holds a {loaded.task} model: it can be pruned (--epochs 0) but this "
             "command fine-tunes and distils detectors only"
         )
-    teacher_loaded = None
-    if teacher is not None:  # checked before anything is written
-        from sarbridge.train.losses.distill import check_pair
+    if teacher is not None and not epochs:
+        raise CompressError("--teacher needs --epochs of at least 1 (it teaches the fine-tuning)")
+    if teacher is not None:  # the trainer's own checks, before anything is written
+        from sarbridge.runtime.errors import SarbridgeError
+        from sarbridge.train.recipes.detect import load_teacher
 
-        teacher_loaded = load_model(teacher)
-        if teacher_loaded.task != "detect":
-            raise CompressError(f"--teacher {teacher}: holds a {teacher_loaded.task} model, not a detector")
-        if list(teacher_loaded.classes) != list(loaded.classes):
-            raise CompressError(
-                f"--teacher {teacher}: detects {teacher_loaded.classes}, the student "
-                f"{loaded.classes}: a teacher must share the student's class set"
-            )
+        cfg = _finetune_config(loaded.config, run_dir.name, epochs, lr, seed, teacher)
         try:
-            check_pair(teacher_loaded.model, loaded.model)
-        except Exception as exc:
-            raise CompressError(f"--teacher {teacher}: {exc}") from None
+            load_teacher(cfg, loaded.model, list(loaded.classes))
+        except SarbridgeError as exc:
+            raise CompressError(str(exc)) from None
     check_run_out(run_dir, resume, overwrite)  # every request checked: an old run may go now
     cfg = loaded.config
     size = cfg.data.input_size  # a detector's input, a BNN's patch side
@@ -232,7 +224,7 @@ def compress_train_step(
                 model, lineage = again.model, list(again.lineage)
                 prune_info = again.checkpoint.get("prune")
             else:
-                x = torch.zeros(1, _in_channels(model), size, size)
+                x = torch.zeros(1, input_channels(model), size, size)
                 print(
                     f"[2] channel pruning to {settings.ratio:.0%} of the {settings.ratio_of} "
                     f"({settings.importance} importance, "

@@ -14,8 +14,8 @@ size) or of its channels:
 * channels: one uniform ratio, directly.
 
 Channel counts stay multiples of ``round_to`` (16 by default: AVX-512 registers hold 16
-floats, and ONNX Runtime ran a half-MACs edge detector 1.7x faster than its parent with 16,
-1.36x with 8; benchmarks/results/prune_pareto/README.md).
+floats; at half the MACs ONNX Runtime ran the zoo detector in 13.9 ms with 16, 17.7 ms with
+8: benchmarks/results/prune_pareto/round_to_latency.md).
 """
 
 from __future__ import annotations
@@ -146,7 +146,7 @@ def _greedy_to_macs(
     settings: PruneSettings,
     target: float,
     progress: bool,
-    initial_from: nn.Module | None = None,
+    unpruned: nn.Module,
 ) -> nn.Module:
     """The last stretch to a MAC target in steps: a step removes the ``round_to`` least
     important channels of one group (coupled layers); the groups whose weakest channels are the
@@ -159,8 +159,8 @@ def _greedy_to_macs(
     Used after Torch-Pruning's own ratio has come close: on its own, from the unpruned model,
     this ranking ignores what a channel costs and strips the wide, low-resolution layers first
     (the zoo detector at 30 % of its MACs kept 32 of its 256 deepest channels and trained to
-    AP50:95 0.17 in 12 epochs). (a uniform or thresholded ratio moves every layer at once, in
-    jumps of several points of the MACs on a small detector)."""
+    AP50:95 0.17 in 12 epochs). ``unpruned``: the model before any pruning, whose widths set
+    each layer's limit."""
     import torch_pruning as tp
     from tqdm import tqdm
 
@@ -172,22 +172,20 @@ def _greedy_to_macs(
         module, example, output_transform=_flat_outputs, verbose=False
     )
     importance = _importance(settings.importance)
-    # each layer's limit counts from its width in the unpruned model (``initial_from``)
     widths = dict(
         (name, m.out_channels)
-        for name, m in pruning_scope(initial_from or source)[0].named_modules()
+        for name, m in pruning_scope(unpruned)[0].named_modules()
         if isinstance(m, nn.Conv2d)
     )
     initial = {id(m): widths.get(name, m.out_channels) for name, m in module.named_modules()
                if isinstance(m, nn.Conv2d)}  # fmt: skip
     macs = count_macs(module, example)[0]
-    start = macs
-    bar = tqdm(total=max(start - target, 0) / 1e6, desc="pruning to the MAC target",
+    bar = tqdm(total=max(macs - target, 0) / 1e6, desc="pruning to the MAC target",
                unit=" MMAC", disable=not progress, leave=False)  # fmt: skip
     per_step = None  # MACs one step removed, on average, in the last round
     steps_available = None
     while macs > target:
-        candidates = []  # (score, root module, channel indices), one per group
+        candidates = []  # (score, pruning function, root module, channel indices) per group
         for group in graph.get_all_groups(ignored_layers=protected, root_module_types=[nn.Conv2d]):
             if _touches(group, graph, keep):
                 continue
@@ -305,7 +303,7 @@ def prune(
         above = (macs0, 0.0, copy.deepcopy(source))
     # 2. the rest of the way in single steps of round_to channels (weakest group first)
     _, ratio, pruned = above
-    pruned = _greedy_to_macs(pruned, example, settings, target, progress, initial_from=source)
+    pruned = _greedy_to_macs(pruned, example, settings, target, progress, unpruned=source)
     macs, params = count_macs(pruning_scope(pruned)[0], example)
     if macs > target * 1.02:
         raise CompressError(

@@ -335,7 +335,7 @@ def _add_compress(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=16,
         help="prune: channel counts a multiple of this (default 16: AVX-512 holds 16 floats; "
-        "at half the MACs, 16 ran 1.7x faster than the parent in ONNX Runtime, 8 only 1.36x)",
+        "at half the MACs, ONNX Runtime ran the 16 model in 13.9 ms, the 8 one in 17.7 ms)",
     )
     c.add_argument(
         "--teacher",

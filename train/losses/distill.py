@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sarbridge.runtime.errors import SarbridgeError
+from sarbridge.train.models.layers import input_channels
 
 
 def _normalise(feat: torch.Tensor) -> torch.Tensor:
@@ -164,13 +165,9 @@ def _neck_channels(model: nn.Module, input_size: int) -> list[int]:
     was = model.training
     model.eval()
     with torch.no_grad(), neck_features(model):
-        _, feats = model(torch.zeros(1, _in_channels(model), 64, 64))
+        _, feats = model(torch.zeros(1, input_channels(model), 64, 64))
     model.train(was)
     return [f.shape[1] for f in feats]
-
-
-def _in_channels(model: nn.Module) -> int:
-    return next(m for m in model.modules() if isinstance(m, nn.Conv2d)).in_channels
 
 
 def check_pair(teacher: nn.Module, student: nn.Module) -> None:
@@ -194,8 +191,8 @@ def check_pair(teacher: nn.Module, student: nn.Module) -> None:
         )
     if tuple(teacher.strides) != tuple(student.strides):
         raise SarbridgeError(f"teacher strides {teacher.strides} differ from {student.strides}")
-    if _in_channels(teacher) != _in_channels(student):
+    if input_channels(teacher) != input_channels(student):
         raise SarbridgeError(
-            f"the teacher reads {_in_channels(teacher)} input channels, the student "
-            f"{_in_channels(student)}"
+            f"the teacher reads {input_channels(teacher)} input channels, the student "
+            f"{input_channels(student)}"
         )

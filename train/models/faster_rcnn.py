@@ -82,7 +82,9 @@ class FasterRCNNFPN(nn.Module):
         return body_fpn, outputs
 
     def backbone_in_channels(self) -> int:
-        return next(m for m in self.backbone.modules() if isinstance(m, nn.Conv2d)).in_channels
+        from sarbridge.train.models.layers import input_channels
+
+        return input_channels(self.backbone)
 
     def forward(self, images: torch.Tensor, targets: list[dict] | None = None):
         if self.training:

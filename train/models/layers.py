@@ -7,6 +7,11 @@ import torch
 from torch import nn
 
 
+def input_channels(model: nn.Module) -> int:
+    """The channels a network reads: those of its first convolution."""
+    return next(m for m in model.modules() if isinstance(m, nn.Conv2d)).in_channels
+
+
 def conv_bn_act(c_in: int, c_out: int, k: int = 3, s: int = 1, act: str = "relu") -> nn.Sequential:
     acts = {
         "relu": nn.ReLU(inplace=True),
