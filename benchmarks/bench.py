@@ -143,6 +143,42 @@ def _pr_curve(records, dets, thresholds) -> list[dict]:
     ]
 
 
+def describe_dataset(settings: BenchSettings) -> dict | None:
+    """What the evaluation reads: the dataset, split, image and box counts, every problem met
+    reading it (a bad box or annotation file is left out of the AP; it must be seen) and a
+    digest of the annotation set (:func:`~sarbridge.runtime.annotations.dataset_digest`)."""
+    if not settings.data:
+        return None
+    from sarbridge.runtime.annotations import dataset_digest, read_dataset
+    from sarbridge.runtime.paths import resolve_data_path
+
+    ds = read_dataset(resolve_data_path(settings.data))
+    records = ds.split(settings.split) if settings.split else ds.records
+    listed = ds.splits.get(settings.split, []) if settings.split else []
+    if settings.max_images:
+        records, listed = records[: settings.max_images], listed[: settings.max_images]
+    # the problems of what this evaluation reads: its images (by id or file stem, so an
+    # annotation file that could not be read counts), and those of the dataset as a whole
+    wanted = set(listed) | {r.image_id for r in records} | {r.path.stem for r in records}
+    scoped = bool(settings.split) and settings.split in ds.splits
+    problems = [
+        str(p) for p in ds.problems if not scoped or not p.path.suffix or p.path.stem in wanted
+    ]
+    return {
+        "root": str(ds.root),
+        "format": ds.format,
+        "split": settings.split,
+        "max_images": settings.max_images,
+        "images": len(records),
+        "boxes": int(sum(len(r.boxes) for r in records)),
+        "split_source": (
+            "split files" if {"train", "test"} & set(ds.splits) else "seeded 80/20 (no split files)"
+        ),
+        "problems": problems,
+        "digest": dataset_digest(records, ds.classes),
+    }
+
+
 def bench_one(artifact: str, backend: str, settings: BenchSettings) -> dict:
     """Measure one artifact on one backend (run this in its own process)."""
     from sarbridge.runtime.decode import flip_inputs
@@ -374,9 +410,18 @@ def run_bench(
     import tempfile
 
     from sarbridge.benchmarks.report import write_report
+    from sarbridge.runtime.fileio import writable_dir
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = writable_dir(out, "report folder")
+    dataset = describe_dataset(settings)
+    if dataset and dataset["problems"]:
+        print(
+            f"{len(dataset['problems'])} problem(s) in {settings.data}: the items are left out "
+            "of the evaluation and listed in the report",
+            flush=True,
+        )
+        for line in dataset["problems"][:20]:
+            print(f"  {line}", flush=True)
     ctx = mp.get_context("spawn")
     records, failures = [], []
     for model in models:
@@ -386,7 +431,12 @@ def run_bench(
                 result_file = Path(tmp) / "record.json"
                 proc = ctx.Process(target=_child, args=(model, backend, settings, str(result_file)))
                 proc.start()
-                proc.join()
+                try:
+                    proc.join()
+                finally:  # interrupted or terminated: the child goes too
+                    if proc.is_alive():
+                        proc.terminate()
+                        proc.join()
                 if not result_file.is_file():
                     failures.append(
                         {"model": model, "backend": backend, "error": f"exit code {proc.exitcode}"}
@@ -411,6 +461,7 @@ def run_bench(
             "iterations": settings.iterations,
             "power": settings.power,
         },
+        "dataset": dataset,
         "records": records,
         "failures": failures,
     }
@@ -487,9 +538,40 @@ def millijoules(v):
     return None if v is None else v * 1000
 
 
-def compare(a: str | Path, b: str | Path, tolerance: float = 0.02) -> list[str]:
-    """Lines describing B against A per (model, backend); regressions first."""
+def _settings_key(results: dict) -> dict:
+    st = results["settings"]
+    return {k: st.get(k) for k in ("data", "split", "max_images")}
+
+
+def _dataset_keys(ra: dict, rb: dict) -> tuple[dict, dict, str | None]:
+    """What must be equal for two reports' accuracy to be comparable: the annotation digest
+    when both recorded one, else (a report from before the digest) the data settings, with a
+    warning that the annotations themselves could not be compared."""
+    da, db = ra.get("dataset") or {}, rb.get("dataset") or {}
+    if da.get("digest") and db.get("digest"):
+        keys = ("digest", "images", "boxes")
+        return {k: da.get(k) for k in keys}, {k: db.get(k) for k in keys}, None
+    note = "WARNING a report has no dataset digest: only the data settings were compared"
+    return _settings_key(ra), _settings_key(rb), note
+
+
+def compare(
+    a: str | Path, b: str | Path, tolerance: float = 0.02, force: bool = False
+) -> list[str]:
+    """Lines describing B against A per (model, backend); regressions first.
+
+    Raises:
+        SarbridgeError: the two reports scored different datasets (another annotation
+            digest, split or image count), unless ``force``.
+    """
     ra, rb = load_results(a), load_results(b)
+    ka, kb, note = _dataset_keys(ra, rb)
+    warning = [note] if note else []
+    if ka != kb:
+        text = f"{a} and {b} scored different datasets ({ka} vs {kb})"
+        if not force:
+            raise SarbridgeError(f"{text}: their accuracy is not comparable (--force to compare)")
+        warning.append(f"WARNING {text}; compared because of --force")
     index = {(r["model"], r["backend"]): r for r in ra["records"]}
     regress, better, same, lines = [], [], [], []
     for rec in rb["records"]:
@@ -512,4 +594,4 @@ def compare(a: str | Path, b: str | Path, tolerance: float = 0.02) -> list[str]:
                 regress.append(f"WORSE   {text}")
     for key in set(index) - {(r["model"], r["backend"]) for r in rb["records"]}:
         lines.append(f"gone    {key[0]} [{key[1]}]: in {a} only")
-    return regress + better + same + lines
+    return warning + regress + better + same + lines

@@ -291,9 +291,16 @@ def write_report(results: dict, out: Path) -> dict[str, Path]:
     probes = sorted({r["power"]["probe"] for r in results["records"]})
     md = ["# sarbridge bench report", ""]
     md += _environment_lines(env)
+    ds = results.get("dataset")
     md += [
         f"- data: {s['data'] or 'none (accuracy not measured)'}, split {s['split']}"
-        + (f", first {s['max_images']} images" if s.get("max_images") else ""),
+        + (f", first {s['max_images']} images" if s.get("max_images") else "")
+        + (
+            f": {ds['images']} images, {ds['boxes']} boxes, {len(ds['problems'])} problem(s), "
+            f"annotation digest {ds['digest'][:12]}"
+            if ds
+            else ""
+        ),
         "- power: " + ("; ".join(probes) if probes else "-"),
         "- latency: the network alone on random input (host/device copies included), every "
         "view a model runs per image (plain and each test-time flip: `N views`); "
@@ -331,6 +338,14 @@ def _problem_lists(results: dict) -> list[tuple[str, list[str]]]:
     }
     if left:
         out.append(("Left out: images and scenes that could not be read", sorted(left)))
+    problems = (results.get("dataset") or {}).get("problems")
+    if problems:
+        out.append(
+            (
+                "Dataset problems: annotation files, images and boxes left out of the evaluation",
+                list(problems),
+            )
+        )
     return out
 
 

@@ -90,6 +90,27 @@ class Dataset:
         return [by_id[i] for i in self.splits[name] if i in by_id]
 
 
+def dataset_digest(records: list[ImageRecord], classes: tuple[str, ...]) -> str:
+    """sha256 of an annotation set: the classes and, per image (sorted by id), its id, file
+    name, size, boxes (to 0.01 px) and labels. Two evaluations on one digest scored the same
+    images against the same boxes."""
+    import hashlib
+
+    rows = sorted(
+        (
+            r.image_id,
+            r.path.name,
+            int(r.height),
+            int(r.width),
+            np.round(np.asarray(r.boxes, np.float64), 2).tolist(),
+            np.asarray(r.labels).tolist(),
+        )
+        for r in records
+    )
+    text = json.dumps({"classes": list(classes), "images": rows}, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def box_problems(boxes: np.ndarray, height: int, width: int) -> list[str]:
     """What is wrong with each bad box (empty list when all are fine)."""
     msgs = []
@@ -139,7 +160,13 @@ def read_voc_xml(xml_path: str | Path, classes: tuple[str, ...] = DEFAULT_CLASSE
         raise DataError(xml_path, f"cannot parse XML ({exc})") from exc
     stem = xml_path.stem
     image_dir = Path(image_dir) if image_dir is not None else xml_path.parent.parent / "JPEGImages"
-    fname = root.findtext("filename")
+    fname = (root.findtext("filename") or "").strip()
+    if fname and (Path(fname).name != fname or fname in (".", "..")):
+        raise DataError(
+            xml_path,
+            f"<filename> {fname!r} is not a plain file name in {image_dir.name}/ (it would read "
+            "an image outside the dataset)",
+        )
     path = (
         image_dir / fname
         if fname and (image_dir / fname).is_file()
@@ -148,8 +175,10 @@ def read_voc_xml(xml_path: str | Path, classes: tuple[str, ...] = DEFAULT_CLASSE
     try:
         width = int(float(root.findtext("size/width")))
         height = int(float(root.findtext("size/height")))
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         raise DataError(xml_path, "missing or invalid <size><width>/<height>") from exc
+    if width <= 0 or height <= 0:
+        raise DataError(xml_path, f"<size> must be positive, got {width} x {height}")
     boxes, labels = [], []
     for obj in root.iter("object"):
         name = (obj.findtext("name") or "").strip()
@@ -169,15 +198,19 @@ def read_voc_xml(xml_path: str | Path, classes: tuple[str, ...] = DEFAULT_CLASSE
     return rec, box_problems(boxes_arr, height, width)
 
 
-def _read_split_files(root: Path) -> dict[str, list[str]]:
+def _read_split_files(root: Path, problems: list[Problem]) -> dict[str, list[str]]:
     splits = {}
     main = root / "ImageSets" / "Main"
     if main.is_dir():
         for f in sorted(main.glob("*.txt")):
             if "_" in f.stem:  # per-class files like ship_train.txt
                 continue
-            ids = [line.split()[0] for line in f.read_text().splitlines() if line.strip()]
-            splits[f.stem] = ids
+            try:
+                text = f.read_text()
+            except (OSError, UnicodeDecodeError) as exc:
+                problems.append(Problem(f, f"cannot read split file ({type(exc).__name__})"))
+                continue
+            splits[f.stem] = [line.split()[0] for line in text.splitlines() if line.strip()]
     return splits
 
 
@@ -232,7 +265,82 @@ def read_voc(
                 and img.stem not in annotated
             ):
                 problems.append(Problem(img, "no annotation file for this image"))
-    return Dataset(root, "voc", tuple(classes), records, _read_split_files(root), problems)
+    splits = _read_split_files(root, problems)
+    return Dataset(root, "voc", tuple(classes), records, splits, problems)
+
+
+def _coco_lists(data, json_path: Path) -> None:
+    """The document-level shape of a COCO file: an object with three lists (else DataError)."""
+    if not isinstance(data, dict):
+        raise DataError(
+            json_path, f"not a COCO detection file: the top level is a {type(data).__name__}, "
+            "not an object with 'images', 'annotations' and 'categories'"
+        )  # fmt: skip
+    for key in ("images", "annotations", "categories"):
+        if key not in data:
+            raise DataError(json_path, f"not a COCO detection file: no '{key}' list")
+        if not isinstance(data[key], list):
+            raise DataError(
+                json_path, f"field '{key}' must be a list, got {type(data[key]).__name__}"
+            )
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _coco_categories(cats: list, json_path: Path, problems: list[Problem]) -> list[dict]:
+    """Categories with an int id and a str name, sorted by id; the others become problems."""
+    good, seen = [], set()
+    for k, c in enumerate(cats):
+        if not isinstance(c, dict) or not _is_int(c.get("id")) or not isinstance(c.get("name"), str):
+            problems.append(
+                Problem(json_path, f"categories[{k}] needs an int 'id' and a str 'name': {c!r:.80}")
+            )
+        elif c["id"] in seen:
+            problems.append(Problem(json_path, f"categories[{k}]: duplicate id {c['id']}"))
+        else:
+            seen.add(c["id"])
+            good.append(c)
+    if not good:
+        raise DataError(json_path, "no valid category (each needs an int 'id' and a str 'name')")
+    return sorted(good, key=lambda c: c["id"])
+
+
+def _coco_image_problem(img, k: int) -> str | None:
+    """What is wrong with images[k] (None when it is usable)."""
+    if not isinstance(img, dict):
+        return f"images[{k}] must be an object, got {type(img).__name__}"
+    if not _is_int(img.get("id")):
+        return f"images[{k}] has no int 'id' ({img.get('id')!r:.40})"
+    name = img.get("file_name")
+    if not isinstance(name, str) or not name.strip():
+        return f"images[{k}] (id {img['id']}) has no 'file_name'"
+    if Path(name).is_absolute() or ".." in Path(name).parts:
+        return f"images[{k}] (id {img['id']}): file_name {name!r} leaves the image folder"
+    for key in ("height", "width"):
+        v = img.get(key)
+        if isinstance(v, float) and v.is_integer():  # 512.0, as some tools write it
+            v = img[key] = int(v)
+        if not _is_int(v) or v <= 0:
+            return f"images[{k}] (id {img['id']}): '{key}' must be a positive int, got {v!r:.40}"
+    return None
+
+
+def _coco_box(ann) -> tuple[list[float] | None, str | None]:
+    """An annotation's bbox as [x1, y1, x2, y2], or the reason it has none."""
+    bbox = ann.get("bbox")
+    if (
+        not isinstance(bbox, list)
+        or len(bbox) != 4
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox)
+    ):
+        return None, f"annotation {ann.get('id')!r:.40} has no valid bbox ({bbox!r:.60})"
+    try:
+        x, y, w, h = (float(v) for v in bbox)
+    except OverflowError:
+        return None, f"annotation {ann.get('id')!r:.40} has a bbox number too large for a float"
+    return [x, y, x + w, y + h], None
 
 
 def read_coco(
@@ -240,20 +348,27 @@ def read_coco(
 ) -> Dataset:
     """Read a COCO detection JSON (HRSID layout: bbox = [x, y, w, h]).
 
+    Every bad entry (an image without an int id, a file name, a positive size; a duplicate
+    image id; an annotation without a 4-number bbox, of an unknown image or category) is a
+    :class:`Problem` naming the file and the entry, and is left out; the rest is read.
+
     Args:
         json_path: the annotation file.
         image_root: folder of the images; default: the JSON's folder, or a
             sibling ``images/``/``JPEGImages/`` folder when file names are bare.
+
+    Raises:
+        DataError: the file cannot be read, is not JSON, or is not a COCO document (no
+            object with 'images', 'annotations' and 'categories' lists, no valid category).
     """
     json_path = Path(json_path)
     try:
         data = json.loads(json_path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DataError(json_path, f"cannot read COCO JSON ({exc})") from exc
-    for key in ("images", "annotations", "categories"):
-        if key not in data:
-            raise DataError(json_path, f"not a COCO detection file: no '{key}' list")
-    cats = sorted(data["categories"], key=lambda c: c["id"])
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON, UTF-8, digits
+        raise DataError(json_path, f"cannot read COCO JSON ({type(exc).__name__}: {exc})") from exc
+    _coco_lists(data, json_path)
+    problems: list[Problem] = []
+    cats = _coco_categories(data["categories"], json_path, problems)
     classes = tuple(c["name"] for c in cats)
     cat_index = {c["id"]: i for i, c in enumerate(cats)}
     if image_root is None:
@@ -263,27 +378,46 @@ def read_coco(
                 image_root = json_path.parent / cand
                 break
     image_root = Path(image_root)
+    images: dict[int, dict] = {}
+    for k, img in enumerate(data["images"]):
+        bad = _coco_image_problem(img, k)
+        if bad is None and img["id"] in images:
+            bad = f"images[{k}]: duplicate image id {img['id']} (kept the first)"
+        if bad is not None:
+            problems.append(Problem(json_path, bad))
+            continue
+        images[img["id"]] = img
     by_image: dict[int, list[dict]] = {}
-    problems = []
-    for ann in data["annotations"]:
-        by_image.setdefault(ann.get("image_id"), []).append(ann)
+    for k, ann in enumerate(data["annotations"]):
+        if not isinstance(ann, dict):
+            problems.append(Problem(json_path, f"annotations[{k}] must be an object"))
+        elif not _is_int(ann.get("image_id")) or ann["image_id"] not in images:
+            problems.append(
+                Problem(
+                    json_path,
+                    f"annotation {ann.get('id')!r:.40} refers to image id "
+                    f"{ann.get('image_id')!r:.40}, which is not a valid image",
+                )
+            )
+        else:
+            by_image.setdefault(ann["image_id"], []).append(ann)
     records = []
-    for img in _with_progress(data["images"], "reading COCO", progress):
+    for img in _with_progress(list(images.values()), "reading COCO", progress):
         boxes, labels, msgs = [], [], []
         for ann in by_image.get(img["id"], []):
             if ann.get("iscrowd", 0):
                 continue
-            bbox = ann.get("bbox")
-            if not isinstance(bbox, list) or len(bbox) != 4:
-                msgs.append(f"annotation {ann.get('id')} has no valid bbox")
+            box, bad = _coco_box(ann)
+            if bad is not None:
+                msgs.append(bad)
                 continue
-            if ann.get("category_id") not in cat_index:
+            if not _is_int(ann.get("category_id")) or ann["category_id"] not in cat_index:
                 msgs.append(
-                    f"annotation {ann.get('id')} has unknown category {ann.get('category_id')}"
+                    f"annotation {ann.get('id')!r:.40} has unknown category "
+                    f"{ann.get('category_id')!r:.40}"
                 )
                 continue
-            x, y, w, h = (float(v) for v in bbox)
-            boxes.append([x, y, x + w, y + h])
+            boxes.append(box)
             labels.append(cat_index[ann["category_id"]])
         boxes_arr = np.asarray(boxes, np.float32).reshape(-1, 4)
         labels_arr = np.asarray(labels, np.int64)
@@ -296,9 +430,7 @@ def read_coco(
         where = image_root / img["file_name"]
         problems.extend(Problem(where, m) for m in msgs + bad)
         records.append(
-            ImageRecord(
-                str(img["id"]), where, int(img["height"]), int(img["width"]), boxes_arr, labels_arr
-            )
+            ImageRecord(str(img["id"]), where, img["height"], img["width"], boxes_arr, labels_arr)
         )
     return Dataset(json_path.parent, "coco", classes, records, {}, problems)
 
@@ -332,8 +464,13 @@ def read_yolo(
             problems.append(Problem(exc.path, exc.reason))
             continue
         boxes, labels = [], []
-        if txt.is_file():
-            for n, line in enumerate(txt.read_text().splitlines(), 1):
+        try:
+            lines = txt.read_text().splitlines() if txt.is_file() else []
+        except (OSError, UnicodeDecodeError) as exc:
+            problems.append(Problem(txt, f"cannot read labels ({type(exc).__name__}: {exc})"))
+            continue
+        if lines:
+            for n, line in enumerate(lines, 1):
                 parts = line.split()
                 if not parts:
                     continue
@@ -397,9 +534,18 @@ def read_dataset(path: str | Path, progress: bool = False) -> Dataset:
     if path.is_file():
         return read_coco(path, progress=progress)
     jsons = sorted(path.glob("*.json")) or sorted(path.glob("annotations/*.json"))
-    datasets = [read_coco(j, progress=progress) for j in jsons]
+    datasets, read, bad_files = [], [], []
+    for j in jsons:
+        try:
+            datasets.append(read_coco(j, progress=progress))
+            read.append(j)
+        except DataError as exc:  # one bad file: reported, the others are read
+            bad_files.append(Problem(exc.path, exc.reason))
+    if not datasets:
+        raise DataError(path, "no readable COCO file: " + "; ".join(str(p) for p in bad_files))
+    jsons = read
     first = datasets[0]
-    records, problems, splits = [], [], {}
+    records, problems, splits = [], list(bad_files), {}
     for j, ds in zip(jsons, datasets, strict=True):
         if ds.classes != first.classes:
             raise DataError(

@@ -108,6 +108,21 @@ def _check_detection(path: Path, progress: bool, decode: bool) -> CheckReport:
                     f"split '{name}' lists {len(missing)} ids with no readable image, e.g. {missing[:3]}",
                 )
             )
+    if ds.splits:
+        listed = {i for split_ids in ds.splits.values() for i in split_ids}
+        orphans = sorted(i for i in ids if i not in listed)
+        if orphans:
+            report.problems.append(
+                Problem(
+                    path,
+                    f"{len(orphans)} readable images are in no split file, e.g. {orphans[:3]}",
+                )
+            )
+    elif good:
+        report.lines.append(
+            "no split files: 'train' and 'test' are a seeded 80/20 split of the images "
+            f"({Dataset.DEFAULT_TEST_SHARE:.0%} test)"
+        )
     report.lines += _box_stats(ds)
     return report
 

@@ -34,9 +34,15 @@ from sarbridge.runtime.decode import (
     pad_letterbox,
     parse_flips,
 )
-from sarbridge.runtime.errors import SarbridgeError
+from sarbridge.runtime.errors import DataError, ManifestError, SarbridgeError
 from sarbridge.runtime.imageio import ArrayRaster, GeoRef, Raster, open_raster
-from sarbridge.runtime.manifest import MANIFEST_NAME, load_manifest, preprocess_of
+from sarbridge.runtime.limits import get_limits
+from sarbridge.runtime.manifest import (
+    MANIFEST_NAME,
+    check_model_io,
+    load_manifest,
+    preprocess_of,
+)
 from sarbridge.runtime.preprocess import (
     clip_range,
     is_eight_bit,
@@ -44,7 +50,7 @@ from sarbridge.runtime.preprocess import (
     scene_sample,
     to_single_channel,
 )
-from sarbridge.runtime.tiling import Tile, merge_tile_detections, tile_grid
+from sarbridge.runtime.tiling import Tile, merge_tile_detections, tile_count, tile_grid
 
 STAGES = ("read", "preprocess", "model", "decode", "merge")
 
@@ -145,8 +151,21 @@ class ScenePipeline:
             if owned:
                 raster.close()
 
-    def plan(self, height: int, width: int) -> list[Tile]:
-        """The tiles a height x width scene is cut into."""
+    def plan(self, height: int, width: int, path=None) -> list[Tile]:
+        """The tiles a height x width scene is cut into.
+
+        Raises:
+            DataError: (naming ``path``) more tiles than the limit ``max_tiles`` allows.
+        """
+        count = tile_count(height, width, self.tile_size, self.overlap)
+        lim = get_limits()
+        if count > lim.max_tiles:
+            raise DataError(
+                path,
+                f"{width} x {height} pixels in {self.tile_size} px tiles at overlap "
+                f"{self.overlap:g} is {count:,} tiles, over the limit of {lim.max_tiles:,} per "
+                f"scene (raise it with {lim.describe('max_tiles')})",
+            )
         return tile_grid(height, width, self.tile_size, self.overlap)
 
     def _detect_raster(self, raster: Raster, timings: dict, progress) -> SceneResult:
@@ -158,7 +177,7 @@ class ScenePipeline:
                 to_single_channel(raster.read(), raster.path), raster.path, raster.georef
             )
             timings["preprocess"] += time.perf_counter() - t0
-        tiles = self.plan(H, W)
+        tiles = self.plan(H, W, raster.path)
         t0 = time.perf_counter()
         whole = None
         if len(tiles) == 1:
@@ -399,6 +418,11 @@ class Detector(ScenePipeline):
         self.backend = open_backend(
             backend, self.artifact / manifest["model"]["file"], manifest, **backend_options
         )
+        try:  # the manifest must describe this model file, before any scene is read
+            check_model_io(manifest, self.backend.model_io(), self.artifact / MANIFEST_NAME)
+        except ManifestError:
+            self.backend.close()
+            raise
         cap = self.backend.max_batch
         self.batch_size = max(1, min(self.batch_size, cap) if cap else self.batch_size)
         self.pipelined = runs_on_device(self.backend) if pipelined is None else bool(pipelined)

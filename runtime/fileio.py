@@ -3,6 +3,8 @@
 An atomic write goes to a hidden temporary name beside the target
 (``.<name>.partial``) and is renamed into place with :func:`os.replace`, so a crash
 never leaves a half-written file under the real name. Parent folders are created.
+Temporary files still open are recorded, so an interrupted command removes them
+(:func:`remove_partials`, called by the CLI on SIGINT and SIGTERM).
 """
 
 from __future__ import annotations
@@ -16,9 +18,65 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+_PARTIALS: set[Path] = set()  # temporary files being written now
+
 
 def _partial_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.partial")
+
+
+def remove_partials() -> list[Path]:
+    """Remove every temporary file an unfinished atomic write left; returns them."""
+    removed = []
+    for tmp in list(_PARTIALS):
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+        _PARTIALS.discard(tmp)
+    return removed
+
+
+def writable_dir(path: str | Path, what: str = "output folder") -> Path:
+    """``path`` as a folder this process can write into, made when missing, checked up front.
+
+    Raises:
+        SarbridgeError: ``path`` is a file, or the folder cannot be made or written.
+    """
+    from sarbridge.runtime.errors import SarbridgeError
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise SarbridgeError(f"{path}: the {what} is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".sarbridge-write-check-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise SarbridgeError(f"{path}: the {what} cannot be written ({exc.strerror or exc})") from None
+    return path
+
+
+@contextlib.contextmanager
+def atomic_group(paths: list[str | Path]) -> Iterator[list[Path]]:
+    """Temporary paths for several files published together: all renamed into place when the
+    block succeeds, in the order given (put the file readers look for first, last), none when
+    it raises (every temporary file removed, the targets left as they were)."""
+    paths = [Path(p) for p in paths]
+    tmps = [_partial_name(p) for p in paths]
+    for p, tmp in zip(paths, tmps, strict=True):
+        p.parent.mkdir(parents=True, exist_ok=True)
+        _PARTIALS.add(tmp)
+    try:
+        yield tmps
+        for p, tmp in zip(paths, tmps, strict=True):
+            os.replace(tmp, p)
+            _PARTIALS.discard(tmp)
+    finally:
+        for tmp in tmps:
+            if tmp in _PARTIALS:
+                tmp.unlink(missing_ok=True)
+                _PARTIALS.discard(tmp)
 
 
 @contextlib.contextmanager
@@ -35,12 +93,15 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _partial_name(path)
+    _PARTIALS.add(tmp)
     try:
         yield tmp
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    finally:
+        _PARTIALS.discard(tmp)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:

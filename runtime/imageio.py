@@ -12,7 +12,10 @@ A scene is opened as a :class:`Raster`, which reads windows on demand, so a
   GeoTIFF tags directly;
 * PNG/JPEG cannot be read by window; they are decoded whole on open.
 
-Every failure names the file and says what is wrong (:class:`DataError`).
+Every scene is sized from its header before any pixel is decoded and refused when it is over
+the process's limits (:mod:`sarbridge.runtime.limits`): a file whose header claims 200,000 x
+200,000 pixels costs a header read, never a decode. Every failure names the file and says
+what is wrong (:class:`DataError`).
 """
 
 from __future__ import annotations
@@ -27,14 +30,37 @@ import numpy as np
 
 from sarbridge.runtime.errors import DataError
 from sarbridge.runtime.fileio import atomic_path
+from sarbridge.runtime.limits import get_limits
 
 PIL_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
 TIFF_SUFFIXES = {".tif", ".tiff"}
 IMAGE_SUFFIXES = PIL_SUFFIXES | TIFF_SUFFIXES
 SUPPORTED_DTYPES = (np.uint8, np.uint16, np.int16, np.uint32, np.int32, np.float32, np.float64)
 
-# Largest PNG/JPEG decoded whole (pixels); bigger scenes belong in a TIFF.
-MAX_WHOLE_IMAGE_PIXELS = 40_000 * 40_000
+
+def check_pixels(path: Path, height: int, width: int, *, whole: bool) -> None:
+    """Refuse a scene whose header size is over the limits, before anything is decoded.
+
+    Args:
+        whole: the format is decoded whole (PNG/JPEG/BMP), so ``max_whole_pixels`` applies;
+            else ``max_pixels`` (windowed TIFF reads).
+    """
+    lim = get_limits()
+    name = "max_pixels"
+    if whole and lim.max_whole_pixels < lim.max_pixels:
+        name = "max_whole_pixels"
+    cap = getattr(lim, name)
+    if height <= 0 or width <= 0:
+        raise DataError(path, f"its header gives an empty image ({width} x {height} pixels)")
+    if height * width > cap:
+        what = "decoded whole (PNG/JPEG/BMP); store larger scenes as a tiled TIFF" if whole else (
+            "read by window"
+        )
+        raise DataError(
+            path,
+            f"its header claims {width} x {height} = {height * width:,} pixels, over the limit "
+            f"of {cap:,} pixels for an image {what} (raise it with {lim.describe(name)})",
+        )
 
 
 @dataclass(frozen=True)
@@ -92,6 +118,13 @@ class Raster:
                 self.path,
                 f"window rows {y0}:{y0 + h}, cols {x0}:{x0 + w} is outside the "
                 f"{self.height}x{self.width} image",
+            )
+        cap = get_limits().max_whole_pixels
+        if h * w > cap:  # a window is decoded whole: the same bound as a PNG/JPEG
+            raise DataError(
+                self.path,
+                f"a window of {w} x {h} pixels is over the limit of {cap:,} pixels read at once "
+                f"(read it in smaller windows, or raise {get_limits().describe('max_whole_pixels')})",
             )
         out = self._read(y0, x0, h, w)
         if np.iscomplexobj(out):
@@ -174,12 +207,39 @@ def _grey_band(img):
     return None
 
 
-def _pil_to_array(path: Path) -> np.ndarray:
+_PIL_GUARD = threading.Lock()
+
+
+def _open_pil(path: Path, failure: str = "cannot read image header"):
+    """``PIL.Image.open`` (the header only) with the size checked against the limits.
+
+    PIL's own decompression-bomb guard (a process-wide setting whose errors and warnings
+    depend on what was opened before) is off while the header is read; :func:`check_pixels`
+    takes its place before anything is decoded.
+    """
     from PIL import Image
 
-    Image.MAX_IMAGE_PIXELS = MAX_WHOLE_IMAGE_PIXELS
+    with _PIL_GUARD:  # the swap is process-wide: one thread at a time
+        before, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            img = Image.open(path)
+        except Exception as exc:  # PIL raises many types on hostile headers
+            raise DataError(path, f"{failure} ({type(exc).__name__}: {exc})") from exc
+        finally:
+            Image.MAX_IMAGE_PIXELS = before
     try:
-        with Image.open(path) as img:
+        check_pixels(path, img.height, img.width, whole=True)
+    except DataError:
+        img.close()
+        raise
+    return img
+
+
+def _pil_to_array(path: Path) -> np.ndarray:
+
+    img = _open_pil(path, "cannot decode image")
+    try:
+        with img:
             img.load()  # decode now: a truncated file fails here, not later
             mode = img.mode
             if mode == "P":
@@ -198,12 +258,8 @@ def _pil_to_array(path: Path) -> np.ndarray:
                 arr = np.asarray(img)
     except DataError:
         raise
-    except Image.DecompressionBombError as exc:
-        raise DataError(
-            path, f"image too large to decode whole ({exc}); store big scenes as TIFF"
-        ) from exc
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise DataError(path, f"cannot decode image ({exc})") from exc
+    except (OSError, SyntaxError, ValueError, MemoryError) as exc:
+        raise DataError(path, f"cannot decode image ({type(exc).__name__}: {exc})") from exc
     if mode == "I" and arr.dtype == np.int32 and arr.size and arr.min() >= 0 and arr.max() <= 65535:
         arr = arr.astype(np.uint16)  # 16-bit PNGs come back as mode "I"
     return arr
@@ -246,6 +302,11 @@ class _TiffFileRaster(Raster):
             raise DataError(
                 path, f"unsupported TIFF layout (shape {shape}); expected H x W or H x W x C"
             )
+        try:
+            check_pixels(path, self.height, self.width, whole=False)
+        except DataError:
+            self._tif.close()
+            raise
         self.georef = _georef_from_tiff_tags(page)
         # uncompressed, contiguous samples: read window rows straight from the file
         self._contiguous = bool(page.is_memmappable)
@@ -264,6 +325,18 @@ class _TiffFileRaster(Raster):
                 self._seg_h, self._seg_w = page.rowsperstrip or self.height, self.width
             self._segs_x = math.ceil(self.width / self._seg_w)
             self._segs_y = math.ceil(self.height / self._seg_h)
+            samples = 1 if self._planar else self.channels
+            seg_bytes = self._seg_h * self._seg_w * samples * np.dtype(page.dtype).itemsize
+            cap = get_limits().max_segment_mib
+            if seg_bytes > cap * 2**20:
+                self._tif.close()
+                raise DataError(
+                    path,
+                    f"one {'tile' if page.is_tiled else 'strip'} of {self._seg_w} x {self._seg_h} "
+                    f"pixels decodes to {seg_bytes / 2**20:,.0f} MiB, over the limit of {cap} MiB "
+                    f"(store the scene with 512 x 512 tiles, or raise "
+                    f"{get_limits().describe('max_segment_mib')})",
+                )
 
     def _segment(self, index: int) -> np.ndarray:
         """Decoded segment ``index`` as [seg_h, seg_w, C] (edge segments may be smaller).
@@ -404,7 +477,12 @@ class _RasterioRaster(Raster):
             self._env.__exit__(None, None, None)
             raise DataError(path, f"cannot open raster ({exc})") from exc
         self.height, self.width, self.channels = self._ds.height, self._ds.width, self._ds.count
-        self.dtype = _check_dtype(path, np.dtype(self._ds.dtypes[0]))
+        try:
+            check_pixels(path, self.height, self.width, whole=False)
+            self.dtype = _check_dtype(path, np.dtype(self._ds.dtypes[0]))
+        except DataError:
+            self.close()
+            raise
         t = self._ds.transform
         has_geo = self._ds.crs is not None or not t.is_identity
         crs = self._ds.crs.to_string() if self._ds.crs is not None else None
@@ -467,17 +545,18 @@ def read_image(path: str | Path) -> np.ndarray:
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
-    """(height, width) from the file header, without decoding pixels."""
+    """(height, width) from the file header, without decoding pixels.
+
+    Raises:
+        DataError: unreadable header, or a size over the limits (:func:`check_pixels`).
+    """
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix in PIL_SUFFIXES:
-        from PIL import Image
-
-        try:
-            with Image.open(path) as img:
-                return img.height, img.width
-        except (OSError, SyntaxError) as exc:
-            raise DataError(path, f"cannot read image header ({exc})") from exc
+        if not path.is_file():
+            raise DataError(path, "no such file")
+        with _open_pil(path) as img:
+            return img.height, img.width
     with open_raster(path) as raster:
         return raster.height, raster.width
 

@@ -14,13 +14,15 @@ Schema version 2 (all keys required unless marked optional)::
                      format: "onnx" | "tensorrt"}
     inputs          [{name, shape: [int|str], dtype}]     (str dims are dynamic)
     outputs         [{name, shape, dtype, meaning?: str}]
-    preprocessing   SarPreprocess fields + input_size: int
-    tiling          {size: int, overlap: float in [0, 1)}
-    postprocessing  {score_threshold, iou_threshold: float in [0, 1], max_detections: int,
+    preprocessing   SarPreprocess fields + input_size: int in [16, 4096]
+    tiling          {size: int in [16, 4096], overlap: float in [0, 0.9]}
+    postprocessing  {score_threshold, iou_threshold: float in [0, 1],
+                     max_detections: int in [1, 100000],
                      vote_iou?: float in (0, 1] or null (box voting after NMS),
                      tta_flips?: list of "h" | "v" | "hv" (test-time flips),
                      decode?: a name of the decoder registry (default "dense_ltrb"),
-                     strides?: [positive int] (default [8, 16, 32]),
+                     strides?: [int in [1, 256], each dividing input_size], at most 8
+                               (default [8, 16, 32]),
                      anchors?: [[w, h]] or one such list per stride, positive numbers
                                (required by "yolo_anchors")}     no other keys
     classes         [str]
@@ -56,6 +58,13 @@ Schema version 1 differs in: ``lineage`` [{step: str, ...}]; ``quantization`` op
 {scheme: str, ...}, never required; ``engines`` [{file, sha256, tensorrt_version, gpu: str,
 ...}]; ``postprocessing`` may hold further keys. ``model.file`` and the ``decode`` fields are
 checked as in version 2 (every version 1 manifest sarbridge wrote passes).
+
+Sizes are held to sane ranges (above) so a manifest cannot make the runtime allocate without
+bound, and ``inputs[0]`` must agree with the preprocessing: rank 4 (batch, channels, height,
+width), ``preprocessing.channels`` channels and ``input_size`` sides where the dimensions are
+fixed, dtype float32. :func:`load_manifest` also refuses a ``model.file`` that is a link out of
+the artifact folder; the backend checks the model file's own inputs against the manifest
+(:func:`check_model_io`) before any scene is read.
 """
 
 from __future__ import annotations
@@ -111,6 +120,12 @@ _POSTPROCESSING_KEYS = (
     "strides",
     "anchors",
 )
+INPUT_SIZE_RANGE = (16, 4096)
+TILE_SIZE_RANGE = (16, 4096)  # one tile is one read: 64 MiB as float32 at most
+MAX_OVERLAP = 0.9
+MAX_DETECTIONS = 100_000
+STRIDE_RANGE = (1, 256)
+MAX_LEVELS = 8
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _COMPUTE_CAPABILITY = re.compile(r"[0-9]+\.[0-9]+")
 
@@ -198,7 +213,28 @@ def _check_tensors(items: list, where: str, path) -> None:
         _need(t, "dtype", str, f"{where}[{k}].", path)
 
 
-def _check_postprocessing(post: dict, version: int, path) -> None:
+def _check_input_shape(tensor: dict, channels: int, size: int, path) -> None:
+    """``inputs[0]``: [batch, channels, size, size] float32 (named dimensions are dynamic)."""
+    shape = tensor["shape"]
+    if len(shape) != 4:
+        _fail(path, f"field 'inputs[0].shape' must have 4 dimensions (N, C, H, W), got {shape}")
+    if isinstance(shape[1], int) and shape[1] != channels:
+        _fail(
+            path,
+            f"field 'inputs[0].shape' has {shape[1]} channels but preprocessing.channels is "
+            f"{channels}",
+        )
+    for dim in shape[2:]:
+        if isinstance(dim, int) and dim != size:
+            _fail(
+                path,
+                f"field 'inputs[0].shape' {shape} does not match preprocessing.input_size {size}",
+            )
+    if tensor["dtype"] != "float32":
+        _fail(path, f"field 'inputs[0].dtype' must be 'float32', got {tensor['dtype']!r}")
+
+
+def _check_postprocessing(post: dict, version: int, path, input_size: int | None = None) -> None:
     where = "postprocessing."
     if version >= 2:
         _object(post, "postprocessing", path, _POSTPROCESSING_KEYS)
@@ -218,13 +254,28 @@ def _check_postprocessing(post: dict, version: int, path) -> None:
             parse_flips(flips)
         except ValueError as exc:
             _fail(path, f"field 'postprocessing.tta_flips': {exc}")
-    if _need(post, "max_detections", int, where, path) <= 0:
-        _fail(path, "field 'postprocessing.max_detections' must be positive")
+    if not 1 <= _need(post, "max_detections", int, where, path) <= MAX_DETECTIONS:
+        _fail(path, f"field 'postprocessing.max_detections' must be in [1, {MAX_DETECTIONS}]")
     strides = list(DEFAULT_STRIDES)
     if "strides" in post:
         strides = _need(post, "strides", list, where, path)
-        if not strides or not all(_is_kind(s, int) and s > 0 for s in strides):
-            _fail(path, f"field 'postprocessing.strides' must list positive ints, got {strides!r}")
+        lo, hi = STRIDE_RANGE
+        if (
+            not strides
+            or len(strides) > MAX_LEVELS
+            or not all(_is_kind(s, int) and lo <= s <= hi for s in strides)
+        ):
+            _fail(
+                path,
+                f"field 'postprocessing.strides' must list 1 to {MAX_LEVELS} ints in [{lo}, {hi}], "
+                f"got {strides!r}",
+            )
+        if input_size is not None and any(input_size % s for s in strides):
+            _fail(
+                path,
+                f"field 'postprocessing.strides' {strides} must divide preprocessing.input_size "
+                f"{input_size}",
+            )
     if "decode" in post:
         decode = _choice(post, "decode", tuple(list_decoders()), where, path)
         decoder = get_decoder(decode)
@@ -437,18 +488,22 @@ def validate(manifest: dict, path: str | Path = "<manifest>") -> dict:
     _check_tensors(manifest["outputs"], "outputs", path)
     pre = dict(manifest["preprocessing"])
     size = pre.pop("input_size", None)
-    if not _is_kind(size, int) or size <= 0:
-        _fail(path, "field 'preprocessing.input_size' must be a positive int")
+    lo, hi = INPUT_SIZE_RANGE
+    if not _is_kind(size, int) or not lo <= size <= hi:
+        _fail(path, f"field 'preprocessing.input_size' must be an int in [{lo}, {hi}], got {size!r}")
     try:
-        SarPreprocess.from_dict(pre)
+        params = SarPreprocess.from_dict(pre)
     except (TypeError, ValueError) as exc:
         _fail(path, f"invalid 'preprocessing': {exc}")
+    _check_input_shape(manifest["inputs"][0], params.channels, size, path)
     tiling = manifest["tiling"]
-    if _need(tiling, "size", int, "tiling.", path) <= 0:
-        _fail(path, "field 'tiling.size' must be positive")
-    if not 0 <= _need(tiling, "overlap", float, "tiling.", path) < 1:
-        _fail(path, "field 'tiling.overlap' must be in [0, 1)")
-    _check_postprocessing(manifest["postprocessing"], version, path)
+    lo, hi = TILE_SIZE_RANGE
+    if not lo <= _need(tiling, "size", int, "tiling.", path) <= hi:
+        _fail(path, f"field 'tiling.size' must be in [{lo}, {hi}], got {tiling['size']}")
+    overlap = _need(tiling, "overlap", float, "tiling.", path)
+    if not 0 <= overlap <= MAX_OVERLAP:
+        _fail(path, f"field 'tiling.overlap' must be in [0, {MAX_OVERLAP}], got {overlap}")
+    _check_postprocessing(manifest["postprocessing"], version, path, size)
     if not manifest["classes"] or not all(isinstance(c, str) for c in manifest["classes"]):
         _fail(path, "field 'classes' must be a non-empty list of names")
     if version == 1:
@@ -462,6 +517,54 @@ def validate(manifest: dict, path: str | Path = "<manifest>") -> dict:
     _numbers(manifest, "metrics", "", path)
     _check_engines(manifest.get("engines", []), version, path)
     return manifest
+
+
+def check_model_io(manifest: dict, model_io, path: str | Path = "<manifest>") -> None:
+    """The manifest's ``inputs``/``outputs`` against the model file's own (a backend's
+    ``model_io()``): one input, of the manifest's name, rank, channels, size and dtype; the
+    manifest's outputs, by name. Nothing to check when ``model_io`` is None.
+
+    Raises:
+        ManifestError: naming the field that does not describe the model.
+    """
+    if model_io is None:
+        return
+    inputs, outputs = model_io
+    want = manifest["inputs"][0]
+    if len(inputs) != 1:
+        _fail(path, f"the model file has {len(inputs)} inputs; the runtime feeds one ('inputs')")
+    got = inputs[0]
+    if got.name != want["name"]:
+        _fail(
+            path, f"field 'inputs[0].name' is {want['name']!r} but the model's input is {got.name!r}"
+        )
+    if len(got.shape) != len(want["shape"]):
+        _fail(
+            path,
+            f"field 'inputs[0].shape' {want['shape']} has {len(want['shape'])} dimensions but the "
+            f"model's input has {len(got.shape)} ({list(got.shape)})",
+        )
+    params, size = preprocess_of(manifest)
+    labels = ("batch", "channels", "height", "width")
+    expected = (None, params.channels, size, size)
+    for k, (dim, exp) in enumerate(zip(got.shape, expected, strict=False)):
+        if exp is not None and dim is not None and dim != exp:
+            source = "preprocessing.channels" if k == 1 else "preprocessing.input_size"
+            _fail(
+                path,
+                f"field '{source}' is {exp} but the model's input {got.name!r} has {dim} "
+                f"{labels[k]} (shape {['?' if d is None else d for d in got.shape]})",
+            )
+    if got.dtype != want["dtype"]:
+        _fail(path, f"field 'inputs[0].dtype' is {want['dtype']!r} but the model takes {got.dtype}")
+    names = [o.name for o in outputs]
+    missing = [t["name"] for t in manifest["outputs"] if t["name"] not in names]
+    if missing or len(names) != len(manifest["outputs"]):
+        _fail(
+            path,
+            f"field 'outputs' names {[t['name'] for t in manifest['outputs']]} but the model's "
+            f"outputs are {names}",
+        )
 
 
 def preprocess_of(manifest: dict) -> tuple[SarPreprocess, int]:
@@ -478,6 +581,16 @@ def save_manifest(manifest: dict, path: str | Path) -> Path:
         path = path / MANIFEST_NAME
     validate(manifest, path)
     return atomic_write_json(manifest, path)
+
+
+def _inside(manifest_path: Path, file: Path, field: str) -> None:
+    """Refuse a file of the artifact that is a link out of the artifact folder."""
+    if file.resolve().parent != manifest_path.parent.resolve():
+        raise ManifestError(
+            manifest_path,
+            f"field '{field}': {file.name} is a link to {file.resolve()}, outside the artifact "
+            "folder; copy the file into the folder",
+        )
 
 
 def load_manifest(path: str | Path, verify_model: bool = True) -> dict:
@@ -504,6 +617,10 @@ def load_manifest(path: str | Path, verify_model: bool = True) -> dict:
         model = path.parent / manifest["model"]["file"]
         if not model.is_file():
             raise ManifestError(path, f"its model file {model.name} is missing")
+        _inside(path, model, "model.file")
+        for k, eng in enumerate(manifest.get("engines", [])):
+            if (path.parent / eng["file"]).exists():
+                _inside(path, path.parent / eng["file"], f"engines[{k}].file")
         actual = sha256_file(model)
         if actual != manifest["model"]["sha256"]:
             raise ManifestError(

@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from sarbridge.runtime.detector import SceneResult
-from sarbridge.runtime.fileio import atomic_path, atomic_write_text
+from sarbridge.runtime.fileio import atomic_write_text
 from sarbridge.runtime.imageio import open_raster
+from sarbridge.runtime.limits import get_limits
 from sarbridge.runtime.preprocess import to_single_channel
 
 
@@ -90,18 +91,17 @@ def write_json(path: str | Path, doc: dict) -> Path:
     return atomic_write_text(path, json.dumps(doc) + "\n")
 
 
-def write_overlay(
-    path: str | Path, result: SceneResult, max_side: int = 4096, min_score: float = 0.0
-) -> Path:
-    """An 8-bit PNG of the scene (downscaled to ``max_side``) with the boxes drawn on it."""
+def render_overlay(result: SceneResult, max_side: int = 4096, min_score: float = 0.0):
+    """An 8-bit RGB PIL image of the scene (downscaled to ``max_side``) with the boxes drawn."""
     from PIL import Image, ImageDraw
 
-    path = Path(path)
     with open_raster(result.path) as raster:
         step = max(1, int(np.ceil(max(raster.height, raster.width) / max_side)))
+        # bands of whole rows, a multiple of step tall, within the limit of one read
+        band_rows = step * max(1, min(256, get_limits().max_whole_pixels // raster.width // step))
         rows = []
-        for y in range(0, raster.height, 256 * step):
-            h = min(256 * step, raster.height - y)
+        for y in range(0, raster.height, band_rows):
+            h = min(band_rows, raster.height - y)
             rows.append(to_single_channel(raster.read(y, 0, h, raster.width))[::step, ::step])
         band = np.concatenate(rows)
     if band.dtype != np.uint8:
@@ -114,6 +114,4 @@ def write_overlay(
             continue
         x1, y1, x2, y2 = (float(v) / step for v in box)
         draw.rectangle([x1, y1, x2, y2], outline=(255, 40, 40), width=2 if step == 1 else 1)
-    with atomic_path(path) as tmp:
-        img.save(tmp, format="PNG")
-    return path
+    return img

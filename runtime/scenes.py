@@ -1,15 +1,25 @@
-"""`sarbridge detect`: many scenes through one detector, bad files reported and skipped."""
+"""`sarbridge detect`: many scenes through one detector, bad files reported and skipped.
+
+Outputs never overwrite each other: every scene gets a name of its own in the run (a second
+``a.png`` next to ``a.jpg`` is written as ``a_2``, or further when ``a_2`` is itself a scene's
+name, and the outcome says so); the output folder is checked writable before the first scene;
+a scene's JSON, GeoJSON and overlay are published together (renamed into place after all of
+them were written, the JSON last), so a JSON never exists without its overlay.
+"""
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from sarbridge.runtime.detector import Detector, SceneResult
-from sarbridge.runtime.errors import SarbridgeError
+from sarbridge.runtime.errors import DataError, SarbridgeError
+from sarbridge.runtime.fileio import atomic_group, writable_dir
 from sarbridge.runtime.imageio import IMAGE_SUFFIXES, image_size
-from sarbridge.runtime.outputs import coco_document, geojson_document, write_json, write_overlay
+from sarbridge.runtime.outputs import coco_document, geojson_document, render_overlay
 
 
 @dataclass
@@ -20,6 +30,7 @@ class SceneOutcome:
     outputs: list[Path]
     result: SceneResult | None = None
     seconds: float = 0.0
+    name: str = ""  # the stem of its output files
 
 
 def expand_inputs(items: list[str | Path]) -> list[Path]:
@@ -36,14 +47,37 @@ def expand_inputs(items: list[str | Path]) -> list[Path]:
     return out
 
 
-def _names(paths: list[Path]) -> list[str]:
-    seen: dict[str, int] = {}
+def output_names(paths: list[Path]) -> list[str]:
+    """A distinct output stem per scene, deterministic for the order given.
+
+    A scene keeps its file stem unless an earlier scene has it; then it gets ``<stem>_<n>``
+    with the smallest n >= 2 that is neither taken nor another scene's own stem. Names are
+    compared case-blind (a case-insensitive file system would merge them otherwise).
+    """
+    stems = {p.stem.casefold() for p in paths}
+    taken: set[str] = set()
     names = []
     for p in paths:
-        n = seen.get(p.stem, 0)
-        seen[p.stem] = n + 1
-        names.append(p.stem if n == 0 else f"{p.stem}_{n + 1}")
+        name = p.stem
+        if name.casefold() in taken:
+            n = 2
+            while f"{p.stem}_{n}".casefold() in taken | stems:
+                n += 1
+            name = f"{p.stem}_{n}"
+        taken.add(name.casefold())
+        names.append(name)
     return names
+
+
+def _unique(paths: list[Path]) -> list[Path]:
+    """``paths`` without repeats of one file (given twice, or as a file and in its folder)."""
+    seen, out = set(), []
+    for p in paths:
+        key = p.resolve() if p.exists() else p
+        if key not in seen:
+            seen.add(key)
+            out.append(p)
+    return out
 
 
 def detect_scenes(
@@ -53,18 +87,27 @@ def detect_scenes(
     overlay: bool = False,
     geojson: bool = True,
     progress: bool = True,
+    on_outcome: Callable[[SceneOutcome], None] | None = None,
 ) -> list[SceneOutcome]:
     """Run ``detector`` over every scene; write ``<name>.json`` (+ ``.geojson``, ``.overlay.png``).
 
     A scene that cannot be read or processed is reported in its outcome and the
     others go on; results of finished scenes are already on disk (atomic writes).
+
+    Args:
+        on_outcome: called with each scene's outcome as soon as it is known (the CLI prints
+            it); without it a failed scene is printed above the progress bar.
+
+    Raises:
+        SarbridgeError: no image files in ``inputs``, or ``out_dir`` cannot be written (checked
+            before the first scene).
     """
     from tqdm import tqdm
 
-    out_dir = Path(out_dir)
-    paths = expand_inputs(inputs)
+    paths = _unique(expand_inputs(inputs))
     if not paths:
         raise SarbridgeError(f"no image files found in {[str(i) for i in inputs]}")
+    out_dir = writable_dir(out_dir)
     info = {
         "model": detector.manifest.get("name", detector.artifact.name),
         "model_sha256": detector.manifest["model"]["sha256"],
@@ -74,44 +117,62 @@ def detect_scenes(
     }
     outcomes = []
     scenes = tqdm(paths, desc="scenes", unit="scene", disable=not progress or len(paths) < 2)
-    for path, name in zip(scenes, _names(paths), strict=True):
+    for path, name in zip(scenes, output_names(paths), strict=True):
         t0 = time.perf_counter()
+        renamed = f" (written as {name}: another scene of this run is called {path.stem})"
+        renamed = renamed if name != path.stem else ""
         try:
             h, w = image_size(path)
-            tiles = len(detector.plan(h, w))
+            tiles = len(detector.plan(h, w, path))
             with tqdm(
                 total=tiles, desc=path.name, unit="tile", leave=False, disable=not progress
             ) as bar:
                 result = detector.detect(path, progress=bar)
             t1 = time.perf_counter()
-            written = [
-                write_json(
-                    out_dir / f"{name}.json",
-                    coco_document(result, detector.classes, info | {"source": str(path)}),
-                )
-            ]
-            if geojson and result.georef is not None:
-                written.append(
-                    write_json(
-                        out_dir / f"{name}.geojson",
-                        geojson_document(result, detector.classes, info | {"source": str(path)}),
-                    )
-                )
-            if overlay:
-                written.append(write_overlay(out_dir / f"{name}.overlay.png", result))
+            written = _publish(result, detector, out_dir, name, info | {"source": str(path)},
+                               overlay=overlay, geojson=geojson)  # fmt: skip
             result.timings["write"] = time.perf_counter() - t1
             seconds = time.perf_counter() - t0
-            outcomes.append(
-                SceneOutcome(
-                    path,
-                    True,
-                    f"{len(result)} ships, {result.tiles} tiles, {seconds:.1f} s",
-                    written,
-                    result,
-                    seconds,
-                )
+            outcome = SceneOutcome(
+                path,
+                True,
+                f"{len(result)} ships, {result.tiles} tiles, {seconds:.1f} s{renamed}",
+                written,
+                result,
+                seconds,
+                name,
             )
-        except (SarbridgeError, OSError, ValueError) as exc:
-            outcomes.append(SceneOutcome(path, False, str(exc), [], None, time.perf_counter() - t0))
-            scenes.write(f"FAILED {path}: {exc}")
+        except (SarbridgeError, OSError, ValueError, MemoryError) as exc:
+            if isinstance(exc, DataError) and exc.path == path:
+                message = exc.reason  # the line names the scene already
+            elif isinstance(exc, MemoryError):
+                message = f"{type(exc).__name__}: {exc}"
+            else:
+                message = str(exc)
+            outcome = SceneOutcome(path, False, message, [], None, time.perf_counter() - t0, name)
+            if on_outcome is None:
+                scenes.write(f"FAILED {path}: {message}")
+        outcomes.append(outcome)
+        if on_outcome is not None:
+            on_outcome(outcome)
     return outcomes
+
+
+def _publish(
+    result: SceneResult, detector: Detector, out_dir: Path, name: str, info: dict,
+    *, overlay: bool, geojson: bool,
+) -> list[Path]:  # fmt: skip
+    """Write a scene's files together: overlay and GeoJSON first, the JSON last, all or none."""
+    docs: list[tuple[Path, object]] = []
+    if overlay:
+        docs.append((out_dir / f"{name}.overlay.png", render_overlay(result)))
+    if geojson and result.georef is not None:
+        docs.append((out_dir / f"{name}.geojson", geojson_document(result, detector.classes, info)))
+    docs.append((out_dir / f"{name}.json", coco_document(result, detector.classes, info)))
+    with atomic_group([path for path, _ in docs]) as tmps:
+        for tmp, (_, doc) in zip(tmps, docs, strict=True):
+            if isinstance(doc, dict):
+                tmp.write_text(json.dumps(doc) + "\n", encoding="utf-8")
+            else:
+                doc.save(tmp, format="PNG")
+    return [path for path, _ in reversed(docs)]

@@ -44,6 +44,18 @@ def _starts(length: int, size: int, stride: int) -> list[int]:
     return starts
 
 
+def _count(length: int, size: int, stride: int) -> int:
+    if length <= size:
+        return 1
+    return (length - size) // stride + 1 + ((length - size) % stride != 0)
+
+
+def tile_count(height: int, width: int, size: int, overlap: float = 0.5) -> int:
+    """How many tiles :func:`tile_grid` gives, without making them."""
+    stride = max(1, int(round(size * (1 - overlap))))
+    return _count(height, size, stride) * _count(width, size, stride)
+
+
 def tile_grid(height: int, width: int, size: int, overlap: float = 0.5) -> list[Tile]:
     """Tiles covering every pixel of a height x width scene.
 

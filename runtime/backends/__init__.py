@@ -25,6 +25,15 @@ from sarbridge.runtime.errors import SarbridgeError
 BACKEND_PACKAGES = ("onnxruntime", "openvino", "tensorrt", "torch", "torchvision")
 
 
+@dataclass(frozen=True)
+class TensorSpec:
+    """A model input or output as the model file declares it (None: a dynamic dimension)."""
+
+    name: str
+    shape: tuple[int | None, ...]
+    dtype: str  # numpy dtype name
+
+
 class Backend:
     """One loaded model. ``run(batch) -> [outputs]``; ``max_batch`` is None when any batch works.
 
@@ -37,6 +46,11 @@ class Backend:
 
     def run(self, batch: np.ndarray) -> list[np.ndarray]:
         raise NotImplementedError
+
+    def model_io(self) -> tuple[list[TensorSpec], list[TensorSpec]] | None:
+        """The loaded model's (inputs, outputs) from the model file itself; None when the
+        backend cannot tell (the manifest is then trusted)."""
+        return None
 
     def close(self) -> None:  # noqa: B027 - optional hook
         pass

@@ -12,8 +12,11 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from sarbridge.runtime.backends import Backend, fixed_batch
+from sarbridge.runtime.backends import Backend, TensorSpec, fixed_batch
 from sarbridge.runtime.errors import SarbridgeError
+
+# ONNX Runtime's tensor type names -> numpy's
+_ORT_TYPES = {"float": "float32", "float16": "float16", "double": "float64"}
 
 
 class OnnxRuntimeBackend(Backend):
@@ -56,6 +59,9 @@ class OnnxRuntimeBackend(Backend):
             opts.intra_op_num_threads = int(threads)
             opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # the memory pattern is a second, whole-graph block in the CPU arena beside the first
+        # run's chunks (+72 MiB resident at batch 8) for no measurable speed-up here
+        opts.enable_mem_pattern = chosen[0] != "CPUExecutionProvider"
         try:
             self.session = ort.InferenceSession(os.fspath(model_path), opts, providers=chosen)
         except Exception as exc:  # onnxruntime raises its own exception types
@@ -66,6 +72,16 @@ class OnnxRuntimeBackend(Backend):
         self.threads = threads
         self.max_batch = fixed_batch(manifest)
         self.description = f"onnxruntime {ort.__version__} ({', '.join(self.providers)})"
+
+    def model_io(self) -> tuple[list[TensorSpec], list[TensorSpec]]:
+        def spec(arg) -> TensorSpec:
+            shape = tuple(d if isinstance(d, int) else None for d in (arg.shape or ()))
+            kind = arg.type.removeprefix("tensor(").removesuffix(")")
+            return TensorSpec(arg.name, shape, _ORT_TYPES.get(kind, kind))
+
+        return [spec(a) for a in self.session.get_inputs()], [
+            spec(a) for a in self.session.get_outputs()
+        ]
 
     def run(self, batch: np.ndarray) -> list[np.ndarray]:
         return self.session.run(

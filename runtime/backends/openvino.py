@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import openvino as ov
 
-from sarbridge.runtime.backends import Backend, fixed_batch
+from sarbridge.runtime.backends import Backend, TensorSpec, fixed_batch
 from sarbridge.runtime.errors import SarbridgeError
 
 # manifest precision -> OpenVINO INFERENCE_PRECISION_HINT
@@ -74,6 +74,8 @@ class OpenVinoBackend(Backend):
                 f"{model_path}: openvino cannot compile the model for {device} with {config}: {exc}"
             ) from exc
         self.request = self.compiled.create_infer_request()
+        self._input_names = [t["name"] for t in manifest["inputs"]]
+        self._output_names = [t["name"] for t in manifest["outputs"]]
         self.input_dtype = self.compiled.inputs[0].get_element_type().to_dtype()
         # manifest order by name; the model's own order when the names do not all match
         ports = list(self.compiled.outputs)
@@ -86,6 +88,23 @@ class OpenVinoBackend(Backend):
         self.description = (
             f"openvino {ov.__version__.split('-')[0]} ({device}, precision hint "
             f"{self.precision_hint})"
+        )
+
+    def model_io(self) -> tuple[list[TensorSpec], list[TensorSpec]]:
+        def specs(ports, wanted: list[str]) -> list[TensorSpec]:
+            out = []
+            for port in ports:
+                shape = tuple(
+                    d.get_length() if d.is_static else None for d in port.get_partial_shape()
+                )
+                names = port.get_names()  # a port may have several: the manifest's if there
+                name = next((w for w in wanted if w in names), min(names, default=""))
+                dtype = np.dtype(port.get_element_type().to_dtype()).name
+                out.append(TensorSpec(name, shape, dtype))
+            return out
+
+        return specs(self.compiled.inputs, self._input_names), specs(
+            self.compiled.outputs, self._output_names
         )
 
     def run(self, batch: np.ndarray) -> list[np.ndarray]:

@@ -13,6 +13,50 @@ from pathlib import Path
 
 from sarbridge import __version__
 
+EXIT_CODES = (
+    "exit codes: 0 done; 1 done, but bad items were found (each listed, the others processed); "
+    "2 could not run (bad arguments, manifest, model or output folder: nothing was processed); "
+    "130 interrupted (SIGINT), 143 terminated (SIGTERM): no partial file is left"
+)
+
+
+def _fraction(text: str) -> float:
+    """A number in [0, 1] (thresholds)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value <= 1:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{text} is not in [0, 1]")
+    return value
+
+
+def _overlap(text: str) -> float:
+    """A tile overlap in [0, 0.9]."""
+    value = _fraction(text)
+    if value > 0.9:
+        raise argparse.ArgumentTypeError(f"{text} is over 0.9 (tiles would barely move)")
+    return value
+
+
+def _positive(text: str) -> int:
+    """An integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
+    return value
+
+
+def _positive_list(text: str) -> tuple[int, ...]:
+    """Comma-separated integers >= 1."""
+    values = tuple(_positive(v.strip()) for v in text.split(",") if v.strip())
+    if not values:
+        raise argparse.ArgumentTypeError("give at least one value")
+    return values
+
 
 def _add_data(sub: argparse._SubParsersAction) -> None:
     data = sub.add_parser("data", help="check, tile and synthesise SAR data (torch-free)")
@@ -22,7 +66,8 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
         "check",
         help="check a dataset or scene and list every bad item",
         description="Detects the format (VOC, COCO, YOLO, optical/SAR pairs, single scene), prints counts "
-        "per split and box statistics, and lists every bad item with its file. Exit code 1 if anything is bad.",
+        "per split and box statistics, and lists every bad item with its file.",
+        epilog=EXIT_CODES,
     )
     check.add_argument(
         "path", type=Path, help="dataset folder, COCO JSON file, pair folder or scene file"
@@ -38,11 +83,13 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
 
     tile = dsub.add_parser(
         "tile", help="cut a scene into overlapping tiles with a tiles.json index"
-    )
+    , epilog=EXIT_CODES)
     tile.add_argument("scene", type=Path)
-    tile.add_argument("--size", type=int, default=512, help="tile side in pixels (default 512)")
     tile.add_argument(
-        "--overlap", type=float, default=0.5, help="overlap fraction in [0, 1) (default 0.5)"
+        "--size", type=_positive, default=512, help="tile side in pixels (default 512)"
+    )
+    tile.add_argument(
+        "--overlap", type=_overlap, default=0.5, help="overlap fraction in [0, 0.9] (default 0.5)"
     )
     tile.add_argument("--out", type=Path, required=True, help="output folder")
     tile.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
@@ -50,10 +97,10 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
 
     synth = dsub.add_parser(
         "synth", help="write synthetic SAR scenes, optical renderings and COCO boxes"
-    )
+    , epilog=EXIT_CODES)
     synth.add_argument("--out", type=Path, required=True)
-    synth.add_argument("--n", type=int, default=8, help="number of scenes")
-    synth.add_argument("--size", type=int, default=512, help="scene side in pixels")
+    synth.add_argument("--n", type=_positive, default=8, help="number of scenes")
+    synth.add_argument("--size", type=_positive, default=512, help="scene side in pixels")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--bits", type=int, choices=(8, 16), default=16, help="SAR sample depth")
     synth.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
@@ -70,6 +117,9 @@ def _run_data_check(args) -> int:
 
 def _run_data_tile(args) -> int:
     from sarbridge.runtime.datatools import tile_scene_to_dir
+    from sarbridge.runtime.fileio import writable_dir
+
+    writable_dir(args.out)
 
     index = tile_scene_to_dir(args.scene, args.out, args.size, args.overlap, progress=args.progress)
     print(f"tiles and index written: {index}")
@@ -97,7 +147,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         help="pretrain a bridge neural network on optical/SAR pairs",
         description="Two separate backbones (SAR, optical) -> 50-d embeddings; matched pairs pulled together, "
         "unmatched pushed apart. Multi-process: torchrun --nproc_per_node N -m sarbridge train bnn ...",
-    )
+     epilog=EXIT_CODES)
     bnn.add_argument(
         "--config", type=Path, help="YAML config (configs/bnn_*.yaml); defaults when omitted"
     )
@@ -123,7 +173,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         description="Trains on the official train split (a seeded share held out for validation picks the best "
         "checkpoint by AP50:95; --set data.val_fraction=0 trains on all of it and keeps the last "
         "epoch) and scores the test split once at the end.",
-    )
+     epilog=EXIT_CODES)
     det.add_argument("--config", type=Path, help="YAML config (configs/det_*.yaml)")
     det.add_argument(
         "--init",
@@ -140,7 +190,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
     exp = tsub.add_parser(
         "bnn-export-backbone", help="write a BNN run's SAR backbone in the form detectors load"
-    )
+    , epilog=EXIT_CODES)
     exp.add_argument(
         "--from", dest="run", required=True, help="the BNN run directory, checkpoint or zoo:<name>"
     )
@@ -198,7 +248,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
         "to ONNX opset 17 with BatchNorm folded, simplified with onnxslim and checked with "
         "onnx.checker; compares ONNX Runtime with PyTorch on real test images and refuses to write "
         "the artifact when they disagree.",
-    )
+     epilog=EXIT_CODES)
     onnx.add_argument(
         "--from",
         dest="run",
@@ -208,19 +258,19 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     onnx.add_argument("--out", type=Path, required=True, help="artifact directory to write")
     onnx.add_argument(
         "--tile-size",
-        type=int,
+        type=_positive,
         help="scene tile side in pixels (default: the median long side of the training images, "
         "so ships keep the scale training saw; each tile is letterboxed into the network input)",
     )
     onnx.add_argument(
-        "--overlap", type=float, default=0.5, help="tile overlap fraction (default 0.5)"
+        "--overlap", type=_overlap, default=0.5, help="tile overlap fraction (default 0.5)"
     )
     onnx.add_argument(
-        "--parity-images", type=int, default=16, help="real test images for the check"
+        "--parity-images", type=_positive, default=16, help="real test images for the check"
     )
     onnx.add_argument(
         "--nms-iou",
-        type=float,
+        type=_fraction,
         help="NMS IoU of the deployed detector (default: the run's eval.iou_threshold; pick one on "
         "validation with python -m sarbridge.benchmarks.research.det_nms_sweep)",
     )
@@ -276,7 +326,7 @@ def _add_compress(sub: argparse._SubParsersAction) -> None:
         "validation images, then the test split once) and writes model.onnx + manifest.json. "
         "INT8 calibrates on train images only, through the runtime's own preprocessing and "
         "tiling. Targets and their quantization schemes: sarbridge compress --list-targets",
-    )
+     epilog=EXIT_CODES)
     c.add_argument(
         "--method",
         help="int8: post-training quantization with an accuracy guard; qat: NNCF "
@@ -344,25 +394,25 @@ def _add_compress(sub: argparse._SubParsersAction) -> None:
     )
     c.add_argument(
         "--calibration-images",
-        type=int,
+        type=_positive,
         default=300,
         help="network inputs (images or scene tiles) of the train split to calibrate "
         "on (default 300)",
     )
     c.add_argument(
         "--guard-images",
-        type=int,
+        type=_positive,
         default=200,
         help="validation images the accuracy guard scores (default 200)",
     )
     c.add_argument(
         "--max-ap-drop",
-        type=float,
+        type=_fraction,
         default=0.01,
         help="largest AP50 drop the guard accepts before keeping layers in float (default 0.01)",
     )
     c.add_argument("--seed", type=int, default=0, help="calibration sampling seed")
-    c.add_argument("--threads", type=int, help="inference threads while scoring")
+    c.add_argument("--threads", type=_positive, help="inference threads while scoring")
     c.add_argument("--name", help="the artifact's name in its manifest (default: the folder)")
     c.add_argument(
         "--epochs",
@@ -449,8 +499,10 @@ def _add_detect(sub: argparse._SubParsersAction) -> None:
         description="Reads each scene (8/16-bit, TIFF/GeoTIFF/PNG/JPEG; a folder means its images), "
         "applies the manifest's preprocessing, tiles with overlap, runs the tiles in batches, merges "
         "across tiles and writes <scene>.json (COCO style), <scene>.geojson when the scene is "
-        "georeferenced, and <scene>.overlay.png with --overlay. A bad scene is reported and skipped; "
-        "the exit code is 1 when any scene failed.",
+        "georeferenced, and <scene>.overlay.png with --overlay. A bad scene is reported and skipped. "
+        "Every scene is sized from its header first and refused over the pixel and tile limits; "
+        "the manifest is checked against the model file before any scene is read.",
+        epilog=EXIT_CODES,
     )
     det.add_argument("scenes", nargs="+", type=Path, metavar="SCENE_OR_DIR")
     det.add_argument(
@@ -467,9 +519,26 @@ def _add_detect(sub: argparse._SubParsersAction) -> None:
         help="comma-separated ONNX Runtime providers (default: all available, GPU first); "
         "onnxruntime backend only",
     )
-    det.add_argument("--threads", type=int, help="inference threads (default: the backend's)")
-    det.add_argument("--batch", type=int, default=8, help="tiles per inference call (default 8)")
-    det.add_argument("--score-threshold", type=float, help="override the manifest's threshold")
+    det.add_argument(
+        "--threads", type=_positive, help="inference threads (default: the backend's)"
+    )
+    det.add_argument(
+        "--batch", type=_positive, default=8, help="tiles per inference call (default 8)"
+    )
+    det.add_argument(
+        "--score-threshold", type=_fraction, help="override the manifest's threshold, in [0, 1]"
+    )
+    det.add_argument(
+        "--max-pixels",
+        type=_positive,
+        help="largest scene (height x width) read by window, from its header (default 2**30; "
+        "PNG/JPEG, decoded whole: 2**26; $SARBRIDGE_MAX_PIXELS)",
+    )
+    det.add_argument(
+        "--max-tiles",
+        type=_positive,
+        help="most tiles in one scene (default 100000; $SARBRIDGE_MAX_TILES)",
+    )
     det.add_argument(
         "--tta-flips",
         help="override the manifest's test-time flips: comma-separated among h, v, hv, or 'off' "
@@ -488,11 +557,29 @@ def _add_detect(sub: argparse._SubParsersAction) -> None:
     det.set_defaults(func=_run_detect)
 
 
+def _print_outcome(outcome) -> None:
+    from tqdm import tqdm
+
+    lines = [f"{'ok    ' if outcome.ok else 'FAILED'} {outcome.path}: {outcome.message}"]
+    lines += [f"       -> {path}" for path in outcome.outputs]
+    tqdm.write("\n".join(lines))
+
+
 def _run_detect(args) -> int:
+    from sarbridge.runtime.limits import limits
+
+    with limits(max_pixels=args.max_pixels, max_tiles=args.max_tiles):
+        return _detect(args)
+
+
+def _detect(args) -> int:
     from sarbridge.runtime.detector import Detector
     from sarbridge.runtime.errors import SarbridgeError
+    from sarbridge.runtime.fileio import writable_dir
     from sarbridge.runtime.scenes import detect_scenes
     from sarbridge.runtime.zoo import resolve_artifact
+
+    writable_dir(args.out)  # before the model loads: a bad --out costs nothing
 
     options = {"threads": args.threads}  # every backend takes threads
     if args.providers:
@@ -518,14 +605,15 @@ def _run_detect(args) -> int:
         overlay=args.overlay,
         geojson=args.geojson,
         progress=args.progress,
+        on_outcome=_print_outcome,
     )
     failed = [o for o in outcomes if not o.ok]
-    for o in outcomes:
-        status = "ok    " if o.ok else "FAILED"
-        print(f"{status} {o.path}: {o.message}")
-        for path in o.outputs:
-            print(f"       -> {path}")
-    print(f"{len(outcomes) - len(failed)} of {len(outcomes)} scenes written to {args.out}")
+    renamed = [o for o in outcomes if o.ok and o.name != o.path.stem]
+    print(
+        f"{len(outcomes) - len(failed)} of {len(outcomes)} scenes written to {args.out}"
+        + (f", {len(failed)} failed" if failed else "")
+        + (f", {len(renamed)} under another name (a name clash)" if renamed else "")
+    )
     return 1 if failed else 0
 
 
@@ -537,12 +625,15 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
         "(tiling and merge as `sarbridge detect`): COCO AP, latency percentiles and throughput, "
         "peak memory, size, power/energy where a probe exists. Writes results.json, report.md, "
         "report.html and PNG plots. With --compare X Y: the differences between two reports, "
-        "regressions first.",
+        "regressions first; reports of different datasets are refused unless --force.",
+        epilog=EXIT_CODES + "; with --compare, 1 means a regression",
     )
     b.add_argument("--models", nargs="+", help="artifact directories or zoo:<name>")
     b.add_argument("--data", help="dataset root, absolute or under the data root (default: SSDD)")
     b.add_argument("--split", default="test", help="dataset split (default test)")
-    b.add_argument("--max-images", type=int, help="only the first N images of the split")
+    b.add_argument(
+        "--max-images", type=_positive, help="only the first N (>= 1) images of the split"
+    )
     b.add_argument("--scenes", nargs="*", type=Path, default=[], help="large scenes to time")
     b.add_argument(
         "--backends",
@@ -552,16 +643,26 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     b.add_argument(
         "--providers", help="comma-separated ONNX Runtime providers (onnxruntime rows only)"
     )
-    b.add_argument("--threads", type=int, help="inference threads")
+    b.add_argument("--threads", type=_positive, help="inference threads")
     b.add_argument(
-        "--batch-sizes", default="1,2,4,8", help="throughput batch sizes (default 1,2,4,8)"
+        "--batch-sizes",
+        type=_positive_list,
+        default=(1, 2, 4, 8),
+        help="throughput batch sizes (default 1,2,4,8)",
     )
-    b.add_argument("--iterations", type=int, default=50, help="timed images per batch size")
+    b.add_argument(
+        "--iterations", type=_positive, default=50, help="timed images per batch size"
+    )
     b.add_argument(
         "--power", default="auto", help="auto | none | tegrastats | nvml | rapl (default auto)"
     )
     b.add_argument("--out", type=Path, help="report folder (reports/<name>)")
     b.add_argument("--compare", nargs=2, type=Path, metavar=("BEFORE", "AFTER"))
+    b.add_argument(
+        "--force",
+        action="store_true",
+        help="--compare: compare reports although they scored different datasets",
+    )
     b.set_defaults(func=_run_bench)
 
 
@@ -571,13 +672,16 @@ def _run_bench(args) -> int:
     if args.compare:
         from sarbridge.benchmarks.bench import compare
 
-        lines = compare(*args.compare)
+        lines = compare(*args.compare, force=args.force)
         print("\n".join(lines) if lines else "no records in common")
         return 1 if any(line.startswith("WORSE") for line in lines) else 0
     if not args.models or not args.out:
         raise SarbridgeError("sarbridge bench needs --models and --out (or --compare BEFORE AFTER)")
     from sarbridge.benchmarks.bench import BenchSettings, run_bench
+    from sarbridge.runtime.fileio import writable_dir
     from sarbridge.runtime.zoo import resolve_artifact
+
+    writable_dir(args.out, "report folder")
 
     settings = BenchSettings(
         data=args.data or "SSDD",
@@ -585,7 +689,7 @@ def _run_bench(args) -> int:
         max_images=args.max_images,
         scenes=tuple(str(s) for s in args.scenes),
         threads=args.threads,
-        batch_sizes=tuple(int(v) for v in args.batch_sizes.split(",") if v.strip()),
+        batch_sizes=tuple(args.batch_sizes),
         iterations=args.iterations,
         power=args.power,
         providers=tuple(p.strip() for p in (args.providers or "").split(",") if p.strip()),
@@ -597,7 +701,7 @@ def _run_bench(args) -> int:
         args.out,
     )
     print(f"report: {args.out / 'report.md'} (and report.html, results.json, plots)")
-    return 1 if results["failures"] else 0
+    return 1 if results["failures"] or (results["dataset"] or {}).get("problems") else 0
 
 
 def _add_zoo(sub: argparse._SubParsersAction) -> None:
@@ -608,15 +712,15 @@ def _add_zoo(sub: argparse._SubParsersAction) -> None:
         "against their sha256 in zoo/zoo.json before use ($SARBRIDGE_ZOO moves the folder).",
     )
     zsub = zoo.add_subparsers(dest="zoo_command", required=True, metavar="COMMAND")
-    ls = zsub.add_parser("list", help="the zoo's models with their figures")
+    ls = zsub.add_parser("list", help="the zoo's models with their figures", epilog=EXIT_CODES)
     ls.set_defaults(func=_run_zoo_list)
-    chk = zsub.add_parser("check", help="every zoo file against its sha256")
+    chk = zsub.add_parser("check", help="every zoo file against its sha256", epilog=EXIT_CODES)
     chk.set_defaults(func=_run_zoo_check)
     rel = zsub.add_parser(
         "release",
         help="a run -> zoo/<name>/ (slim checkpoint, ONNX, manifest) and its zoo.json row "
         "(needs the 'train' and 'export' extras)",
-    )
+     epilog=EXIT_CODES)
     rel.add_argument("name", help="zoo name: lower-case letters, digits and '_'")
     rel.add_argument("--from", dest="source", required=True, help="run folder or checkpoint")
     rel.add_argument("--command", required=True, help="the exact command that trained it")
@@ -625,7 +729,7 @@ def _add_zoo(sub: argparse._SubParsersAction) -> None:
     rel.set_defaults(func=_run_zoo_release)
     meas = zsub.add_parser(
         "measure", help="record a bench run of a zoo model (sarbridge bench --models zoo:<name>)"
-    )
+    , epilog=EXIT_CODES)
     meas.add_argument("name")
     meas.add_argument("--bench", type=Path, required=True, help="the bench run's results.json")
     meas.set_defaults(func=_run_zoo_measure)
@@ -674,6 +778,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sarbridge",
         description="SAR ship detection from BNN pretraining to a satellite's onboard computer.",
+        epilog=EXIT_CODES,
     )
     parser.add_argument("--version", action="version", version=f"sarbridge {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -687,19 +792,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    from sarbridge.runtime.errors import SarbridgeError
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so every open atomic write removes its file."""
 
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
+def main(argv: list[str] | None = None) -> int:
+    import signal
+    import threading
+
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a bad argument (2, message printed): a return code
+        return exc.code if isinstance(exc.code, int) else 2
+    from sarbridge.runtime.errors import SarbridgeError
+    from sarbridge.runtime.fileio import remove_partials
+
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return int(args.func(args) or 0)
     except SarbridgeError as exc:
         print(f"sarbridge: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        remove_partials()
         print("sarbridge: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        remove_partials()
+        print("sarbridge: terminated", file=sys.stderr)
+        return 143
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":
