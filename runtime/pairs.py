@@ -49,11 +49,16 @@ class PatchPair:
     size: int
 
 
+def _listing(folder: Path) -> list[Path]:
+    try:
+        return sorted(folder.iterdir())
+    except OSError as exc:
+        raise DataError(folder, f"cannot list the folder ({exc.strerror or exc})") from None
+
+
 def _images(folder: Path) -> dict[str, Path]:
     return {
-        p.stem: p
-        for p in sorted(folder.iterdir())
-        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+        p.stem: p for p in _listing(folder) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
     }
 
 
@@ -80,7 +85,7 @@ def find_scene_pairs(root: str | Path) -> tuple[list[ScenePair], list[Problem]]:
     root = Path(root)
     if not root.is_dir():
         raise DataError(root, "no such folder")
-    subdirs = [d for d in sorted(root.iterdir()) if d.is_dir()]
+    subdirs = [d for d in _listing(root) if d.is_dir()]
     sar_dirs = [d for d in subdirs if d.name.lower().startswith("sar")]
     opt_dirs = [d for d in subdirs if d.name.lower().startswith("opt")]
     pairs, problems = [], []
@@ -103,7 +108,11 @@ def find_scene_pairs(root: str | Path) -> tuple[list[ScenePair], list[Problem]]:
                     pairs.append(pair)
     else:
         for d in subdirs:
-            files = _images(d)
+            try:
+                files = _images(d)
+            except DataError as exc:  # one unreadable folder: reported, the others go on
+                problems.append(Problem(exc.path, exc.reason))
+                continue
             sar = [p for s, p in files.items() if "sar" in s.lower()]
             opt = [p for s, p in files.items() if "opt" in s.lower()]
             if not sar and not opt:

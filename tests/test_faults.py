@@ -220,16 +220,8 @@ def test_out_that_cannot_be_written_is_refused_before_inference(tmp_path, data, 
     res = _cli("detect", str(scene), "--model", str(zoo_model), "--out", str(a_file))
     assert res.returncode == 2 and "is a file, not a folder" in res.stderr
     assert a_file.read_text() == "keep me\n"
-    locked = tmp_path / "locked"
-    locked.mkdir()
-    locked.chmod(0o500)
-    try:
-        if os.access(locked, os.W_OK):  # root writes anywhere
-            pytest.skip("running as root: a read-only folder is still writable")
-        res = _cli("detect", str(scene), "--model", str(zoo_model), "--out", str(locked / "o"))
-        assert res.returncode == 2 and "cannot be written" in res.stderr
-    finally:
-        locked.chmod(0o700)
+    res = _cli("detect", str(scene), "--model", str(zoo_model), "--out", str(a_file / "o"))
+    assert res.returncode == 2 and "cannot be written" in res.stderr, res.stderr
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
