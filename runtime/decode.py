@@ -292,6 +292,26 @@ def yolo_candidates(
     return boxes, scores, labels
 
 
+def ultralytics_candidates(
+    raw: np.ndarray, score_threshold: float = 0.05, pre_nms_top_k: int = 2000
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """NMS candidates of one image from an Ultralytics detection export (YOLOv8, YOLO11).
+
+    Ultralytics' ONNX graph ends before NMS with one output [B, 4 + C, N]: per anchor point,
+    the box centre x, y, width and height in network-input pixels, then the C class
+    probabilities (the sigmoid is in the graph). ``raw`` is one image's [4 + C, N].
+    """
+    raw = np.asarray(raw, dtype=np.float32)
+    if raw.ndim != 2 or raw.shape[0] < 5:
+        raise ValueError(
+            f"an Ultralytics detection output per image is [4 + classes, anchors], got {raw.shape}"
+        )
+    keep, scores, labels = _candidates(raw[4:].T, score_threshold, pre_nms_top_k)
+    centre, size = raw[:2, keep].T, raw[2:4, keep].T
+    boxes = np.concatenate([centre - size / 2, centre + size / 2], axis=1)
+    return boxes, scores, labels
+
+
 # ---------------------------------------------------------------- test-time flips
 
 # the flips of test-time augmentation and the image axes ([..., H, W]) each reverses
@@ -469,6 +489,15 @@ register_decoder(
     runtime_nms=True,
     requires=("anchors",),
     description="YOLOv3 anchors per level: tx, ty, tw, th, objectness, class logits",
+)
+register_decoder(
+    "ultralytics",
+    lambda post, input_size, score_threshold: partial(
+        ultralytics_candidates, score_threshold=score_threshold
+    ),
+    runtime_nms=True,
+    description="Ultralytics YOLOv8/YOLO11 export: centre x, y, width, height, class "
+    "probabilities per anchor point ([4 + C, N] per image)",
 )
 register_decoder(
     "boxes",

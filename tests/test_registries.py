@@ -115,7 +115,7 @@ def test_a_registered_backend_is_imported_when_opened(monkeypatch, tmp_path):
 
 
 def test_decoder_names_and_refusals():
-    assert list_decoders() == ["boxes", "dense_ltrb", "yolo_anchors"]
+    assert list_decoders() == ["boxes", "dense_ltrb", "ultralytics", "yolo_anchors"]
     assert get_decoder("boxes").runtime_nms is False and get_decoder("boxes").build is None
     assert get_decoder("yolo_anchors").requires == ("anchors",)
     with pytest.raises(ValueError, match=r"unknown decode 'ssd'; choose one of: boxes, dense_ltrb"):
@@ -151,3 +151,33 @@ def test_yolo_decoder_uses_the_manifest_anchors():
     assert len(want[1]) > 0
     for g, w in zip(got, want, strict=True):
         np.testing.assert_array_equal(g, w)
+
+
+def test_ultralytics_decoder_reads_centre_size_and_probabilities():
+    """A hand-made [4 + C, N] output of an Ultralytics export: 2 classes, 4 anchor points."""
+    from sarbridge.runtime.decode import decode_views
+
+    raw = np.array(
+        [
+            [100.0, 300.0, 102.0, 50.0],  # centre x (input pixels)
+            [200.0, 100.0, 201.0, 50.0],  # centre y
+            [40.0, 20.0, 40.0, 10.0],  # width
+            [20.0, 60.0, 20.0, 10.0],  # height
+            [0.90, 0.10, 0.80, 0.01],  # class 0 probability
+            [0.05, 0.70, 0.10, 0.02],  # class 1 probability
+        ],
+        np.float32,
+    )
+    boxes, scores, labels = get_decoder("ultralytics").build({}, 512, 0.3)(raw)
+    np.testing.assert_allclose(
+        boxes, [[80, 190, 120, 210], [290, 70, 310, 130], [82, 191, 122, 211]]
+    )
+    np.testing.assert_allclose(scores, [0.9, 0.7, 0.8])
+    np.testing.assert_array_equal(labels, [0, 1, 0])
+    # through the runtime's NMS: the two overlapping class-0 boxes become one
+    candidates = get_decoder("ultralytics").build({}, 512, 0.3)
+    b, sc, lab = decode_views([raw], candidates, (), 512, iou_threshold=0.5)
+    np.testing.assert_allclose(sc, [0.9, 0.7])
+    np.testing.assert_array_equal(lab, [0, 1])
+    with pytest.raises(ValueError, match=r"\[4 \+ classes, anchors\]"):
+        candidates(raw.T)
