@@ -139,7 +139,9 @@ def _nms_top(
 @dataclass(frozen=True)
 class Letterbox:
     """How an image was fitted into a square network input: resized to ``resized_width`` x
-    ``resized_height`` (the long side the input size), then padded bottom/right.
+    ``resized_height`` (the long side the input size), placed at row ``top``, column ``left``
+    (0, 0: the corner, as sarbridge trains; centred for models trained that way, such as
+    Ultralytics'), the rest filled with ``fill``.
 
     The two sides are rounded to whole pixels, so the short side's factor differs slightly from
     the long side's (350 -> 358 px is 1.0229 where 500 -> 512 is 1.024); boxes go back by each
@@ -149,6 +151,9 @@ class Letterbox:
     width: int
     resized_height: int
     resized_width: int
+    top: int = 0
+    left: int = 0
+    fill: float = 0.0
 
     @property
     def scale(self) -> float:
@@ -158,7 +163,10 @@ class Letterbox:
     def to_image(self, boxes: np.ndarray) -> np.ndarray:
         """Boxes from network-input pixels back to image pixels, clipped to the image."""
         sx, sy = self.resized_width / self.width, self.resized_height / self.height
-        out = np.asarray(boxes, np.float32).reshape(-1, 4) / np.array([sx, sy, sx, sy], np.float32)
+        out = np.asarray(boxes, np.float32).reshape(-1, 4)
+        if self.top or self.left:
+            out = out - np.array([self.left, self.top, self.left, self.top], np.float32)
+        out = out / np.array([sx, sy, sx, sy], np.float32)
         return np.clip(out, 0, [self.width, self.height, self.width, self.height]).astype(
             np.float32
         )
@@ -187,39 +195,61 @@ def resize_by(image: np.ndarray, scale: float) -> np.ndarray:
     return np.stack([_resize_channel(c, nh, nw) for c in image])
 
 
-def letterbox_shape(height: int, width: int, size: int) -> Letterbox:
-    """How a height x width image is fitted into a ``size`` square (see :func:`letterbox`)."""
+LETTERBOX_ALIGNS = ("corner", "center")
+
+
+def letterbox_shape(
+    height: int, width: int, size: int, align: str = "corner", fill: float = 0.0
+) -> Letterbox:
+    """How a height x width image is fitted into a ``size`` square (see :func:`letterbox`).
+
+    ``align="center"`` splits the padding as Ultralytics' LetterBox does (the odd pixel goes
+    below and right)."""
     nh, nw = scaled_size(height, width, size / max(height, width))
-    return Letterbox(height, width, nh, nw)
+    if align == "corner":
+        return Letterbox(height, width, nh, nw, 0, 0, float(fill))
+    if align == "center":
+        top, left = round((size - nh) / 2 - 0.1), round((size - nw) / 2 - 0.1)
+        return Letterbox(height, width, nh, nw, int(top), int(left), float(fill))
+    raise ValueError(f"letterbox align must be one of {list(LETTERBOX_ALIGNS)}, got {align!r}")
 
 
 def letterbox(
-    image: np.ndarray, size: int, out: np.ndarray | None = None
+    image: np.ndarray,
+    size: int,
+    out: np.ndarray | None = None,
+    align: str = "corner",
+    fill: float = 0.0,
 ) -> tuple[np.ndarray, Letterbox]:
-    """Resize [C, H, W] float input so its long side is ``size`` and pad bottom/right with zeros.
+    """Resize [C, H, W] float input so its long side is ``size``; place it in the corner (or
+    the centre) of the ``size`` square and fill the rest with ``fill`` (zeros by default).
 
     Args:
         out: float32 [C, size, size] to write the network input into (e.g. one slot of a reused
             batch); a new array when None.
     """
     c, h, w = image.shape
-    box = letterbox_shape(h, w, size)
+    box = letterbox_shape(h, w, size, align, fill)
     if out is None:
         out = np.empty((c, size, size), np.float32)
-    nh, nw = box.resized_height, box.resized_width
+    nh, nw, top, left = box.resized_height, box.resized_width, box.top, box.left
     if (nh, nw) == (h, w):
-        out[:, :h, :w] = image
+        out[:, top : top + h, left : left + w] = image
     else:
         for k in range(c):
-            out[k, :nh, :nw] = _resize_channel(image[k], nh, nw)
+            out[k, top : top + nh, left : left + nw] = _resize_channel(image[k], nh, nw)
     pad_letterbox(out, box)
     return out, box
 
 
 def pad_letterbox(out: np.ndarray, box: Letterbox) -> None:
-    """Zero the padding (bottom and right of the resized image) of a network input [C, S, S]."""
-    out[:, box.resized_height :, :] = 0
-    out[:, : box.resized_height, box.resized_width :] = 0
+    """Fill the padding around the resized image of a network input [C, S, S] with
+    ``box.fill``."""
+    top, left, h, w, v = box.top, box.left, box.resized_height, box.resized_width, box.fill
+    out[:, :top, :] = v
+    out[:, top + h :, :] = v
+    out[:, top : top + h, :left] = v
+    out[:, top : top + h, left + w :] = v
 
 
 # ---------------------------------------------------------------- anchor-based (YOLOv3)

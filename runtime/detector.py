@@ -40,6 +40,7 @@ from sarbridge.runtime.limits import get_limits
 from sarbridge.runtime.manifest import (
     MANIFEST_NAME,
     check_model_io,
+    letterbox_of,
     load_manifest,
     preprocess_of,
 )
@@ -114,8 +115,11 @@ class ScenePipeline:
         vote_iou: float | None = None,
         flips=(),
         pipelined: bool = False,
+        letterbox_align: str = "corner",
+        letterbox_fill: float = 0.0,
     ):
         self.params, self.input_size = params, int(input_size)
+        self.letterbox_align, self.letterbox_fill = letterbox_align, float(letterbox_fill)
         self.tile_size, self.overlap = int(tile_size), float(overlap)
         self.iou_threshold, self.max_detections = float(iou_threshold), int(max_detections)
         self.vote_iou = None if vote_iou is None else float(vote_iou)  # box voting after NMS
@@ -295,12 +299,15 @@ class ScenePipeline:
         """Preprocess ``pixels`` and letterbox them into the network input ``out`` [C, S, S]:
         a tile that needs no resizing is preprocessed in place, into the input's corner."""
         h, w = pixels.shape[:2]
-        box = letterbox_shape(h, w, self.input_size)
+        align, fill = self.letterbox_align, self.letterbox_fill
+        box = letterbox_shape(h, w, self.input_size, align, fill)
         if (box.resized_height, box.resized_width) == (h, w):
-            preprocess(pixels, self.params, lo_hi, path, out=out[:, :h, :w])
+            t, left = box.top, box.left
+            preprocess(pixels, self.params, lo_hi, path, out=out[:, t : t + h, left : left + w])
             pad_letterbox(out, box)
         else:
-            letterbox(preprocess(pixels, self.params, lo_hi, path), self.input_size, out=out)
+            image = preprocess(pixels, self.params, lo_hi, path)
+            letterbox(image, self.input_size, out=out, align=align, fill=fill)
         return box
 
     def _run_batch(self, inputs, boxes_back, per_tile: list, timings: dict, progress) -> None:
@@ -319,10 +326,13 @@ def scene_settings(manifest: dict) -> dict:
     """:class:`ScenePipeline` arguments from a manifest: preprocessing, input and tile size,
     overlap, NMS IoU, detection cap, box voting."""
     params, input_size = preprocess_of(manifest)
+    align, fill = letterbox_of(manifest)
     post = manifest["postprocessing"]
     return {
         "params": params,
         "input_size": input_size,
+        "letterbox_align": align,
+        "letterbox_fill": fill,
         "tile_size": int(manifest["tiling"]["size"]),
         "overlap": float(manifest["tiling"]["overlap"]),
         "iou_threshold": float(post["iou_threshold"]),

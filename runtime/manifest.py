@@ -15,6 +15,8 @@ Schema version 2 (all keys required unless marked optional)::
     inputs          [{name, shape: [int|str], dtype}]     (str dims are dynamic)
     outputs         [{name, shape, dtype, meaning?: str}]
     preprocessing   SarPreprocess fields + input_size: int in [16, 4096]
+                    + letterbox_align?: "corner" (default) | "center",
+                      letterbox_fill?: number (default 0.0, in network-input units)
     tiling          {size: int in [16, 4096], overlap: float in [0, 0.9]}
     postprocessing  {score_threshold, iou_threshold: float in [0, 1],
                      max_detections: int in [1, 100000],
@@ -74,7 +76,13 @@ import re
 from pathlib import Path
 from typing import Any
 
-from sarbridge.runtime.decode import DEFAULT_STRIDES, get_decoder, list_decoders, parse_flips
+from sarbridge.runtime.decode import (
+    DEFAULT_STRIDES,
+    LETTERBOX_ALIGNS,
+    get_decoder,
+    list_decoders,
+    parse_flips,
+)
 from sarbridge.runtime.errors import ManifestError
 
 # sha256_file stays importable from here (train/ and export/ import it from the manifest)
@@ -120,6 +128,7 @@ _POSTPROCESSING_KEYS = (
     "strides",
     "anchors",
 )
+LETTERBOX_KEYS = ("letterbox_align", "letterbox_fill")  # optional, beside input_size
 INPUT_SIZE_RANGE = (16, 4096)
 TILE_SIZE_RANGE = (16, 4096)  # one tile is one read: 64 MiB as float32 at most
 MAX_OVERLAP = 0.9
@@ -488,6 +497,12 @@ def validate(manifest: dict, path: str | Path = "<manifest>") -> dict:
     _check_tensors(manifest["outputs"], "outputs", path)
     pre = dict(manifest["preprocessing"])
     size = pre.pop("input_size", None)
+    align = pre.pop("letterbox_align", "corner")
+    fill = pre.pop("letterbox_fill", 0.0)
+    if align not in LETTERBOX_ALIGNS:
+        _fail(path, f"field 'preprocessing.letterbox_align' must be one of {list(LETTERBOX_ALIGNS)}")
+    if not _is_kind(fill, float) or not -1e6 < fill < 1e6:
+        _fail(path, "field 'preprocessing.letterbox_fill' must be a finite number")
     lo, hi = INPUT_SIZE_RANGE
     if not _is_kind(size, int) or not lo <= size <= hi:
         _fail(path, f"field 'preprocessing.input_size' must be an int in [{lo}, {hi}], got {size!r}")
@@ -571,7 +586,16 @@ def preprocess_of(manifest: dict) -> tuple[SarPreprocess, int]:
     """The manifest's preprocessing parameters and network input size."""
     pre = dict(manifest["preprocessing"])
     size = pre.pop("input_size")
+    for key in LETTERBOX_KEYS:
+        pre.pop(key, None)
     return SarPreprocess.from_dict(pre), size
+
+
+def letterbox_of(manifest: dict) -> tuple[str, float]:
+    """How the network input is letterboxed: (``letterbox_align``, ``letterbox_fill``);
+    ("corner", 0.0), as sarbridge trains, when the manifest does not say."""
+    pre = manifest["preprocessing"]
+    return str(pre.get("letterbox_align", "corner")), float(pre.get("letterbox_fill", 0.0))
 
 
 def save_manifest(manifest: dict, path: str | Path) -> Path:

@@ -277,6 +277,8 @@ def _set(path: str, value):
         (_set("inputs.0.shape", ["batch", 3, 512, 512]), "preprocessing.channels"),
         (_set("inputs.0.shape", ["batch", 1, 256, 256]), "input_size"),
         (_set("inputs.0.dtype", "uint8"), "inputs[0].dtype"),
+        (_set("preprocessing.letterbox_align", "diagonal"), "preprocessing.letterbox_align"),
+        (_set("preprocessing.letterbox_fill", "grey"), "preprocessing.letterbox_fill"),
     ],
 )
 def test_manifest_out_of_range_is_refused_with_exit_2(tmp_path, zoo_model, data, change, field):

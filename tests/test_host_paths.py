@@ -84,6 +84,46 @@ def test_letterbox_into_a_slot_is_the_plain_letterbox(shape):
     assert (box.resized_height, box.resized_width) == resized.shape[1:]
 
 
+@pytest.mark.parametrize("shape", [(1, 350, 500), (1, 512, 300)])
+def test_centred_letterbox_splits_the_padding_as_ultralytics(shape):
+    """Centred with a fill (Ultralytics' LetterBox: 114/255, the odd pixel below/right), into a
+    fresh array and into a used slot alike; boxes go back to image pixels."""
+    image = np.random.default_rng(3).random(shape, dtype=np.float32)
+    S, fill = 512, 114 / 255
+    resized = resize_by(image, S / max(shape[1:]))
+    _, nh, nw = resized.shape
+    top, left = round((S - nh) / 2 - 0.1), round((S - nw) / 2 - 0.1)
+    want = np.full((shape[0], S, S), fill, np.float32)
+    want[:, top : top + nh, left : left + nw] = resized
+    got, box = letterbox(image, S, align="center", fill=fill)
+    np.testing.assert_array_equal(got, want)
+    slot = np.full((shape[0], S, S), 7.0, np.float32)
+    letterbox(image, S, out=slot, align="center", fill=fill)
+    np.testing.assert_array_equal(slot, want)
+    assert (box.top, box.left) == (top, left) and (top > 0) != (left > 0)
+    whole = box.to_image(np.array([[left, top, left + nw, top + nh]], np.float32))
+    np.testing.assert_allclose(whole, [[0, 0, shape[2], shape[1]]], atol=1e-3)
+    with pytest.raises(ValueError, match="letterbox align"):
+        letterbox(image, S, align="diagonal")
+
+
+def test_the_scene_pipeline_letterboxes_as_its_manifest_says():
+    """A centred pipeline feeds the network the centred input and maps its boxes back."""
+
+    class Capture(ScenePipeline):
+        def run_inputs(self, inputs, timings=None):
+            self.seen = inputs.copy()
+            box = np.array([[0, 106, 512, 406]], np.float32)  # the whole image, centred
+            return [(box, np.array([0.9], np.float32), np.array([0]))] * len(inputs)
+
+    pipe = Capture(SarPreprocess(), 512, 512, 0.5, 0.5, 100, letterbox_align="center",
+                   letterbox_fill=0.25)  # fmt: skip
+    res = pipe.detect(np.full((300, 512), 51, np.uint8))  # no resize: placed at row 106
+    np.testing.assert_allclose(res.boxes, [[0, 0, 512, 300]], atol=1e-3)
+    assert np.all(pipe.seen[0, :, :106] == 0.25) and np.all(pipe.seen[0, :, 406:] == 0.25)
+    np.testing.assert_allclose(pipe.seen[0, :, 106:406], 51 / 255, rtol=1e-6)
+
+
 def _random_boxes(rng, n):
     xy = rng.uniform(0, 100, size=(n, 2))
     wh = rng.uniform(1, 30, size=(n, 2))
