@@ -22,6 +22,7 @@ RUNTIME_MODULES = [
     "errors",
     "fileio",
     "imageio",
+    "importers",
     "limits",
     "manifest",
     "metrics",

@@ -704,6 +704,38 @@ def _run_bench(args) -> int:
     return 1 if results["failures"] or (results["dataset"] or {}).get("problems") else 0
 
 
+def _add_import(sub: argparse._SubParsersAction) -> None:
+    imp = sub.add_parser(
+        "import",
+        help="models trained elsewhere -> a sarbridge artifact (torch-free)",
+        epilog=EXIT_CODES,
+    )
+    isub = imp.add_subparsers(dest="import_command", required=True, metavar="SOURCE")
+    ul = isub.add_parser(
+        "ultralytics",
+        help="an Ultralytics YOLOv8/YOLO11 detection ONNX export -> artifacts/<name>",
+        description="Reads class names, input size and task from the ONNX metadata Ultralytics "
+        "writes, and writes model.onnx + manifest.json: Ultralytics' 8-bit preprocessing and "
+        "centred letterbox, the ultralytics decode, the runtime's NMS and tiling.",
+        epilog=EXIT_CODES,
+    )
+    ul.add_argument("model", type=Path, help="the .onnx file (yolo export format=onnx)")
+    ul.add_argument("--out", type=Path, required=True, help="artifact folder to write (new)")
+    ul.add_argument("--name", help="the artifact's name (default: the folder's)")
+    ul.add_argument(
+        "--overlap", type=_overlap, default=0.25, help="scene tile overlap (default 0.25)"
+    )
+    ul.set_defaults(func=_run_import_ultralytics)
+
+
+def _run_import_ultralytics(args) -> int:
+    from sarbridge.runtime.importers import import_ultralytics
+
+    out = import_ultralytics(args.model, args.out, args.name, args.overlap)
+    print(f"detect artifact written: {out} (model.onnx, manifest.json)")
+    return 0
+
+
 def _add_zoo(sub: argparse._SubParsersAction) -> None:
     zoo = sub.add_parser(
         "zoo",
@@ -788,6 +820,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_compress(sub)
     _add_detect(sub)
     _add_bench(sub)
+    _add_import(sub)
     _add_zoo(sub)
     return parser
 

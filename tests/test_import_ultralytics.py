@@ -1,0 +1,83 @@
+"""`sarbridge import ultralytics`: a model with Ultralytics' output layout and metadata becomes
+an artifact the runtime runs; what does not describe a detection export is refused."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from sarbridge.runtime.errors import SarbridgeError
+from sarbridge.runtime.importers import import_ultralytics
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+
+def _export(path, classes=1, names="{0: 'ship'}", metadata=True, size=64):
+    """A tiny graph shaped like an Ultralytics detection export: images [1, 3, S, S] ->
+    output0 [1, 4 + C, (S / 8)**2], with the metadata Ultralytics writes."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    n = (size // 8) ** 2
+    weight = np.random.default_rng(0).normal(size=(4 + classes, 3, 8, 8)).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["images", "w"], ["c"], strides=[8, 8]),
+        helper.make_node("Reshape", ["c", "shape"], ["r"]),
+        helper.make_node("Sigmoid", ["r"], ["output0"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "yolo",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, size, size])],
+        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, 4 + classes, n])],
+        [numpy_helper.from_array(weight, "w"),
+         numpy_helper.from_array(np.array([1, 4 + classes, n], np.int64), "shape")],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    if metadata:
+        for k, v in {"task": "detect", "names": names, "imgsz": f"[{size}, {size}]",
+                     "stride": "8", "version": "8.4.190"}.items():  # fmt: skip
+            model.metadata_props.add(key=k, value=v)
+    onnx.save(model, path)
+    return path
+
+
+def test_an_ultralytics_export_becomes_a_runnable_artifact(tmp_path):
+    from sarbridge.runtime.detector import Detector
+
+    out = import_ultralytics(_export(tmp_path / "best.onnx"), tmp_path / "art")
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["postprocessing"]["decode"] == "ultralytics" and m["classes"] == ["ship"]
+    pre = m["preprocessing"]
+    assert (pre["channels"], pre["input_size"], pre["letterbox_align"]) == (3, 64, "center")
+    assert pre["letterbox_fill"] == pytest.approx(114 / 255)
+    assert m["inputs"][0]["name"] == "images" and m["outputs"][0]["shape"] == [1, 5, 64]
+    det = Detector.from_artifact(out, threads=1)
+    res = det.detect(np.random.default_rng(1).integers(0, 255, (100, 140), dtype=np.uint8))
+    assert res.tiles > 1 and len(res) > 0  # random weights: sigmoid scores around 0.5
+    assert np.all(res.boxes[:, 2] <= 140) and np.all(res.boxes[:, 3] <= 100)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"names": "{0: 'ship', 1: 'boat'}"}, r"of 2 classes gives \[batch, 6, anchors\]"),
+        ({"names": "{1: 'ship'}"}, "must map 0..C-1"),
+        ({"metadata": False}, "no 'task' in the ONNX metadata"),
+    ],
+)
+def test_what_is_not_an_ultralytics_detection_export_is_refused(tmp_path, kwargs, message):
+    model = _export(tmp_path / "best.onnx", **kwargs)
+    with pytest.raises(SarbridgeError, match=message):
+        import_ultralytics(model, tmp_path / "art")
+    assert not (tmp_path / "art").exists()
+
+
+def test_an_existing_out_is_not_replaced(tmp_path):
+    (tmp_path / "art").mkdir()
+    (tmp_path / "art" / "keep.txt").write_text("mine")
+    with pytest.raises(SarbridgeError, match="exists already"):
+        import_ultralytics(_export(tmp_path / "best.onnx"), tmp_path / "art")
+    assert (tmp_path / "art" / "keep.txt").read_text() == "mine"
