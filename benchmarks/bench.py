@@ -143,20 +143,27 @@ def _pr_curve(records, dets, thresholds) -> list[dict]:
     ]
 
 
+def evaluation_set(settings: BenchSettings):
+    """(dataset, the records the evaluation scores): the split, cut to ``max_images``."""
+    from sarbridge.runtime.annotations import read_dataset
+    from sarbridge.runtime.paths import resolve_data_path
+
+    ds = read_dataset(resolve_data_path(settings.data))
+    records = ds.split(settings.split) if settings.split else ds.records
+    return ds, records[: settings.max_images] if settings.max_images else records
+
+
 def describe_dataset(settings: BenchSettings) -> dict | None:
     """What the evaluation reads: the dataset, split, image and box counts, every problem met
     reading it (a bad box or annotation file is left out of the AP; it must be seen) and a
     digest of the annotation set (:func:`~sarbridge.runtime.annotations.dataset_digest`)."""
     if not settings.data:
         return None
-    from sarbridge.runtime.annotations import dataset_digest, read_dataset
-    from sarbridge.runtime.paths import resolve_data_path
+    from sarbridge.runtime.annotations import dataset_digest
 
-    ds = read_dataset(resolve_data_path(settings.data))
-    records = ds.split(settings.split) if settings.split else ds.records
+    ds, records = evaluation_set(settings)
     listed = ds.splits.get(settings.split, []) if settings.split else []
-    if settings.max_images:
-        records, listed = records[: settings.max_images], listed[: settings.max_images]
+    listed = listed[: settings.max_images] if settings.max_images else listed
     # the problems of what this evaluation reads: its images (by id or file stem, so an
     # annotation file that could not be read counts), and those of the dataset as a whole
     wanted = set(listed) | {r.image_id for r in records} | {r.path.stem for r in records}
@@ -216,14 +223,9 @@ def bench_one(artifact: str, backend: str, settings: BenchSettings) -> dict:
 
     # accuracy through the deployed path, with per-image pipeline latency
     if settings.data:
-        from sarbridge.runtime.annotations import read_dataset
-        from sarbridge.runtime.paths import resolve_data_path
-
-        ds = read_dataset(resolve_data_path(settings.data))
-        records = ds.split(settings.split) if settings.split else ds.records
+        ds, records = evaluation_set(settings)
         if not records:
             raise SarbridgeError(f"{settings.data}: no images in split {settings.split!r}")
-        records = records[: settings.max_images] if settings.max_images else records
         dets, seconds, scored, unreadable, outside = [], [], [], [], []
         for rec in records:
             try:

@@ -10,7 +10,7 @@ import numpy as np
 
 from sarbridge.runtime.annotations import Dataset, Problem, detect_format, read_dataset
 from sarbridge.runtime.errors import DataError
-from sarbridge.runtime.fileio import atomic_write_json
+from sarbridge.runtime.fileio import atomic_write_json, writable_dir
 from sarbridge.runtime.imageio import IMAGE_SUFFIXES, open_raster, write_image
 from sarbridge.runtime.pairs import PairLoader, cut_patches, find_scene_pairs
 from sarbridge.runtime.tiling import read_tile, tile_grid
@@ -211,8 +211,7 @@ def tile_scene_to_dir(
     Tiles keep the scene's dtype: 8-bit as PNG, others as TIFF. Memory stays at
     one tile (plus the reader's segment cache) whatever the scene size.
     """
-    scene, out = Path(scene), Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    scene, out = Path(scene), writable_dir(out)
     with open_raster(scene) as r:
         grid = tile_grid(r.height, r.width, size, overlap)
         ext = ".png" if np.dtype(r.dtype) == np.uint8 and r.channels in (1, 3) else ".tif"

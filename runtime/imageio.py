@@ -552,12 +552,13 @@ def image_size(path: str | Path) -> tuple[int, int]:
     """
     path = Path(path)
     suffix = path.suffix.lower()
-    if suffix in PIL_SUFFIXES:
-        if not path.is_file():
-            raise DataError(path, "no such file")
+    if path.is_file() and suffix in PIL_SUFFIXES:
         with _open_pil(path) as img:
             return img.height, img.width
-    with open_raster(path) as raster:
+    if path.is_file() and suffix in TIFF_SUFFIXES:
+        with _TiffFileRaster(path) as raster:  # the header only: never GDAL for a size
+            return raster.height, raster.width
+    with open_raster(path) as raster:  # a missing file or an unknown format: its error
         return raster.height, raster.width
 
 

@@ -117,9 +117,6 @@ def _run_data_check(args) -> int:
 
 def _run_data_tile(args) -> int:
     from sarbridge.runtime.datatools import tile_scene_to_dir
-    from sarbridge.runtime.fileio import writable_dir
-
-    writable_dir(args.out)
 
     index = tile_scene_to_dir(args.scene, args.out, args.size, args.overlap, progress=args.progress)
     print(f"tiles and index written: {index}")
@@ -678,10 +675,7 @@ def _run_bench(args) -> int:
     if not args.models or not args.out:
         raise SarbridgeError("sarbridge bench needs --models and --out (or --compare BEFORE AFTER)")
     from sarbridge.benchmarks.bench import BenchSettings, run_bench
-    from sarbridge.runtime.fileio import writable_dir
     from sarbridge.runtime.zoo import resolve_artifact
-
-    writable_dir(args.out, "report folder")
 
     settings = BenchSettings(
         data=args.data or "SSDD",
