@@ -17,7 +17,7 @@ DET_ARGS  ?=
 BENCH_DATA ?= SSDD
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup demo train train-bnn train-det export compress detect bench test lint bench-tiling bench-bnn bench-runtime clean help
+.PHONY: setup demo train train-bnn train-det export compress detect bench report test lint bench-tiling bench-bnn bench-runtime clean help
 
 help:
 	@echo "make setup        create $(VENV) and install sarbridge with every extra (train, onnx, openvino, export, compress, bench, geo, dev)"
@@ -30,6 +30,7 @@ help:
 	@echo "                  RECIPE=configs/compress_edge_prune50_kd_int8.yaml (resumes where it stopped)"
 	@echo "make detect       sarbridge detect on the real large scenes with overlays -> \$$(OUT)/detect"
 	@echo "make bench        sarbridge bench on the SSDD test split and the large scenes -> reports/\$$(DET_RUN)"
+	@echo "make report       sarbridge's deployable models vs Ultralytics YOLOv8n/YOLO11n on SSDD, one bench run -> benchmarks/results/cpu"
 	@echo "make bench-runtime runtime overhead, ONNX Runtime vs PyTorch, 20k x 20k GeoTIFF memory"
 	@echo "make test         ruff + the whole test suite (what CI runs)"
 	@echo "make bench-tiling peak memory of tiling a 20,000 x 20,000 uint16 scene"
@@ -92,6 +93,9 @@ endif
 
 detect: setup
 	$(BIN)/sarbridge detect $(SCENES) --model $(if $(HAVE_ZOO_DET),$(ZOO_ARTIFACT),$(ARTIFACT)) --out $(OUT)/detect --overlay
+
+report: setup
+	$(BIN)/python -m sarbridge.benchmarks.research.canonical_report --out benchmarks/results/cpu $(REPORT_ARGS)
 
 bench: setup
 	$(BIN)/sarbridge bench --models $(ARTIFACT) $(if $(HAVE_ZOO_DET),$(ZOO_ARTIFACT)) --data $(BENCH_DATA) --backends onnxruntime,pytorch --scenes $(SCENES) --out reports/$(DET_RUN)

@@ -74,6 +74,11 @@ class BenchSettings:
     warmup: int = 5
     power: str = "auto"
     providers: tuple[str, ...] = ()
+    engine: tuple[tuple[str, object], ...] = ()  # tensorrt rows: precision, dla_core, cuda
+
+    def __post_init__(self):
+        if isinstance(self.engine, dict):
+            object.__setattr__(self, "engine", tuple(sorted(self.engine.items())))
 
 
 # ---------------------------------------------------------------- environment
@@ -199,6 +204,8 @@ def bench_one(artifact: str, backend: str, settings: BenchSettings) -> dict:
     options = {"threads": settings.threads}  # every backend takes threads; providers: ORT only
     if settings.providers and backend == "onnxruntime":
         options["providers"] = list(settings.providers)
+    if backend == "tensorrt":
+        options.update(dict(settings.engine))
     # AP needs the low-score tail; precision/recall are read at the manifest's `operating` threshold
     det = Detector(
         manifest,
@@ -220,6 +227,11 @@ def bench_one(artifact: str, backend: str, settings: BenchSettings) -> dict:
         "input_size": det.input_size,
         "tiling": manifest["tiling"],
     }
+    engine = getattr(det.backend, "entry", None)  # the tensorrt backend's chosen engine
+    if engine:
+        keep = ("file", "precision", "tensorrt_version", "device_name", "compute_capability")
+        record["engine"] = {k: engine[k] for k in keep} | {"dla_core": engine.get("dla_core")}
+        record["precision"] = engine["precision"]
 
     # accuracy through the deployed path, with per-image pipeline latency
     if settings.data:
@@ -372,9 +384,13 @@ def bench_one(artifact: str, backend: str, settings: BenchSettings) -> dict:
     record["scenes_unreadable"] = unreadable_scenes
 
     model_file = artifact_path / manifest["model"]["file"]
+    weights = manifest["model"].get("weights")  # an OpenVINO IR's .bin beside its .xml
+    model_bytes = model_file.stat().st_size + (
+        (artifact_path / weights["file"]).stat().st_size if weights else 0
+    )
     metrics = manifest.get("metrics", {})
     record["size"] = {
-        "file_mib": model_file.stat().st_size / 2**20,
+        "file_mib": model_bytes / 2**20,
         "parameters": metrics.get("parameters"),
         # the network's multiply-adds per input, times the views the deployed path runs
         "gmacs_per_image": (
@@ -404,10 +420,42 @@ def _child(artifact: str, backend: str, settings: BenchSettings, out: str) -> No
 # ---------------------------------------------------------------- the run
 
 
+# model formats each backend runs (an OpenVINO IR runs on openvino only)
+BACKEND_FORMATS = {
+    "onnxruntime": ("onnx",),
+    "openvino": ("onnx", "openvino"),
+    "tensorrt": ("onnx",),
+    "pytorch": ("onnx",),
+}
+
+
+def bench_pairs(models: list[str], backends: list[str]) -> tuple[list[tuple[str, str]], list[str]]:
+    """Every (model, backend) whose model format the backend runs, and a line per pair left out."""
+    from sarbridge.runtime.manifest import load_manifest
+
+    pairs, skipped = [], []
+    for model in models:
+        fmt = load_manifest(model, verify_model=False)["model"]["format"]
+        for backend in backends:
+            if fmt in BACKEND_FORMATS.get(backend, (fmt,)):
+                pairs.append((model, backend))
+            else:
+                skipped.append(
+                    f"{model} on {backend}: its model format is {fmt}, which {backend} does not run"
+                )
+    return pairs, skipped
+
+
 def run_bench(
-    models: list[str], backends: list[str], settings: BenchSettings, out: str | Path
+    models: list[str],
+    backends: list[str],
+    settings: BenchSettings,
+    out: str | Path,
+    pairs: list[tuple[str, str]] | None = None,
 ) -> dict:
-    """Every model x backend in its own process; write results.json, report.md/.html and plots."""
+    """Every model x backend in its own process (or the given ``(model, backend)`` pairs); a
+    pair whose model format the backend does not run is left out and listed. Writes
+    results.json, report.md/.html and plots."""
     import multiprocessing as mp
     import tempfile
 
@@ -425,32 +473,35 @@ def run_bench(
         for line in dataset["problems"][:20]:
             print(f"  {line}", flush=True)
     ctx = mp.get_context("spawn")
-    records, failures = [], []
-    for model in models:
-        for backend in backends:
-            print(f"bench {model} on {backend} ...", flush=True)
-            with tempfile.TemporaryDirectory() as tmp:
-                result_file = Path(tmp) / "record.json"
-                proc = ctx.Process(target=_child, args=(model, backend, settings, str(result_file)))
-                proc.start()
-                try:
+    records, failures, skipped = [], [], []
+    if pairs is None:
+        pairs, skipped = bench_pairs(models, backends)
+        for line in skipped:
+            print(f"left out: {line}", flush=True)
+    for model, backend in pairs:
+        print(f"bench {model} on {backend} ...", flush=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            result_file = Path(tmp) / "record.json"
+            proc = ctx.Process(target=_child, args=(model, backend, settings, str(result_file)))
+            proc.start()
+            try:
+                proc.join()
+            finally:  # interrupted or terminated: the child goes too
+                if proc.is_alive():
+                    proc.terminate()
                     proc.join()
-                finally:  # interrupted or terminated: the child goes too
-                    if proc.is_alive():
-                        proc.terminate()
-                        proc.join()
-                if not result_file.is_file():
-                    failures.append(
-                        {"model": model, "backend": backend, "error": f"exit code {proc.exitcode}"}
-                    )
-                    continue
-                result = json.loads(result_file.read_text())
-            if result["ok"]:
-                records.append(result["record"])
-                print(summary_line(result["record"]), flush=True)
-            else:
-                failures.append({"model": model, "backend": backend, "error": result["error"]})
-                print(f"  FAILED: {result['error']}", flush=True)
+            if not result_file.is_file():
+                failures.append(
+                    {"model": model, "backend": backend, "error": f"exit code {proc.exitcode}"}
+                )
+                continue
+            result = json.loads(result_file.read_text())
+        if result["ok"]:
+            records.append(result["record"])
+            print(summary_line(result["record"]), flush=True)
+        else:
+            failures.append({"model": model, "backend": backend, "error": result["error"]})
+            print(f"  FAILED: {result['error']}", flush=True)
     results = {
         "schema": SCHEMA,
         "environment": environment(settings.threads),
@@ -466,6 +517,7 @@ def run_bench(
         "dataset": dataset,
         "records": records,
         "failures": failures,
+        "skipped": skipped,
     }
     save_results(results, out / "results.json")
     write_report(results, out)

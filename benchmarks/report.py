@@ -106,6 +106,20 @@ def plots(results: dict, out: Path) -> dict[str, Path]:
         out / "ap_vs_size.png",
         front=True,
     )
+    small = [
+        (r, x) for r, x in zip(recs, lat, strict=True) if (r["accuracy"].get("AP_small") or -1) >= 0
+    ]
+    if small:
+        made["ap_small_vs_latency"] = _scatter(
+            [r for r, _ in small],
+            [x for _, x in small],
+            [r["accuracy"]["AP_small"] for r, _ in small],
+            "network latency, batch 1, p50 (ms)",
+            "AP small (COCO, area < 32^2)",
+            "Small ships against latency",
+            out / "ap_small_vs_latency.png",
+            front=True,
+        )
     energy = [r for r in recs if r["power"]["energy_per_image_j"] is not None]
     if energy:
         made["ap_vs_energy"] = _scatter(
@@ -330,6 +344,8 @@ def _problem_lists(results: dict) -> list[tuple[str, list[str]]]:
                 [f"{f['model']} [{f['backend']}]: {f['error']}" for f in results["failures"]],
             )
         )
+    if results.get("skipped"):
+        out.append(("Left out: backends that do not run the model's format", results["skipped"]))
     left = {
         line
         for r in results["records"]

@@ -143,6 +143,54 @@ def _load_detector_source(source):
     return loaded
 
 
+def _artifact_source(source) -> Path | None:
+    """``source`` as an exported artifact folder (manifest.json, no checkpoint or run), else
+    None (a run, a checkpoint or ``zoo:<name>``: loaded with its training config)."""
+    path = Path(str(source))
+    if str(source).startswith("zoo:") or not (path / "manifest.json").is_file():
+        return None
+    if any((path / f).exists() for f in ("run.json", "best.pt", "checkpoint.pt")):
+        return None
+    return path
+
+
+def _int8_of_artifact(
+    method, artifact: Path, out: Path, *, data, target, calibration_images, guard_images, seed,
+    max_ap_drop, threads, name, progress,
+) -> dict:  # fmt: skip
+    """INT8 of an FP32 artifact that has no training run: the dataset's official train split
+    calibrates (and, having no validation split, guards on train images the calibration did
+    not read), its test split scores parent and result."""
+    from sarbridge.runtime.annotations import read_dataset
+    from sarbridge.runtime.paths import resolve_data_path
+
+    if method != "int8":
+        raise CompressError(
+            f"{artifact} is an exported artifact without its training run: only --method int8 "
+            f"takes one, not {method}"
+        )
+    parent = load_manifest(artifact)
+    if parent["task"] != "detect" or parent["precision"] != "fp32" or parent["model"]["format"] != "onnx":
+        raise CompressError(
+            f"{artifact}: --method int8 takes an FP32 ONNX detector, this is a "
+            f"{parent['precision']} {parent['model']['format']} {parent['task']} model"
+        )
+    ds = read_dataset(resolve_data_path(data or "SSDD"))
+    train, test = ds.split("train"), ds.split("test")
+    if not train or not test:
+        raise CompressError(f"{ds.root}: needs a train and a test split (official or listed)")
+    print(f"[1] FP32 parent: {artifact} ({parent.get('name', artifact.name)}); data {ds.root}")
+    work = Path(tempfile.mkdtemp(prefix=f"sarbridge-{method}-"))
+    try:
+        return _int8(
+            (ds, train, [], test), parent, artifact, work, out, target=target,
+            calibration_images=calibration_images, guard_images=guard_images, seed=seed,
+            max_ap_drop=max_ap_drop, threads=threads, name=name, progress=progress,
+        )  # fmt: skip
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def _guard_records(train, val, calibration_items, count: int, seed: int, root):
     """The run's validation records; a run without validation (trained on every train
     image) is guarded on train images the calibration did not read."""
@@ -186,9 +234,13 @@ def compress(
     global_pruning: bool = True,
     round_to: int = 16,
     teacher=None,
+    data: str | None = None,
 ) -> dict:
     """Compress the detector ``source`` (a run folder, checkpoint or ``zoo:<name>``) with
-    ``method`` into the artifact folder ``out``; returns its manifest. ``prune``,
+    ``method`` into the artifact folder ``out``; returns its manifest. An exported FP32
+    artifact (a folder with manifest.json and no checkpoint, e.g. a model brought in with
+    ``sarbridge import ultralytics``) takes ``--method int8`` only, calibrated on the train
+    split of ``data`` (default SSDD) and scored on its test split. ``prune``,
     ``distill`` and ``finetune`` write a run folder at ``out`` instead (:mod:`.finetune`) and return its
     comparison with the parent; ``epochs`` and ``lr`` default per method (DEFAULT_EPOCHS,
     DEFAULT_LR).
@@ -227,6 +279,13 @@ def compress(
     out = Path(out)
     _check_out(out, overwrite)
     _require_packages(method, target)
+    artifact = _artifact_source(source)
+    if artifact is not None:
+        return _int8_of_artifact(
+            method, artifact, out, data=data, target=target,
+            calibration_images=calibration_images, guard_images=guard_images, seed=seed,
+            max_ap_drop=max_ap_drop, threads=threads, name=name, progress=progress,
+        )  # fmt: skip
     run_dir = None
     if method == "qat":
         from .qat import prepare_qat_run
@@ -258,7 +317,7 @@ def compress(
                 epochs=epochs, lr=lr, resume=resume,
             )  # fmt: skip
         return _int8(
-            loaded,
+            _sets(loaded),
             parent,
             parent_dir,
             work,
@@ -303,7 +362,7 @@ def _sets(loaded):
 
 
 def _int8(
-    loaded,
+    sets,
     parent,
     parent_dir,
     work,
@@ -323,7 +382,7 @@ def _int8(
 
     scheme = SCHEMES[target]
     backend = "openvino" if target == "openvino" else "onnxruntime"
-    ds, train, val, test = _sets(loaded)
+    ds, train, val, test = sets
     print(
         f"[2] calibration: {calibration_images} inputs of the train split ({len(train)} images) "
         "through the runtime's preprocessing, tiling and letterbox"

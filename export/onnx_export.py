@@ -26,11 +26,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from sarbridge.runtime.boxes import box_iou
 from sarbridge.runtime.decode import letterbox, parse_flips
 from sarbridge.runtime.errors import SarbridgeError
 from sarbridge.runtime.fileio import sha256_file, tool_versions
 from sarbridge.runtime.manifest import SCHEMA_VERSION, save_manifest
+from sarbridge.runtime.metrics import (  # noqa: F401 - parity helpers, importable from here too
+    match_detections,
+    matched_max_abs,
+    matched_pairs,
+    set_agreement,
+)
 from sarbridge.runtime.preprocess import preprocess
 from sarbridge.train.checkpoint import lineage_step, parent_ref
 from sarbridge.train.evaluation import decode_raw
@@ -178,54 +183,6 @@ def _export_step(step: dict | None, name: str, metrics: dict) -> dict:
 
 
 # ---------------------------------------------------------------- parity
-
-
-def matched_pairs(a, b, iou_threshold: float = 0.5) -> list[tuple[int, int]]:
-    """Greedy one-to-one matches (index in a, index in b) between two detection sets
-    (same label, IoU >= threshold), a's highest scores first, each to its best-overlapping box."""
-    (ba, sa, la), (bb, _, lb) = a, b
-    if len(sa) == 0 or len(lb) == 0:
-        return []
-    iou = box_iou(np.asarray(ba, np.float64), np.asarray(bb, np.float64))
-    iou[np.asarray(la)[:, None] != np.asarray(lb)[None, :]] = 0
-    used = np.zeros(len(lb), bool)
-    pairs = []
-    for i in np.argsort(-np.asarray(sa), kind="stable"):
-        cand = np.where(~used & (iou[i] >= iou_threshold))[0]
-        if cand.size:
-            j = int(cand[np.argmax(iou[i, cand])])
-            used[j] = True
-            pairs.append((int(i), j))
-    return pairs
-
-
-def match_detections(a, b, iou_threshold: float = 0.5) -> int:
-    """Number of greedy one-to-one matches between two detection sets (see matched_pairs)."""
-    return len(matched_pairs(a, b, iou_threshold))
-
-
-def matched_max_abs(a, b) -> float:
-    """Largest |box coordinate| or |score| difference over the matched detections of two sets.
-
-    Detections after NMS come sorted by score, and two whose scores differ in the 7th digit
-    can swap places between PyTorch and ONNX Runtime (seen with an untrained Faster R-CNN,
-    whose scores tie to six digits), so comparing slot by slot
-    reports the distance between two different ships; matching first compares like with like.
-    Detections without a match count in :func:`set_agreement`, not here."""
-    diffs = [
-        max(np.abs(np.asarray(a[0][i]) - np.asarray(b[0][j])).max(), abs(a[1][i] - b[1][j]))
-        for i, j in matched_pairs(a, b)
-    ]
-    return float(max(diffs, default=0.0))
-
-
-def set_agreement(pairs) -> float:
-    """2 * matched / (|A| + |B|) summed over images (1.0 when both are empty everywhere)."""
-    matched = total = 0
-    for a, b in pairs:
-        matched += match_detections(a, b)
-        total += len(a[1]) + len(b[1])
-    return 1.0 if total == 0 else 2 * matched / total
 
 
 def parity_inputs(records, params, input_size: int, count: int) -> np.ndarray:

@@ -1,7 +1,7 @@
-"""Artifacts from models trained elsewhere: `sarbridge import ultralytics MODEL.onnx`.
+"""Artifacts from models trained elsewhere: `sarbridge import ultralytics MODEL`.
 
-An Ultralytics YOLOv8/YOLO11 detection model exported to ONNX (``yolo export format=onnx``)
-gets a sarbridge manifest, so it runs through the same tiling, SAR radiometry, merge, GeoJSON
+An Ultralytics YOLOv8/YOLO11 detection model exported to ONNX (``yolo export format=onnx``) or
+to OpenVINO (``format=openvino``, FP32 or ``int8=True``: the folder) gets a sarbridge manifest, so it runs through the same tiling, SAR radiometry, merge, GeoJSON
 and bench as sarbridge's own detectors. What the manifest says comes from the ONNX file itself:
 the class names, input size and task from the metadata Ultralytics writes into it (read as
 literals, never evaluated), the input and output tensors from the graph. Preprocessing is the
@@ -33,13 +33,8 @@ def _literal(meta: dict, key: str, path: Path):
         return meta[key]  # plain strings ("detect") are not Python literals
 
 
-def ultralytics_manifest(model: Path, name: str, overlap: float = 0.25) -> dict:
-    """The manifest of an Ultralytics detection ONNX export (the file is only read).
-
-    Raises:
-        SarbridgeError: not an ONNX file ONNX Runtime loads, no Ultralytics metadata, another
-            task than detection, a non-square input, or an output that is not [B, 4 + C, N].
-    """
+def _onnx_export(model: Path) -> tuple[dict, list, list]:
+    """(metadata, inputs, outputs) of an ONNX export; tensors as (name, shape) with str dims."""
     import onnxruntime as ort
 
     try:
@@ -47,6 +42,72 @@ def ultralytics_manifest(model: Path, name: str, overlap: float = 0.25) -> dict:
     except Exception as exc:  # onnxruntime raises its own types
         raise SarbridgeError(f"{model}: onnxruntime cannot load it: {exc}") from exc
     meta = session.get_modelmeta().custom_metadata_map
+    return meta, [(t.name, t.shape) for t in session.get_inputs()], [
+        (t.name, t.shape) for t in session.get_outputs()
+    ]
+
+
+def _openvino_export(folder: Path) -> tuple[dict, list, list, Path, Path, int]:
+    """(metadata, inputs, outputs, xml, bin, FakeQuantize count) of an OpenVINO export folder
+    (``yolo export format=openvino``: ``<name>.xml``, ``<name>.bin``, ``metadata.yaml``)."""
+    try:
+        import openvino as ov
+    except ImportError:
+        raise SarbridgeError(
+            f"{folder}: reading an OpenVINO export needs openvino: pip install 'sarbridge[openvino]'"
+        ) from None
+    xmls = sorted(folder.glob("*.xml"))
+    if len(xmls) != 1 or not xmls[0].with_suffix(".bin").is_file():
+        raise SarbridgeError(f"{folder}: an OpenVINO export holds one .xml with its .bin")
+    meta_file = folder / "metadata.yaml"
+    if not meta_file.is_file():
+        raise SarbridgeError(f"{folder}: no metadata.yaml (not an Ultralytics export?)")
+    try:
+        import yaml
+    except ImportError:
+        raise SarbridgeError(f"{meta_file}: reading it needs pyyaml: pip install pyyaml") from None
+    try:
+        meta = yaml.safe_load(meta_file.read_text())
+    except yaml.YAMLError as exc:
+        raise SarbridgeError(f"{meta_file}: not valid YAML ({exc})") from None
+    if not isinstance(meta, dict):
+        raise SarbridgeError(f"{meta_file}: not a mapping of Ultralytics' export metadata")
+    try:
+        model = ov.Core().read_model(str(xmls[0]))
+    except Exception as exc:  # OpenVINO raises RuntimeError with its own text
+        raise SarbridgeError(f"{xmls[0]}: openvino cannot read it: {exc}") from exc
+
+    def tensors(ports):
+        out = []
+        for port in ports:
+            shape = [d.get_length() if d.is_static else "batch" for d in port.get_partial_shape()]
+            out.append((port.get_any_name(), shape))
+        return out
+
+    fq = sum(op.get_type_name() == "FakeQuantize" for op in model.get_ops())
+    meta = {k: repr(v) if not isinstance(v, str) else v for k, v in meta.items()}
+    return meta, tensors(model.inputs), tensors(model.outputs), xmls[0], xmls[0].with_suffix(".bin"), fq
+
+
+def ultralytics_manifest(model: Path, name: str, overlap: float = 0.25) -> dict:
+    """The manifest of an Ultralytics detection export (the files are only read): an ONNX file
+    (``format=onnx``) or an OpenVINO folder (``format=openvino``, FP32 or ``int8=True``).
+
+    Raises:
+        SarbridgeError: not a model ONNX Runtime / OpenVINO loads, no Ultralytics metadata,
+            another task than detection, a non-square input, or an output that is not
+            [B, 4 + C, N].
+    """
+    fake_quantize = 0
+    if model.is_dir():
+        meta, inputs, outputs, xml, weights, fake_quantize = _openvino_export(model)
+        model_block = {
+            "file": "model.xml", "sha256": sha256_file(xml), "format": "openvino",
+            "weights": {"file": "model.bin", "sha256": sha256_file(weights)},
+        }  # fmt: skip
+    else:
+        meta, inputs, outputs = _onnx_export(model)
+        model_block = {"file": "model.onnx", "sha256": sha256_file(model), "format": "onnx"}
     task = _literal(meta, "task", model)
     if task != "detect":
         raise SarbridgeError(f"{model}: an Ultralytics '{task}' model; only 'detect' is imported")
@@ -57,16 +118,15 @@ def ultralytics_manifest(model: Path, name: str, overlap: float = 0.25) -> dict:
     if not (isinstance(imgsz, list) and len(imgsz) == 2 and imgsz[0] == imgsz[1]):
         raise SarbridgeError(f"{model}: a square input is needed, the metadata says imgsz {imgsz}")
     size = int(imgsz[0])
-    inputs, outputs = session.get_inputs(), session.get_outputs()
     if len(inputs) != 1 or len(outputs) != 1:
         raise SarbridgeError(
             f"{model}: {len(inputs)} inputs and {len(outputs)} outputs; an Ultralytics detection "
             "export has one of each"
         )
-    out_shape = outputs[0].shape
+    (in_name, in_shape), (out_name, out_shape) = inputs[0], outputs[0]
     if len(out_shape) != 3 or out_shape[1] != 4 + len(names):
         raise SarbridgeError(
-            f"{model}: output {outputs[0].name} is {out_shape}; a detection export of "
+            f"{model}: output {out_name} is {out_shape}; a detection export of "
             f"{len(names)} classes gives [batch, {4 + len(names)}, anchors] (an end-to-end "
             "export with NMS in the graph is not supported)"
         )
@@ -80,11 +140,11 @@ def ultralytics_manifest(model: Path, name: str, overlap: float = 0.25) -> dict:
         "schema_version": SCHEMA_VERSION,
         "name": name,
         "task": "detect",
-        "model": {"file": "model.onnx", "sha256": sha256_file(model), "format": "onnx"},
-        "inputs": [{"name": inputs[0].name, "shape": dims(inputs[0].shape), "dtype": "float32"}],
+        "model": model_block,
+        "inputs": [{"name": in_name, "shape": dims(in_shape), "dtype": "float32"}],
         "outputs": [
             {
-                "name": outputs[0].name,
+                "name": out_name,
                 "shape": dims(out_shape),
                 "dtype": "float32",
                 "meaning": "per anchor point: box centre x, y, width, height in input pixels, "
@@ -102,7 +162,9 @@ def ultralytics_manifest(model: Path, name: str, overlap: float = 0.25) -> dict:
             "decode": "ultralytics",
         },
         "classes": classes,
-        "precision": "fp32",
+        # an INT8 OpenVINO export keeps some layers in float (Ultralytics leaves the head out of
+        # NNCF's quantization); its calibration is Ultralytics', not described here
+        "precision": "mixed" if fake_quantize else "fp32",
         "lineage": [
             {
                 "kind": "export",
@@ -114,34 +176,69 @@ def ultralytics_manifest(model: Path, name: str, overlap: float = 0.25) -> dict:
             }
         ],
         "metrics": {},
-        "tool_versions": tool_versions(["sarbridge", "onnxruntime"]),
+        "tool_versions": tool_versions(
+            ["sarbridge", "openvino" if model_block["format"] == "openvino" else "onnxruntime"]
+        ),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "notes": "imported with sarbridge import ultralytics; trained and exported by Ultralytics",
+        "notes": "imported with sarbridge import ultralytics; trained and exported by Ultralytics"
+        + (
+            f"; OpenVINO INT8 by Ultralytics' NNCF export ({fake_quantize} FakeQuantize nodes)"
+            if fake_quantize
+            else ""
+        ),
     }
 
 
 def import_ultralytics(
-    model: str | Path, out: str | Path, name: str | None = None, overlap: float = 0.25
+    model: str | Path,
+    out: str | Path,
+    name: str | None = None,
+    overlap: float = 0.25,
+    check=None,
+    unchecked: str | None = None,
 ) -> Path:
     """Write ``out/`` (model.onnx + manifest.json) for an Ultralytics detection export, then
     load it as a :class:`~sarbridge.runtime.detector.Detector` (the manifest against the model).
 
+    Args:
+        check: ``check(out, manifest) -> dict``, the parity check against Ultralytics' own
+            predictions (:func:`sarbridge.export.ultralytics_parity.parity_check`; it needs
+            Ultralytics, so the runtime takes it from the caller). Its record goes into the
+            import step of the lineage and its agreement into the metrics; when it raises,
+            nothing is left.
+        unchecked: why there is no check (recorded in the lineage instead).
+
     Raises:
-        SarbridgeError: see :func:`ultralytics_manifest`; ``out`` exists already.
+        SarbridgeError: see :func:`ultralytics_manifest`; ``out`` exists already; the check
+            failed.
     """
     from sarbridge.runtime.detector import Detector
 
     model, out = Path(model), Path(out)
-    if not model.is_file():
-        raise SarbridgeError(f"{model}: no such file")
+    if not model.exists():
+        raise SarbridgeError(f"{model}: no such file or folder")
     if out.exists():
         raise SarbridgeError(f"{out}: exists already; choose another --out")
     manifest = ultralytics_manifest(model, name or out.name, overlap)
     out.mkdir(parents=True)
     try:
-        shutil.copyfile(model, out / "model.onnx")
+        backend = "onnxruntime"
+        if manifest["model"]["format"] == "openvino":
+            xml = next(model.glob("*.xml"))
+            shutil.copyfile(xml, out / "model.xml")
+            shutil.copyfile(xml.with_suffix(".bin"), out / "model.bin")
+            backend = "openvino"
+        else:
+            shutil.copyfile(model, out / "model.onnx")
         save_manifest(manifest, out / MANIFEST_NAME)
-        Detector.from_artifact(out, threads=1).close()
+        Detector.from_artifact(out, backend, threads=1).close()
+        if check is not None:
+            parity = check(out, manifest)
+            manifest["metrics"]["ultralytics_parity_agreement"] = parity["agreement"]
+        else:
+            parity = f"not checked: {unchecked or 'no check was asked for'}"
+        manifest["lineage"][-1]["parity"] = parity
+        save_manifest(manifest, out / MANIFEST_NAME)
     except BaseException:
         shutil.rmtree(out, ignore_errors=True)  # nothing half-made is left
         raise

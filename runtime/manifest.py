@@ -11,7 +11,8 @@ Schema version 2 (all keys required unless marked optional)::
     schema_version  int, 2
     task            "detect" | "embed"
     model           {file: str (a plain file name in the artifact folder), sha256: str (64 hex),
-                     format: "onnx" | "tensorrt"}
+                     format: "onnx" | "tensorrt" | "openvino" (an OpenVINO IR: file is the .xml),
+                     weights?: {file, sha256} (the IR's .bin; required for "openvino")}
     inputs          [{name, shape: [int|str], dtype}]     (str dims are dynamic)
     outputs         [{name, shape, dtype, meaning?: str}]
     preprocessing   SarPreprocess fields + input_size: int in [16, 4096]
@@ -53,7 +54,8 @@ Schema version 2 (all keys required unless marked optional)::
                      sha256: 64 hex, tensorrt_version: str, device_name: str,
                      compute_capability: str ("8.7"), dla_core: int >= 0 | null,
                      precision: "fp32" | "fp16" | "int8" | "best",
-                     build_flags?: [str], build_seconds?: number}]
+                     build_flags?: [str], build_seconds?: number,
+                     onnx_sha256?: 64 hex (the model file it was built from)}]
     created, name, notes   optional str
 
 Schema version 1 differs in: ``lineage`` [{step: str, ...}]; ``quantization`` optional
@@ -95,7 +97,7 @@ MANIFEST_NAME = "manifest.json"
 
 TASKS = ("detect", "embed")
 PRECISIONS = ("fp32", "fp16", "int8", "mixed")
-MODEL_FORMATS = ("onnx", "tensorrt")
+MODEL_FORMATS = ("onnx", "tensorrt", "openvino")
 LINEAGE_KINDS = ("train", "prune", "distill", "qat", "ptq", "fp16", "export", "engine")
 QUANTIZATION_TARGETS = ("onnxruntime", "openvino", "tensorrt")
 ACTIVATION_DTYPES = ("uint8", "int8")
@@ -428,6 +430,7 @@ _ENGINE_KEYS = (
     "precision",
     "build_flags",
     "build_seconds",
+    "onnx_sha256",
 )
 
 
@@ -455,6 +458,8 @@ def _check_engines(engines: list, version: int, path) -> None:
             flags = _need(eng, "build_flags", list, where, path)
             if not all(isinstance(f, str) for f in flags):
                 _fail(path, f"field '{where}build_flags' must list strings")
+        if "onnx_sha256" in eng:
+            _sha256(eng, "onnx_sha256", where, path)
         if "build_seconds" in eng and _need(eng, "build_seconds", float, where, path) < 0:
             _fail(path, f"field '{where}build_seconds' must be >= 0")
 
@@ -493,6 +498,12 @@ def validate(manifest: dict, path: str | Path = "<manifest>") -> dict:
     _sha256(model, "sha256", "model.", path)
     if _need(model, "format", str, "model.", path) not in MODEL_FORMATS:
         _fail(path, f"model.format must be one of {list(MODEL_FORMATS)}")
+    if model["format"] == "openvino" or "weights" in model:
+        if not isinstance(model.get("weights"), dict):
+            _fail(path, "field 'model.weights' must be {file, sha256} (an OpenVINO IR's .bin)")
+        _object(model["weights"], "model.weights", path, ("file", "sha256"))
+        _plain_file_name(model["weights"], "file", "model.weights.", path)
+        _sha256(model["weights"], "sha256", "model.weights.", path)
     _check_tensors(manifest["inputs"], "inputs", path)
     _check_tensors(manifest["outputs"], "outputs", path)
     pre = dict(manifest["preprocessing"])
@@ -645,11 +656,19 @@ def load_manifest(path: str | Path, verify_model: bool = True) -> dict:
         for k, eng in enumerate(manifest.get("engines", [])):
             if (path.parent / eng["file"]).exists():
                 _inside(path, path.parent / eng["file"], f"engines[{k}].file")
-        actual = sha256_file(model)
-        if actual != manifest["model"]["sha256"]:
-            raise ManifestError(
-                path,
-                f"model file {model.name} does not match the manifest (sha256 {actual[:12]}... "
-                f"!= {manifest['model']['sha256'][:12]}...): the model was changed or replaced after export",
-            )
+        files = [(model, manifest["model"]["sha256"], "model.file")]
+        weights = manifest["model"].get("weights")
+        if weights:
+            files.append((path.parent / weights["file"], weights["sha256"], "model.weights.file"))
+        for file, want, field in files:
+            if not file.is_file():
+                raise ManifestError(path, f"its {field} {file.name} is missing")
+            _inside(path, file, field)
+            actual = sha256_file(file)
+            if actual != want:
+                raise ManifestError(
+                    path,
+                    f"model file {file.name} does not match the manifest (sha256 {actual[:12]}... "
+                    f"!= {want[:12]}...): the model was changed or replaced after export",
+                )
     return manifest

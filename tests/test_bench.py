@@ -314,3 +314,26 @@ def test_unreadable_images_and_scenes_are_left_out_and_listed(edge_artifact, dat
     for name in ("report.md", "report.html"):
         text = (tmp_path / "out" / name).read_text()
         assert "Left out" in text and "000001.jpg" in text and "scene.tif" in text
+
+
+def test_bench_pairs_leave_out_a_format_the_backend_does_not_run(tmp_path, edge_artifact):
+    import shutil
+
+    from sarbridge.benchmarks.bench import bench_pairs
+    from sarbridge.runtime.manifest import load_manifest, save_manifest
+
+    ir = tmp_path / "ir"
+    shutil.copytree(edge_artifact, ir)
+    m = load_manifest(ir)
+    (ir / "model.bin").write_bytes(b"w")
+    m["model"].update(
+        format="openvino", weights={"file": "model.bin", "sha256": "e" * 64}
+    )  # the bench only reads the format here
+    save_manifest(m, ir)
+    pairs, skipped = bench_pairs([str(edge_artifact), str(ir)], ["onnxruntime", "openvino"])
+    assert pairs == [
+        (str(edge_artifact), "onnxruntime"), (str(edge_artifact), "openvino"), (str(ir), "openvino")
+    ]  # fmt: skip
+    assert skipped == [
+        f"{ir} on onnxruntime: its model format is openvino, which onnxruntime does not run"
+    ]

@@ -15,6 +15,7 @@ RUNTIME_MODULES = [
     "backends",
     "backends.onnxruntime",
     "backends.openvino",
+    "backends.tensorrt",
     "boxes",
     "datatools",
     "decode",
@@ -34,6 +35,11 @@ RUNTIME_MODULES = [
     "scenes",
     "synth",
     "tiling",
+    "trt",
+    "trt.api",
+    "trt.build",
+    "trt.cuda",
+    "trt.engines",
     "zoo",
 ]
 
@@ -52,7 +58,7 @@ def test_every_runtime_module_is_listed():
 
 # the deployment bench at benchmarks/ (torch_backend.py, the optional PyTorch row, and the
 # research tools in benchmarks/research/ need torch)
-BENCH_MODULES = ["bench", "report", "tile_memory"]
+BENCH_MODULES = ["bench", "report", "tensorrt_check", "tile_memory"]
 
 
 @pytest.mark.parametrize(

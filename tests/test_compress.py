@@ -426,3 +426,35 @@ def test_qat_fine_tunes_exports_qdq_and_resumes_like_any_run(edge_artifact, tmp_
     shutil.rmtree(tmp_path / "qat")
     with pytest.raises(CompressError, match="--resume"):  # the run exists: resume or overwrite
         compress("qat", run, tmp_path / "qat", **kwargs)
+
+
+def test_int8_of_an_artifact_without_its_run(edge_artifact, tmp_path, data):
+    """An exported FP32 artifact alone (as `sarbridge import ultralytics` makes one): the
+    dataset's train split calibrates and guards, its test split scores; other methods and
+    non-FP32 artifacts are refused."""
+    import shutil
+
+    from conftest import mini_voc
+
+    from sarbridge.compress.api import compress
+    from sarbridge.compress.targets import CompressError
+    from sarbridge.runtime.manifest import load_manifest
+
+    art = tmp_path / "exported"
+    for name in ("model.onnx", "manifest.json"):
+        (art / name).parent.mkdir(exist_ok=True)
+        shutil.copy2(edge_artifact / name, art / name)
+    stems = ["000001", "000002", "000003", "000004", "000005", "000006", "000007", "000008"]
+    voc = mini_voc(tmp_path / "voc", data, stems, {"train": stems[:6], "test": stems[6:]})
+    out = tmp_path / "int8"
+    manifest = compress("int8", art, out, data=str(voc), calibration_images=4, guard_images=4,
+                        threads=1, progress=False, max_ap_drop=0.5)  # fmt: skip
+    quant = manifest["quantization"]
+    assert quant["calibration"]["split"] == "train" and quant["guard"]["split"] == "train-not-calibrated"
+    assert manifest["lineage"][-1]["kind"] == "ptq"
+    assert manifest["lineage"][-1]["parent"]["sha256"] == load_manifest(art)["model"]["sha256"]
+    assert "test_AP50" in manifest["metrics"] and "parent_test_AP50" in manifest["metrics"]
+    with pytest.raises(CompressError, match="only --method int8"):
+        compress("fp16", art, tmp_path / "fp16", data=str(voc), progress=False)
+    with pytest.raises(CompressError, match="takes an FP32 ONNX detector"):
+        compress("int8", out, tmp_path / "again", data=str(voc), progress=False)

@@ -3,7 +3,9 @@ an artifact the runtime runs; what does not describe a detection export is refus
 
 from __future__ import annotations
 
+import importlib.util
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -81,3 +83,84 @@ def test_an_existing_out_is_not_replaced(tmp_path):
     with pytest.raises(SarbridgeError, match="exists already"):
         import_ultralytics(_export(tmp_path / "best.onnx"), tmp_path / "art")
     assert (tmp_path / "art" / "keep.txt").read_text() == "mine"
+
+
+HAS_ULTRALYTICS = importlib.util.find_spec("ultralytics") is not None
+
+
+def _ultralytics_onnx(folder, seed: int, size: int = 512):
+    """A YOLOv8n of random weights (seeded) exported by Ultralytics itself to ONNX. Its class
+    biases are raised from Ultralytics' prior (scores near 0) so that each image gives
+    detections to compare."""
+    import torch
+    from ultralytics import YOLO
+
+    torch.manual_seed(seed)
+    yolo = YOLO("yolov8n.yaml")
+    for branch in yolo.model.model[-1].cv3:
+        branch[-1].bias.data.fill_(CLASS_BIAS)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = yolo.export(format="onnx", imgsz=size, opset=17, simplify=False, project=str(folder))
+    return Path(path).rename(folder / "model.onnx")
+
+
+CLASS_BIAS = -1.0
+
+
+@pytest.mark.skipif(not HAS_ULTRALYTICS, reason="needs the peers extra (ultralytics)")
+def test_parity_with_ultralytics_own_predictions(tmp_path, data, monkeypatch):
+    from sarbridge.export.ultralytics_parity import parity_check
+
+    monkeypatch.chdir(tmp_path)  # Ultralytics writes next to the model it builds
+    model = _ultralytics_onnx(tmp_path / "a", seed=0)
+    out = import_ultralytics(
+        model, tmp_path / "art", check=parity_check(model, data / "SSDD", count=4)
+    )
+    m = json.loads((out / "manifest.json").read_text())
+    parity = m["lineage"][-1]["parity"]
+    assert parity["images"] == 4 and parity["detections_ultralytics"] >= 20
+    assert parity["agreement"] >= 0.95 and m["metrics"]["ultralytics_parity_agreement"] >= 0.95
+    # a model that is not the one imported: the check refuses and nothing is left
+    other = _ultralytics_onnx(tmp_path / "b", seed=1)
+    with pytest.raises(SarbridgeError, match="agree with Ultralytics' own at"):
+        import_ultralytics(
+            model, tmp_path / "art2", check=parity_check(other, data / "SSDD", count=4)
+        )
+    assert not (tmp_path / "art2").exists()
+
+
+def test_import_without_ultralytics_records_that_parity_was_not_checked(tmp_path):
+    out = import_ultralytics(
+        _export(tmp_path / "best.onnx"), tmp_path / "art", unchecked="no ultralytics here"
+    )
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["lineage"][-1]["parity"] == "not checked: no ultralytics here"
+    assert "ultralytics_parity_agreement" not in m["metrics"]
+
+
+def test_an_ultralytics_openvino_export_becomes_an_openvino_artifact(tmp_path):
+    """``yolo export format=openvino`` writes <name>.xml/.bin and metadata.yaml in a folder."""
+    ov = pytest.importorskip("openvino")
+    yaml = pytest.importorskip("yaml")
+    from sarbridge.runtime.detector import Detector
+
+    folder = tmp_path / "best_openvino_model"
+    folder.mkdir()
+    ov.save_model(ov.convert_model(str(_export(tmp_path / "best.onnx"))), str(folder / "best.xml"))
+    meta = {"task": "detect", "names": {0: "ship"}, "imgsz": [64, 64], "stride": 8,
+            "version": "8.4.190", "args": {"int8": False}}  # fmt: skip
+    (folder / "metadata.yaml").write_text(yaml.safe_dump(meta))
+    out = import_ultralytics(folder, tmp_path / "art", unchecked="test")
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["model"]["format"] == "openvino" and m["model"]["file"] == "model.xml"
+    assert m["model"]["weights"]["file"] == "model.bin" and m["precision"] == "fp32"
+    assert (m["classes"], m["preprocessing"]["input_size"]) == (["ship"], 64)
+    image = np.random.default_rng(1).integers(0, 255, (100, 140), dtype=np.uint8)
+    a = Detector.from_artifact(out, "openvino", threads=1).detect(image)
+    onnx_art = import_ultralytics(tmp_path / "best.onnx", tmp_path / "art_onnx", unchecked="test")
+    b = Detector.from_artifact(onnx_art, "onnxruntime", threads=1).detect(image)
+    assert len(a) == len(b) > 0
+    np.testing.assert_allclose(a.boxes, b.boxes, atol=0.05)
+    (folder / "metadata.yaml").unlink()
+    with pytest.raises(SarbridgeError, match="no metadata.yaml"):
+        import_ultralytics(folder, tmp_path / "art2")

@@ -349,6 +349,12 @@ def _drop(path: str):
         (_set("engines.0.build_seconds", "5 min"), "'engines[0].build_seconds'"),
         (_set("engines.0.gpu", "Orin"), "unknown fields ['gpu'] in 'engines[0]'"),
         (_drop("engines.0.device_name"), "'engines[0].device_name'"),
+        (_set("engines.0.onnx_sha256", "c" * 63), "'engines[0].onnx_sha256'"),
+        # an OpenVINO IR needs its weights file
+        (_set("model.format", "openvino"), "'model.weights'"),
+        (_set("model.weights", {"file": "model.bin"}), "'model.weights.sha256'"),
+        (_set("model.weights", {"file": "../m.bin", "sha256": "d" * 64}), "'model.weights.file'"),
+        (_set("model.weights", {"file": "m.bin", "sha256": "d" * 64, "x": 1}), "in 'model.weights'"),
         # decode fields and the model file
         (_set("postprocessing.decode", "ssd"), "'postprocessing.decode'"),
         (_set("postprocessing.decode", "yolo_anchors"), "'postprocessing.anchors'"),
@@ -387,3 +393,21 @@ def test_model_hash_mismatch_is_refused(artifact):
     (artifact / "manifest.json").write_text("{not json")
     with pytest.raises(ManifestError, match="not valid JSON"):
         load_manifest(artifact)
+
+
+def test_an_openvino_ir_is_checked_file_by_file(tmp_path):
+    (tmp_path / "model.xml").write_bytes(b"<net/>")
+    (tmp_path / "model.bin").write_bytes(b"weights")
+    m = make_manifest(sha256_file(tmp_path / "model.xml"))
+    m["model"].update(
+        file="model.xml", format="openvino",
+        weights={"file": "model.bin", "sha256": sha256_file(tmp_path / "model.bin")},
+    )  # fmt: skip
+    save_manifest(m, tmp_path)
+    assert load_manifest(tmp_path)["model"]["weights"]["file"] == "model.bin"
+    (tmp_path / "model.bin").write_bytes(b"other weights")
+    with pytest.raises(ManifestError, match="model file model.bin does not match"):
+        load_manifest(tmp_path)
+    (tmp_path / "model.bin").unlink()
+    with pytest.raises(ManifestError, match="model.weights.file model.bin is missing"):
+        load_manifest(tmp_path)

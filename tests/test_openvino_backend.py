@@ -38,12 +38,11 @@ def _open(artifact, manifest, **options):
 
 def test_same_detections_and_raw_outputs_as_onnxruntime(artifact, data):
     pytest.importorskip("onnxruntime")
-    pytest.importorskip("torch")  # set_agreement lives in the export stage
-    from sarbridge.export.onnx_export import set_agreement
     from sarbridge.runtime.annotations import read_dataset
     from sarbridge.runtime.decode import letterbox
     from sarbridge.runtime.detector import Detector
     from sarbridge.runtime.imageio import read_image
+    from sarbridge.runtime.metrics import set_agreement
     from sarbridge.runtime.preprocess import preprocess
 
     records = read_dataset(data / "SSDD").split("test")[:16]

@@ -5,6 +5,7 @@ Three steps, each resumable (the ``peers`` extra installs Ultralytics):
     python -m sarbridge.benchmarks.research.peers prepare          # SSDD -> Ultralytics layout
     OMP_NUM_THREADS=1 taskset -c 1 python -m sarbridge.benchmarks.research.peers train \\
         --model yolov8n --epochs 60 --threads 1                   # again: resumes from last.pt
+    ... train --model yolov8n --epochs 30 --shorten-from 60   # an unfinished 60-epoch run -> 30
     python -m sarbridge.benchmarks.research.peers export --model yolov8n   # ONNX FP32, OpenVINO INT8
 
 ``prepare`` converts SSDD through sarbridge's own reader (the official split, every box the
@@ -15,6 +16,12 @@ the train images is listed as ``val`` (monitoring only: validation during traini
 the last epoch is kept, as for the zoo detector, which trained on all train images with no
 validation). The test split is never read by training. Both peers start from random
 weights (no COCO-pretrained file can be downloaded here), at 512 px, batch 16.
+
+``--shorten-from E`` continues an unfinished ``<model>_ssdd_e<E>`` run under a shorter
+schedule: its last checkpoint is copied into ``<model>_ssdd_e<epochs>`` with the epoch count
+changed (the E-epoch run is kept as it was) and Ultralytics resumes it, rebuilding the
+learning-rate schedule and the last-10-epochs mosaic switch for the new count. The epochs
+already trained followed the E-epoch schedule; ``schedule.json`` in the new run says which.
 """
 
 from __future__ import annotations
@@ -70,7 +77,40 @@ def prepare(data: str = "SSDD", work: Path = WORK) -> dict:
     return counts
 
 
-def train(model: str, epochs: int, threads: int, batch: int = 16, work: Path = WORK) -> Path:
+def shorten(model: str, epochs: int, longer: int, work: Path = WORK) -> Path:
+    """Copy the unfinished ``longer``-epoch run's last checkpoint into an ``epochs``-epoch run."""
+    import shutil
+
+    import torch
+
+    from sarbridge.runtime.fileio import atomic_write_text
+
+    src = (work / f"{model}_ssdd_e{longer}").resolve()
+    dst = (work / f"{model}_ssdd_e{epochs}").resolve()
+    last = dst / "weights" / "last.pt"
+    if last.is_file():
+        return last
+    ckpt = torch.load(src / "weights" / "last.pt", map_location="cpu", weights_only=False)
+    done = int(ckpt.get("epoch", -1)) + 1  # Ultralytics counts epochs from 0; -1 = finished
+    if done <= 0 or done >= epochs or epochs >= longer:
+        raise SystemExit(
+            f"{src}: {done} of {longer} epochs trained; cannot shorten it to {epochs} epochs"
+        )
+    args = ckpt["train_args"]
+    args.update(epochs=epochs, name=dst.name, save_dir=str(dst))
+    (dst / "weights").mkdir(parents=True, exist_ok=True)
+    shutil.copy2(src / "results.csv", dst / "results.csv")
+    torch.save(ckpt, last.with_suffix(".part"))
+    last.with_suffix(".part").replace(last)
+    note = {"epochs": epochs, "from": src.name, "epochs_under_previous_schedule": done}
+    atomic_write_text(dst / "schedule.json", json.dumps(note, indent=1) + "\n")
+    return last
+
+
+def train(
+    model: str, epochs: int, threads: int, batch: int = 16, work: Path = WORK,
+    shorten_from: int | None = None,
+) -> Path:  # fmt: skip
     """Train (or resume) ``model`` from random weights; returns the last checkpoint."""
     import torch
     from ultralytics import YOLO
@@ -80,6 +120,8 @@ def train(model: str, epochs: int, threads: int, batch: int = 16, work: Path = W
     if not data.is_file():
         raise SystemExit(f"{data} is missing: run `peers prepare` first")
     name = f"{model}_ssdd_e{epochs}"
+    if shorten_from is not None:
+        shorten(model, epochs, shorten_from, work)
     last = (work / name / "weights" / "last.pt").resolve()
     if last.is_file():
         ckpt = torch.load(last, map_location="cpu", weights_only=False)
@@ -120,12 +162,14 @@ def main(argv=None) -> int:
         if step == "train":
             s.add_argument("--threads", type=int, default=os.cpu_count())
             s.add_argument("--batch", type=int, default=16)
+            s.add_argument("--shorten-from", type=int, metavar="E", default=None,
+                           help="continue the unfinished E-epoch run under --epochs")
     args = ap.parse_args(argv)
     os.environ.setdefault("YOLO_OFFLINE", "1")  # no downloads, no hub calls
     if args.step == "prepare":
         print(json.dumps(prepare(args.data), indent=1))
     elif args.step == "train":
-        print(train(args.model, args.epochs, args.threads, args.batch))
+        print(train(args.model, args.epochs, args.threads, args.batch, shorten_from=args.shorten_from))
     else:
         print(json.dumps(export(args.model, args.epochs), indent=1))
     return 0

@@ -7,8 +7,8 @@ The registry is lazy: a backend registers its name with an import path
 (``"module:attr"``) and the extra that installs its package; nothing is imported
 until :func:`open_backend` is asked for that name, so listing the backends costs
 nothing on a board, and a backend whose package is missing fails only when chosen,
-with the ``pip install`` line that fixes it. A new backend (a TensorRT engine, say) is
-one module in this package plus one :func:`register_backend` line below.
+with the ``pip install`` line that fixes it. A new backend is one module in this package plus
+one :func:`register_backend` line below.
 """
 
 from __future__ import annotations
@@ -144,9 +144,7 @@ def open_backend(name: str, model_path: str | Path, manifest: dict, **options) -
     return backend_class(name)(Path(model_path), manifest, **options)
 
 
-# The built-in backends. A TensorRT engine backend would join with one line once its module
-# exists:
-#   register_backend("tensorrt", "sarbridge.runtime.backends.tensorrt:TensorRTBackend", "trt")
+# The built-in backends
 register_backend(
     "onnxruntime",
     "sarbridge.runtime.backends.onnxruntime:OnnxRuntimeBackend",
@@ -158,6 +156,12 @@ register_backend(
     "sarbridge.runtime.backends.openvino:OpenVinoBackend",
     "openvino",
     "OpenVINO on the CPU (device option for others), explicit precision hint",
+)
+register_backend(
+    "tensorrt",
+    "sarbridge.runtime.backends.tensorrt:TensorRTBackend",
+    "trt",
+    "the artifact's TensorRT engine for this GPU (sarbridge export engine builds it on the board)",
 )
 register_backend(
     "pytorch",

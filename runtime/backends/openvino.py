@@ -49,10 +49,10 @@ class OpenVinoBackend(Backend):
         threads: int | None = None,
         precision: str | None = None,
     ):
-        if manifest["model"]["format"] != "onnx":
+        if manifest["model"]["format"] not in ("onnx", "openvino"):
             raise SarbridgeError(
-                f"{model_path}: the openvino backend runs ONNX models, this manifest's model is "
-                f"{manifest['model']['format']}"
+                f"{model_path}: the openvino backend runs ONNX models and OpenVINO IR, this "
+                f"manifest's model is {manifest['model']['format']}"
             )
         hint = DEFAULT_HINTS[manifest["precision"]] if precision is None else precision
         if hint not in HINTS:

@@ -39,15 +39,24 @@ def _overlap(text: str) -> float:
     return value
 
 
-def _positive(text: str) -> int:
-    """An integer >= 1."""
+def _int_at_least(low: int, text: str) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
+    if value < low:
+        raise argparse.ArgumentTypeError(f"{text} must be at least {low}")
     return value
+
+
+def _positive(text: str) -> int:
+    """An integer >= 1."""
+    return _int_at_least(1, text)
+
+
+def _nonnegative(text: str) -> int:
+    """An integer >= 0 (a DLA core, a device index)."""
+    return _int_at_least(0, text)
 
 
 def _positive_list(text: str) -> tuple[int, ...]:
@@ -234,9 +243,56 @@ def _run_bnn_export(args) -> int:
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
     exp = sub.add_parser(
-        "export", help="export trained models (needs the 'train' and 'export' extras)"
+        "export",
+        help="export trained models: onnx (needs the 'train' and 'export' extras); engine "
+        "(a TensorRT engine of an artifact, built on the board, torch-free)",
     )
     esub = exp.add_subparsers(dest="export_command", required=True, metavar="FORMAT")
+    eng = esub.add_parser(
+        "engine",
+        help="an artifact's ONNX -> a TensorRT engine for this GPU, listed in its manifest",
+        description="Builds on the device that will run it (engines do not move between TensorRT "
+        "versions or GPUs) with TensorRT 10.x/11.x and cuda-python, no torch. Writes "
+        "model.<tensorrt>.<device>.<precision>.plan beside model.onnx and adds an 'engines' entry "
+        "(sha256, versions, device, compute capability, DLA core, flags, build time) to "
+        "manifest.json. INT8 engines come from Q/DQ models: sarbridge compress --method int8 "
+        "--target tensorrt.",
+        epilog=EXIT_CODES,
+    )
+    eng.add_argument(
+        "--from", dest="artifact", required=True, help="artifact directory or zoo:<name>"
+    )
+    eng.add_argument(
+        "--out",
+        type=Path,
+        help="copy the artifact (manifest, ONNX) into this new folder and build there (needed "
+        "for zoo: models)",
+    )
+    eng.add_argument(
+        "--precision",
+        choices=("fp32", "fp16", "int8", "best"),
+        help="default: int8 for a Q/DQ model, else fp16 (TensorRT 11: the model's own)",
+    )
+    eng.add_argument(
+        "--dla", type=_nonnegative, metavar="N", help="build for DLA core N, GPU fallback on"
+    )
+    eng.add_argument(
+        "--max-batch", type=_positive, default=8, help="largest batch of the profile (default 8)"
+    )
+    eng.add_argument(
+        "--opt-batch", type=_positive, help="the batch to optimise for (default: --max-batch)"
+    )
+    eng.add_argument(
+        "--workspace", type=_positive, default=1024, metavar="MiB", help="builder workspace"
+    )
+    eng.add_argument("--timing-cache", type=Path, help="read and update this timing cache file")
+    eng.add_argument("--cuda", choices=("cuda-python", "pycuda"), default="cuda-python")
+    eng.add_argument(
+        "--device", type=_nonnegative, default=0, help="CUDA device index (default 0)"
+    )
+    eng.add_argument("--force", action="store_true", help="rebuild an engine already listed")
+    eng.add_argument("--verbose", action="store_true", help="print TensorRT's info messages")
+    eng.set_defaults(func=_run_export_engine)
     onnx = esub.add_parser(
         "onnx",
         help="a run, checkpoint or zoo model -> artifacts/<name>/ (model.onnx + manifest.json), "
@@ -297,6 +353,35 @@ def _vote_iou_arg(text: str | None) -> float | str | None:
     return "off" if value is None else value
 
 
+def _run_export_engine(args) -> int:
+    from sarbridge.runtime.trt.build import build_engine
+    from sarbridge.runtime.zoo import resolve_artifact, zoo_dir
+
+    source = resolve_artifact(args.artifact)
+    folder = args.out or (source if source.is_dir() else source.parent)
+    entry = build_engine(
+        source if source.is_dir() else source.parent,
+        precision=args.precision,
+        dla_core=args.dla,
+        max_batch=args.max_batch,
+        opt_batch=args.opt_batch,
+        workspace_mib=args.workspace,
+        timing_cache=args.timing_cache,
+        force=args.force,
+        cuda=args.cuda,
+        device_index=args.device,
+        verbose=args.verbose,
+        out=args.out,
+        zoo_root=zoo_dir(),
+    )
+    dla = "" if entry["dla_core"] is None else f" --dla {entry['dla_core']}"
+    print(
+        f"run it: sarbridge detect <scenes> --model {folder} --backend tensorrt "
+        f"--engine-precision {entry['precision']}{dla}"
+    )
+    return 0
+
+
 def _run_export_onnx(args) -> int:
     from sarbridge.export.onnx_export import export_run
 
@@ -342,7 +427,14 @@ def _add_compress(sub: argparse._SubParsersAction) -> None:
         "--from",
         dest="source",
         default="zoo:ssdd_edge_det",
-        help="run directory, checkpoint or zoo:<name> (default zoo:ssdd_edge_det)",
+        help="run directory, checkpoint or zoo:<name> (default zoo:ssdd_edge_det); --method "
+        "int8 also takes an exported FP32 artifact without its run (e.g. sarbridge import "
+        "ultralytics), with --data",
+    )
+    c.add_argument(
+        "--data",
+        help="an artifact source's dataset: its train split calibrates, its test split scores "
+        "(default SSDD under the data root)",
     )
     c.add_argument(
         "--target",
@@ -485,6 +577,7 @@ def _run_compress(args) -> int:
         global_pruning=args.global_pruning,
         round_to=args.round_to,
         teacher=args.teacher,
+        data=args.data,
     )
     return 0
 
@@ -509,7 +602,8 @@ def _add_detect(sub: argparse._SubParsersAction) -> None:
     det.add_argument(
         "--backend",
         default="onnxruntime",
-        help="inference backend: onnxruntime, openvino (CPU), pytorch (default onnxruntime)",
+        help="inference backend: onnxruntime, openvino (CPU), tensorrt (an engine built with "
+        "sarbridge export engine), pytorch (default onnxruntime)",
     )
     det.add_argument(
         "--providers",
@@ -519,6 +613,7 @@ def _add_detect(sub: argparse._SubParsersAction) -> None:
     det.add_argument(
         "--threads", type=_positive, help="inference threads (default: the backend's)"
     )
+    _add_engine_choice(det)
     det.add_argument(
         "--batch", type=_positive, default=8, help="tiles per inference call (default 8)"
     )
@@ -554,6 +649,37 @@ def _add_detect(sub: argparse._SubParsersAction) -> None:
     det.set_defaults(func=_run_detect)
 
 
+def _add_engine_choice(parser: argparse.ArgumentParser) -> None:
+    """--engine-precision / --dla / --cuda: which TensorRT engine (tensorrt backend only)."""
+    parser.add_argument(
+        "--engine-precision",
+        choices=("fp32", "fp16", "int8", "best"),
+        help="tensorrt backend: the engine to run (default: the best one built for this GPU)",
+    )
+    parser.add_argument(
+        "--dla", type=_nonnegative, metavar="N", help="tensorrt backend: the DLA core N engine"
+    )
+    parser.add_argument(
+        "--cuda",
+        choices=("cuda-python", "pycuda"),
+        help="tensorrt backend: the CUDA binding for buffers (default cuda-python)",
+    )
+
+
+def _engine_options(args, backends) -> dict:
+    """The tensorrt backend's options from --engine-precision/--dla/--cuda."""
+    from sarbridge.runtime.errors import SarbridgeError
+
+    given = {
+        k: v
+        for k, v in (("precision", args.engine_precision), ("dla_core", args.dla), ("cuda", args.cuda))
+        if v is not None
+    }
+    if given and "tensorrt" not in backends:
+        raise SarbridgeError("--engine-precision, --dla and --cuda are for the tensorrt backend")
+    return given
+
+
 def _print_outcome(outcome) -> None:
     from tqdm import tqdm
 
@@ -585,6 +711,7 @@ def _detect(args) -> int:
                 f"--providers is for the onnxruntime backend, not {args.backend!r}"
             )
         options["providers"] = [p.strip() for p in args.providers.split(",") if p.strip()]
+    options.update(_engine_options(args, [args.backend]))
     detector = Detector.from_artifact(
         resolve_artifact(args.model),
         backend=args.backend,
@@ -635,11 +762,12 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     b.add_argument(
         "--backends",
         default="onnxruntime",
-        help="comma-separated: onnxruntime, openvino, pytorch (optional row)",
+        help="comma-separated: onnxruntime, openvino, tensorrt, pytorch (optional row)",
     )
     b.add_argument(
         "--providers", help="comma-separated ONNX Runtime providers (onnxruntime rows only)"
     )
+    _add_engine_choice(b)
     b.add_argument("--threads", type=_positive, help="inference threads")
     b.add_argument(
         "--batch-sizes",
@@ -677,7 +805,9 @@ def _run_bench(args) -> int:
     from sarbridge.benchmarks.bench import BenchSettings, run_bench
     from sarbridge.runtime.zoo import resolve_artifact
 
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     settings = BenchSettings(
+        engine=_engine_options(args, backends),
         data=args.data or "SSDD",
         split=args.split,
         max_images=args.max_images,
@@ -690,7 +820,7 @@ def _run_bench(args) -> int:
     )
     results = run_bench(
         [str(resolve_artifact(m)) for m in args.models],
-        [b.strip() for b in args.backends.split(",") if b.strip()],
+        backends,
         settings,
         args.out,
     )
@@ -707,25 +837,56 @@ def _add_import(sub: argparse._SubParsersAction) -> None:
     isub = imp.add_subparsers(dest="import_command", required=True, metavar="SOURCE")
     ul = isub.add_parser(
         "ultralytics",
-        help="an Ultralytics YOLOv8/YOLO11 detection ONNX export -> artifacts/<name>",
+        help="an Ultralytics YOLOv8/YOLO11 detection export (ONNX or OpenVINO) -> artifacts/<name>",
         description="Reads class names, input size and task from the ONNX metadata Ultralytics "
         "writes, and writes model.onnx + manifest.json: Ultralytics' 8-bit preprocessing and "
         "centred letterbox, the ultralytics decode, the runtime's NMS and tiling.",
         epilog=EXIT_CODES,
     )
-    ul.add_argument("model", type=Path, help="the .onnx file (yolo export format=onnx)")
+    ul.add_argument(
+        "model",
+        type=Path,
+        help="the .onnx file (yolo export format=onnx) or the OpenVINO folder (format=openvino, "
+        "FP32 or int8=True)",
+    )
     ul.add_argument("--out", type=Path, required=True, help="artifact folder to write (new)")
     ul.add_argument("--name", help="the artifact's name (default: the folder's)")
     ul.add_argument(
         "--overlap", type=_overlap, default=0.25, help="scene tile overlap (default 0.25)"
     )
+    ul.add_argument(
+        "--parity-images",
+        type=int,
+        default=16,
+        help="real test images on which the runtime must agree with Ultralytics' own predict "
+        "(needs the 'peers' extra; default 16; 0: no check, recorded as such)",
+    )
+    ul.add_argument("--parity-data", default="SSDD", help="dataset of those images (default SSDD)")
+    ul.add_argument(
+        "--min-agreement", type=_fraction, default=0.95, help="refuse below this (default 0.95)"
+    )
     ul.set_defaults(func=_run_import_ultralytics)
 
 
 def _run_import_ultralytics(args) -> int:
+    import importlib.util
+
     from sarbridge.runtime.importers import import_ultralytics
 
-    out = import_ultralytics(args.model, args.out, args.name, args.overlap)
+    check, unchecked = None, None
+    if args.parity_images <= 0:
+        unchecked = "--parity-images 0"
+    elif importlib.util.find_spec("ultralytics") is None:
+        unchecked = "Ultralytics is not installed here (pip install 'sarbridge[peers]')"
+    else:
+        from sarbridge.export.ultralytics_parity import parity_check
+
+        check = parity_check(args.model, args.parity_data, args.parity_images, args.min_agreement)
+    if unchecked:
+        print(f"parity with Ultralytics' own predictions not checked: {unchecked}")
+    out = import_ultralytics(
+        args.model, args.out, args.name, args.overlap, check=check, unchecked=unchecked
+    )
     print(f"detect artifact written: {out} (model.onnx, manifest.json)")
     return 0
 

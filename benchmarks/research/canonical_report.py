@@ -1,0 +1,297 @@
+"""``make report``: sarbridge's deployable detectors beside Ultralytics' peers, one bench run.
+
+Every model below is scored by the same deployed path (``sarbridge bench``: tiling, decode,
+NMS, COCO AP of the faster-coco-eval code) on the SSDD test split, and timed by the same timer
+on this CPU, in one run, each model and backend in its own process:
+
+* sarbridge: the zoo detector (FP32 on ONNX Runtime and on OpenVINO), its INT8 per target
+  (``sarbridge compress --method int8``, made here when missing: a few minutes each), and the
+  pruned + distilled students of ``prune_pareto`` where they exist (hours to make: not made
+  here, listed as missing);
+* Ultralytics: YOLOv8n / YOLO11n trained on SSDD by ``benchmarks/research/peers.py`` (hours on
+  this CPU: not made here), Ultralytics' own ONNX FP32 and OpenVINO INT8 exports, imported with
+  ``sarbridge import ultralytics`` (parity-checked against Ultralytics' own predictions when
+  Ultralytics is installed), and sarbridge's ONNX Runtime INT8 of their ONNX
+  (``sarbridge compress --method int8`` of the imported artifact).
+
+Writes ``results.json``, ``report.md``/``.html`` and the plots (``sarbridge bench``), then
+``README.md``: the machine and versions, each model's training schedule, the headline table,
+and the two targets of the comparison measured as ratios in this run. What is missing is said.
+
+    python -m sarbridge.benchmarks.research.canonical_report --out benchmarks/results/cpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+ARTIFACTS = Path("artifacts")
+PEERS = Path("runs/peers")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    artifact: str  # an artifact folder or zoo:<name>
+    backends: tuple[str, ...]
+    family: str  # "sarbridge" | "ultralytics"
+    make: tuple[str, ...] | None = None  # a command that makes it here, when it is cheap
+    source: str | None = None  # what the artifact is made from (for the README)
+    missing_hint: str = ""  # how to make it when it is not cheap
+
+
+def _compress(target: str, out: str) -> tuple[str, ...]:
+    return ("sarbridge", "compress", "--method", "int8", "--from", "zoo:ssdd_edge_det",
+            "--target", target, "--out", out)  # fmt: skip
+
+
+def _peer(model: str, epochs: int) -> list[Candidate]:
+    run = PEERS / f"{model}_ssdd_e{epochs}" / "weights"
+    train = (
+        f"python -m sarbridge.benchmarks.research.peers train --model {model} --epochs {epochs} "
+        f"&& ... peers export --model {model} --epochs {epochs}"
+    )
+    onnx, ov_int8 = run / "last.onnx", run / "last_int8_openvino_model"
+    name = f"peer_{model}_e{epochs}"
+    return [
+        Candidate(str(ARTIFACTS / name), ("onnxruntime", "openvino"), "ultralytics",
+                  ("sarbridge", "import", "ultralytics", str(onnx), "--out", str(ARTIFACTS / name)),
+                  str(onnx), train),
+        Candidate(str(ARTIFACTS / f"{name}_openvino_int8"), ("openvino",), "ultralytics",
+                  ("sarbridge", "import", "ultralytics", str(ov_int8), "--out",
+                   str(ARTIFACTS / f"{name}_openvino_int8")), str(ov_int8), train),
+        # sarbridge's own x86 INT8 (QDQ, uint8 x int8, accuracy guard) of Ultralytics' ONNX
+        Candidate(str(ARTIFACTS / f"{name}_int8_onnxruntime"), ("onnxruntime",), "ultralytics",
+                  ("sarbridge", "compress", "--method", "int8", "--from", str(ARTIFACTS / name),
+                   "--target", "onnxruntime", "--out", str(ARTIFACTS / f"{name}_int8_onnxruntime")),
+                  str(ARTIFACTS / name), train),
+    ]  # fmt: skip
+
+
+def candidates() -> list[Candidate]:
+    ours = [
+        Candidate("zoo:ssdd_edge_det", ("onnxruntime", "openvino"), "sarbridge"),
+        Candidate(str(ARTIFACTS / "ssdd_edge_det_int8_onnxruntime"), ("onnxruntime",), "sarbridge",
+                  _compress("onnxruntime", str(ARTIFACTS / "ssdd_edge_det_int8_onnxruntime"))),
+        Candidate(str(ARTIFACTS / "ssdd_edge_det_int8_openvino"), ("openvino",), "sarbridge",
+                  _compress("openvino", str(ARTIFACTS / "ssdd_edge_det_int8_openvino"))),
+        Candidate(str(ARTIFACTS / "edge_p75_kd12_s0"), ("onnxruntime",), "sarbridge",
+                  missing_hint="python -m sarbridge.benchmarks.research.prune_pareto (hours)"),
+        Candidate(str(ARTIFACTS / "edge_p50_kd24_s0_int8_onnxruntime"), ("onnxruntime",),
+                  "sarbridge",
+                  missing_hint="python -m sarbridge.benchmarks.research.prune_pareto (hours)"),
+    ]  # fmt: skip
+    return ours + _peer("yolov8n", 30) + _peer("yolo11n", 30)
+
+
+def _exists(c: Candidate) -> bool:
+    from sarbridge.runtime.zoo import resolve_artifact
+
+    try:
+        return (resolve_artifact(c.artifact) / "manifest.json").is_file()
+    except Exception:  # an unknown zoo name, a missing folder
+        return False
+
+
+def prepare(cands: list[Candidate], make: bool) -> tuple[list[Candidate], list[str]]:
+    """The candidates that exist (made here when cheap and ``make``), and a line per missing."""
+    ready, missing = [], []
+    for c in cands:
+        makeable = make and c.make is not None and (c.source is None or Path(c.source).exists())
+        if makeable and not _exists(c):
+            print(f"making {c.artifact}: {' '.join(c.make)}", flush=True)
+            cmd = [sys.executable, "-m", "sarbridge.cli", *c.make[1:]]
+            if subprocess.run(cmd).returncode != 0:
+                missing.append(f"{c.artifact}: `{' '.join(c.make)}` failed")
+                continue
+        if _exists(c):
+            ready.append(c)
+        else:
+            how = c.missing_hint or (" ".join(c.make) if c.make else "")
+            src = f" (from {c.source}, not found)" if c.source and not Path(c.source).exists() else ""
+            missing.append(f"{c.artifact}{src}: {how}")
+    return ready, missing
+
+
+def _peer_schedules() -> list[str]:
+    lines = []
+    for run in sorted(PEERS.glob("*_ssdd_e*")):
+        args = run / "args.yaml"
+        if not args.is_file():
+            continue
+        text = args.read_text()
+
+        def value(key: str, text: str = text) -> str:
+            for line in text.splitlines():
+                if line.startswith(f"{key}:"):
+                    return line.split(":", 1)[1].strip()
+            return "?"
+
+        line = (
+            f"- {run.name}: Ultralytics, {value('model')}, random init (pretrained "
+            f"{value('pretrained')}), {value('epochs')} epochs, imgsz {value('imgsz')}, batch "
+            f"{value('batch')}, optimizer {value('optimizer')}, close_mosaic {value('close_mosaic')}, "
+            f"seed {value('seed')}, on this CPU"
+        )
+        note = run / "schedule.json"
+        if note.is_file():
+            s = json.loads(note.read_text())
+            line += (
+                f"; the first {s['epochs_under_previous_schedule']} epochs ran under the "
+                f"learning-rate schedule of {s['from']} (then shortened to {s['epochs']})"
+            )
+        lines.append(line)
+    return lines
+
+
+def targets(records: list[dict]) -> list[str]:
+    """The issue's two targets, measured as ratios in this run (batch-1 p50 network latency)."""
+
+    def lat(r):
+        return r["latency"]["batch1"]["p50_ms"]
+
+    def ap(r, k):
+        return r["accuracy"][k]
+
+    ours = [r for r in records if r.get("family") == "sarbridge" and r["accuracy"]]
+    peers = [r for r in records if r.get("family") == "ultralytics" and r["accuracy"]]
+    if not ours or not peers:
+        return ["- Not measured: the run has no peer (or no sarbridge model) with accuracy."]
+    lines = []
+    fo, fp = min(ours, key=lat), min(peers, key=lat)
+    ratio = lat(fp) / lat(fo)
+    ok = ratio >= 2 and ap(fo, "AP50") >= ap(fp, "AP50") and ap(fo, "AP50_95") >= ap(fp, "AP50_95")
+    lines.append(
+        f"- **Fastest vs fastest** (target: ours >= 2x faster at equal or better AP50 and "
+        f"AP50:95): {_name(fo)} {lat(fo):.1f} ms, AP50 {ap(fo, 'AP50'):.3f} / AP50:95 "
+        f"{ap(fo, 'AP50_95'):.3f} vs {_name(fp)} {lat(fp):.1f} ms, AP50 {ap(fp, 'AP50'):.3f} / "
+        f"AP50:95 {ap(fp, 'AP50_95'):.3f}: **{ratio:.2f}x** faster; target "
+        f"{'met' if ok else 'MISSED'}"
+        + ("" if ok else _missed_by(ratio, fo, fp))
+    )
+    bo, bp = max(ours, key=lambda r: ap(r, "AP50_95")), max(peers, key=lambda r: ap(r, "AP50_95"))
+    ok = ap(bo, "AP50_95") >= ap(bp, "AP50_95") and lat(bo) < lat(bp)
+    lines.append(
+        f"- **Most accurate vs most accurate** (target: ours at or above the peer's AP50:95 at "
+        f"lower latency): {_name(bo)} AP50:95 {ap(bo, 'AP50_95'):.3f} at {lat(bo):.1f} ms vs "
+        f"{_name(bp)} AP50:95 {ap(bp, 'AP50_95'):.3f} at {lat(bp):.1f} ms: target "
+        f"{'met' if ok else 'MISSED'} (AP50:95 {ap(bo, 'AP50_95') - ap(bp, 'AP50_95'):+.3f}, "
+        f"latency x{lat(bo) / lat(bp):.2f})"
+    )
+    return lines
+
+
+def _missed_by(ratio: float, fo: dict, fp: dict) -> str:
+    parts = []
+    if ratio < 2:
+        parts.append(f"speed {ratio:.2f}x of 2x")
+    for k in ("AP50", "AP50_95"):
+        d = fo["accuracy"][k] - fp["accuracy"][k]
+        if d < 0:
+            parts.append(f"{k} {d:+.3f}")
+    return f" by {', '.join(parts)}"
+
+
+def _name(r: dict) -> str:
+    return f"{r['model']} [{r['backend']}]"
+
+
+def readme(results: dict, missing: list[str], schedules: list[str]) -> str:
+    env = results["environment"]
+    recs = sorted(
+        [r for r in results["records"] if r["accuracy"]],
+        key=lambda r: r["latency"]["batch1"]["p50_ms"],
+    )
+    rows = [
+        f"| {r['family']} | {r['model']} | {r['backend']} | {r['precision']} | "
+        f"{r['accuracy']['AP50']:.3f} | {r['accuracy']['AP50_95']:.3f} | "
+        f"{r['accuracy']['AP_small']:.3f} | {r['latency']['batch1']['p50_ms']:.1f} | "
+        f"{r['latency']['best_images_per_s']:.1f} | {r['size']['file_mib']:.2f} |"
+        for r in recs
+    ]
+    versions = ", ".join(f"{k} {v}" for k, v in sorted(env.get("versions", {}).items()))
+    return "\n".join(
+        [
+            "# sarbridge against Ultralytics on SSDD, on this CPU",
+            "",
+            "Made by `make report` (`python -m sarbridge.benchmarks.research.canonical_report "
+            "--out benchmarks/results/cpu`): one `sarbridge bench` run, every model through the "
+            "same deployed path and metric code on the SSDD official test split "
+            f"({results['dataset']['images'] if results.get('dataset') else '?'} images), "
+            "each model and backend in its own process.",
+            "",
+            f"Machine: {env.get('cpu', '?')}, {results['settings'].get('threads') or env.get('threads', '?')} "
+            f"threads. Versions: {versions or 'see results.json'}.",
+            "",
+            "## Headline (fastest first; latency: the network alone, batch 1, p50)",
+            "",
+            "| family | model | backend | precision | AP50 | AP50:95 | AP small | batch-1 p50 ms "
+            "| best img/s | MiB |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+            *rows,
+            "",
+            "Plots: [AP50:95 vs latency](ap_vs_latency.png), [AP vs size](ap_vs_size.png), "
+            "[AP small vs latency](ap_small_vs_latency.png), [PR curves](pr_curves.png); every "
+            "figure in [report.md](report.md). Energy is not measured on this machine (no power "
+            "probe answers).",
+            "",
+            "## Targets, measured in this run",
+            "",
+            *targets(results["records"]),
+            "",
+            "## Training schedules",
+            "",
+            "- sarbridge zoo detector `ssdd_edge_det`: 60 epochs on all SSDD train images, BNN "
+            "SAR-backbone start, 512 px (zoo/README.md has the command).",
+            *(schedules or ["- no Ultralytics peer was trained here"]),
+            "",
+            "## Not in this run",
+            "",
+            *([f"- {m}" for m in missing] or ["- nothing"]),
+            "",
+        ]
+    )
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/cpu"))
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--iterations", type=int, default=100)
+    ap.add_argument("--max-images", type=int, default=None, help="a quick look, not the report")
+    ap.add_argument("--no-make", action="store_true", help="bench only what exists")
+    args = ap.parse_args(argv)
+
+    from sarbridge.benchmarks.bench import BenchSettings, run_bench
+    from sarbridge.runtime.fileio import atomic_write_json, atomic_write_text
+    from sarbridge.runtime.zoo import resolve_artifact
+
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    if importlib.util.find_spec("ultralytics") is None:
+        print("Ultralytics is not installed: imported peers are not parity-checked", flush=True)
+    ready, missing = prepare(candidates(), make=not args.no_make)
+    family = {str(resolve_artifact(c.artifact)): c.family for c in ready}
+    pairs = [(str(resolve_artifact(c.artifact)), b) for c in ready for b in c.backends]
+    settings = BenchSettings(
+        data="SSDD", threads=args.threads, batch_sizes=(1, 8), iterations=args.iterations,
+        max_images=args.max_images,
+    )  # fmt: skip
+    results = run_bench([], [], settings, args.out, pairs=pairs)
+    for r in results["records"]:
+        r["family"] = family.get(r["artifact"], "?")
+    results["settings"]["threads"] = args.threads
+    results["missing"] = missing
+    atomic_write_json(results, args.out / "results.json")
+    atomic_write_text(args.out / "README.md", readme(results, missing, _peer_schedules()))
+    print(f"report: {args.out / 'README.md'}")
+    return 1 if results["failures"] else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
