@@ -47,9 +47,13 @@ def _scatter(records, xs, ys, xlabel, ylabel, title, path: Path, front: bool = F
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for r, x, y in zip(records, xs, ys, strict=True):
+    # labels of neighbours by x alternate above, level and below, so close points stay legible
+    shift = {i: (k % 3 - 1) * 9 for k, i in enumerate(sorted(range(len(xs)), key=lambda i: xs[i]))}
+    for k, (r, x, y) in enumerate(zip(records, xs, ys, strict=True)):
         ax.scatter([x], [y], s=60, zorder=3)
-        ax.annotate(_label(r), (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
+        ax.annotate(
+            _label(r), (x, y), textcoords="offset points", xytext=(6, 2 + shift[k]), fontsize=7
+        )
     ax.margins(x=0.25, y=0.15)
     if front and len(xs) > 1:
         idx = pareto_front(list(zip(xs, ys, strict=True)))
@@ -107,7 +111,9 @@ def plots(results: dict, out: Path) -> dict[str, Path]:
         front=True,
     )
     small = [
-        (r, x) for r, x in zip(recs, lat, strict=True) if (r["accuracy"].get("AP_small") or -1) >= 0
+        (r, x)
+        for r, x in zip(recs, lat, strict=True)
+        if r["accuracy"].get("AP_small") is not None and r["accuracy"]["AP_small"] >= 0
     ]
     if small:
         made["ap_small_vs_latency"] = _scatter(

@@ -383,6 +383,14 @@ def _int8(
     scheme = SCHEMES[target]
     backend = "openvino" if target == "openvino" else "onnxruntime"
     ds, train, val, test = sets
+    if parent["postprocessing"].get("decode") == "ultralytics" and scheme.op_types is None:
+        # Ultralytics' graph ends in its decode: box pixels (0..S) and class probabilities
+        # (0..1) concatenated in one output, which one 8-bit scale cannot hold; only the
+        # convolutions are quantized, as Ultralytics' own INT8 export leaves its head in float
+        import dataclasses
+
+        scheme = dataclasses.replace(scheme, op_types=("Conv",))
+        print("    Ultralytics graph: convolutions quantized, its decode head left in float")
     print(
         f"[2] calibration: {calibration_images} inputs of the train split ({len(train)} images) "
         "through the runtime's preprocessing, tiling and letterbox"

@@ -25,14 +25,20 @@ from sarbridge.runtime.errors import SarbridgeError
 MIN_AGREEMENT = 0.95
 
 
+MIN_DETECTIONS = 10  # fewer on Ultralytics' side: the check says nothing, it is refused
+
+
 def parity_images(data: str | Path, size: int, count: int, split: str = "test") -> list[Path]:
-    """The first ``count`` images of ``split`` whose long side is at most ``size``."""
+    """``count`` images of ``split`` whose long side is at most ``size``, spread evenly over
+    the split (inshore and offshore scenes alike)."""
     from sarbridge.runtime.annotations import read_dataset
     from sarbridge.runtime.paths import resolve_data_path
 
     records = read_dataset(resolve_data_path(str(data))).split(split)
     fits = [r.path for r in records if max(r.width, r.height) <= size]
-    return fits[:count]
+    if len(fits) <= count:
+        return fits
+    return [fits[int(i)] for i in np.linspace(0, len(fits) - 1, count).round()]
 
 
 def ultralytics_parity(
@@ -104,6 +110,13 @@ def parity_check(
             f"{result['detections_ultralytics']} detections), largest matched difference "
             f"{result['matched_max_abs']:.3g}"
         )
+        if result["detections_ultralytics"] < MIN_DETECTIONS:
+            raise SarbridgeError(
+                f"{model}: Ultralytics' own predict found {result['detections_ultralytics']} "
+                f"ships on {result['images']} images (fewer than {MIN_DETECTIONS}): the parity "
+                "check would say nothing; give more --parity-images (or --parity-images 0 to "
+                "import unchecked)"
+            )
         if result["agreement"] < min_agreement:
             raise SarbridgeError(
                 f"{model}: the runtime's detections agree with Ultralytics' own at "

@@ -77,16 +77,19 @@ def _openvino_export(folder: Path) -> tuple[dict, list, list, Path, Path, int]:
     except Exception as exc:  # OpenVINO raises RuntimeError with its own text
         raise SarbridgeError(f"{xmls[0]}: openvino cannot read it: {exc}") from exc
 
-    def tensors(ports):
+    from sarbridge.runtime.backends.openvino import port_name
+
+    def tensors(ports, kind):
         out = []
-        for port in ports:
+        for k, port in enumerate(ports):
             shape = [d.get_length() if d.is_static else "batch" for d in port.get_partial_shape()]
-            out.append((port.get_any_name(), shape))
+            out.append((port_name(port, k, kind), shape))
         return out
 
     fq = sum(op.get_type_name() == "FakeQuantize" for op in model.get_ops())
     meta = {k: repr(v) if not isinstance(v, str) else v for k, v in meta.items()}
-    return meta, tensors(model.inputs), tensors(model.outputs), xmls[0], xmls[0].with_suffix(".bin"), fq
+    inputs, outputs = tensors(model.inputs, "input"), tensors(model.outputs, "output")
+    return meta, inputs, outputs, xmls[0], xmls[0].with_suffix(".bin"), fq
 
 
 def ultralytics_manifest(model: Path, name: str, overlap: float = 0.25) -> dict:
@@ -197,7 +200,8 @@ def import_ultralytics(
     check=None,
     unchecked: str | None = None,
 ) -> Path:
-    """Write ``out/`` (model.onnx + manifest.json) for an Ultralytics detection export, then
+    """Write ``out/`` (model.onnx, or model.xml + model.bin, + manifest.json) for an Ultralytics
+    detection export, then
     load it as a :class:`~sarbridge.runtime.detector.Detector` (the manifest against the model).
 
     Args:

@@ -17,17 +17,22 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 
-def _export(path, classes=1, names="{0: 'ship'}", metadata=True, size=64):
+def _export(path, classes=1, names="{0: 'ship'}", metadata=True, size=64, pixel_boxes=False):
     """A tiny graph shaped like an Ultralytics detection export: images [1, 3, S, S] ->
-    output0 [1, 4 + C, (S / 8)**2], with the metadata Ultralytics writes."""
+    output0 [1, 4 + C, (S / 8)**2], with the metadata Ultralytics writes. ``pixel_boxes``:
+    centres over the whole input and sides up to S/4 (else every value is in (0, 1))."""
     from onnx import TensorProto, helper, numpy_helper
 
     n = (size // 8) ** 2
     weight = np.random.default_rng(0).normal(size=(4 + classes, 3, 8, 8)).astype(np.float32)
+    scale = np.ones((1, 4 + classes, 1), np.float32)
+    if pixel_boxes:
+        scale[0, :4, 0] = [size, size, size / 4, size / 4]
     nodes = [
         helper.make_node("Conv", ["images", "w"], ["c"], strides=[8, 8]),
         helper.make_node("Reshape", ["c", "shape"], ["r"]),
-        helper.make_node("Sigmoid", ["r"], ["output0"]),
+        helper.make_node("Sigmoid", ["r"], ["s"]),
+        helper.make_node("Mul", ["s", "scale"], ["output0"]),
     ]
     graph = helper.make_graph(
         nodes,
@@ -35,7 +40,8 @@ def _export(path, classes=1, names="{0: 'ship'}", metadata=True, size=64):
         [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, size, size])],
         [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, 4 + classes, n])],
         [numpy_helper.from_array(weight, "w"),
-         numpy_helper.from_array(np.array([1, 4 + classes, n], np.int64), "shape")],
+         numpy_helper.from_array(np.array([1, 4 + classes, n], np.int64), "shape"),
+         numpy_helper.from_array(scale, "scale")],
     )  # fmt: skip
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     if metadata:
@@ -88,15 +94,32 @@ def test_an_existing_out_is_not_replaced(tmp_path):
 HAS_ULTRALYTICS = importlib.util.find_spec("ultralytics") is not None
 
 
-def _ultralytics_onnx(folder, seed: int, size: int = 512):
-    """A YOLOv8n of random weights (seeded) exported by Ultralytics itself to ONNX. Its class
-    biases are raised from Ultralytics' prior (scores near 0) so that each image gives
-    detections to compare."""
+def _ultralytics_onnx(folder, seed: int, data, size: int = 512):
+    """A YOLOv8n of random weights (seeded) exported by Ultralytics itself to ONNX. Untrained,
+    its features vanish under BatchNorm's initial statistics, so these are measured on 8 SSDD
+    train images first, and the class bias is set so that about 1 % of the anchors pass the
+    0.25 threshold: each image gives detections to compare, with scores that differ."""
     import torch
+    from PIL import Image
     from ultralytics import YOLO
+
+    from sarbridge.runtime.annotations import read_dataset
 
     torch.manual_seed(seed)
     yolo = YOLO("yolov8n.yaml")
+    paths = [r.path for r in read_dataset(data / "SSDD").split("train")[:8]]
+    x = torch.stack([
+        torch.from_numpy(np.asarray(Image.open(p).convert("RGB").resize((size, size)), np.float32) / 255).permute(2, 0, 1)
+        for p in paths
+    ])  # fmt: skip
+    for module in yolo.model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.reset_running_stats()
+            module.momentum = None  # the plain average over the batch
+    yolo.model.train()
+    with torch.no_grad():
+        yolo.model(x)
+    yolo.model.eval()
     for branch in yolo.model.model[-1].cv3:
         branch[-1].bias.data.fill_(CLASS_BIAS)
     folder.mkdir(parents=True, exist_ok=True)
@@ -104,7 +127,7 @@ def _ultralytics_onnx(folder, seed: int, size: int = 512):
     return Path(path).rename(folder / "model.onnx")
 
 
-CLASS_BIAS = -1.0
+CLASS_BIAS = -7.5
 
 
 @pytest.mark.skipif(not HAS_ULTRALYTICS, reason="needs the peers extra (ultralytics)")
@@ -112,20 +135,24 @@ def test_parity_with_ultralytics_own_predictions(tmp_path, data, monkeypatch):
     from sarbridge.export.ultralytics_parity import parity_check
 
     monkeypatch.chdir(tmp_path)  # Ultralytics writes next to the model it builds
-    model = _ultralytics_onnx(tmp_path / "a", seed=0)
+    model = _ultralytics_onnx(tmp_path / "a", seed=0, data=data)
+    # an untrained network's many large, overlapping boxes make NMS sensitive to the last
+    # digit of the input (PIL vs OpenCV JPEG decoding): the bar here is below the default 0.95
+    # meant for trained models; a different network falls far under it
     out = import_ultralytics(
-        model, tmp_path / "art", check=parity_check(model, data / "SSDD", count=4)
+        model, tmp_path / "art", check=parity_check(model, data / "SSDD", count=4, min_agreement=0.85)
     )
     m = json.loads((out / "manifest.json").read_text())
     parity = m["lineage"][-1]["parity"]
     assert parity["images"] == 4 and parity["detections_ultralytics"] >= 20
-    assert parity["agreement"] >= 0.95 and m["metrics"]["ultralytics_parity_agreement"] >= 0.95
+    assert parity["agreement"] >= 0.85 and m["metrics"]["ultralytics_parity_agreement"] >= 0.85
     # a model that is not the one imported: the check refuses and nothing is left
-    other = _ultralytics_onnx(tmp_path / "b", seed=1)
+    other = _ultralytics_onnx(tmp_path / "b", seed=1, data=data)
     with pytest.raises(SarbridgeError, match="agree with Ultralytics' own at"):
         import_ultralytics(
-            model, tmp_path / "art2", check=parity_check(other, data / "SSDD", count=4)
-        )
+            model, tmp_path / "art2",
+            check=parity_check(other, data / "SSDD", count=4, min_agreement=0.85),
+        )  # fmt: skip
     assert not (tmp_path / "art2").exists()
 
 
@@ -164,3 +191,65 @@ def test_an_ultralytics_openvino_export_becomes_an_openvino_artifact(tmp_path):
     (folder / "metadata.yaml").unlink()
     with pytest.raises(SarbridgeError, match="no metadata.yaml"):
         import_ultralytics(folder, tmp_path / "art2")
+
+
+def test_the_parity_check_refuses_without_ultralytics_installed(tmp_path, data, monkeypatch):
+    """Ultralytics' predictions stood in for by a small fake module (the real check runs in
+    test_parity_with_ultralytics_own_predictions where the peers extra is installed): the
+    runtime's own detections pass, shifted boxes are refused and nothing is left, and too few
+    detections to say anything are refused."""
+    import sys
+    import types
+
+    from sarbridge.export.ultralytics_parity import parity_check
+    from sarbridge.runtime.detector import Detector
+
+    model = _export(tmp_path / "best.onnx", size=512, pixel_boxes=True)
+    ours = import_ultralytics(model, tmp_path / "ref", unchecked="test")
+    det = Detector.from_artifact(ours, threads=1)
+    shift = {"dx": 0.0, "keep": None}
+
+    class Boxes:
+        def __init__(self, res):
+            keep = slice(None) if shift["keep"] is None else slice(0, shift["keep"])
+            self.xyxy = _Tensor(res.boxes[keep] + np.float32(shift["dx"]))
+            self.conf, self.cls = _Tensor(res.scores[keep]), _Tensor(res.labels[keep])
+
+    class YOLO:
+        def __init__(self, path, task=None):
+            pass
+
+        def predict(self, path, **kwargs):
+            return [types.SimpleNamespace(boxes=Boxes(det.detect(path)))]
+
+    fake = types.ModuleType("ultralytics")
+    fake.YOLO, fake.__version__ = YOLO, "fake"
+    monkeypatch.setitem(sys.modules, "ultralytics", fake)
+    # random weights put boxes in the letterbox padding too, clipped to zero area, which the
+    # one-to-one matching cannot pair even with themselves: the bar is lower than the default
+    check = parity_check(model, data / "SSDD", count=4, min_agreement=0.8)
+    out = import_ultralytics(model, tmp_path / "ok", check=check)
+    parity = json.loads((out / "manifest.json").read_text())["lineage"][-1]["parity"]
+    assert parity["agreement"] >= 0.9 and parity["detections_ultralytics"] >= 10
+    assert parity["matched_max_abs"] == 0.0
+    shift["dx"] = 40.0
+    with pytest.raises(SarbridgeError, match="agree with Ultralytics' own at"):
+        import_ultralytics(model, tmp_path / "shifted", check=check)
+    assert not (tmp_path / "shifted").exists()
+    shift["dx"], shift["keep"] = 0.0, 1
+    with pytest.raises(SarbridgeError, match="the parity check would say nothing"):
+        import_ultralytics(model, tmp_path / "few", check=check)
+    det.close()
+
+
+class _Tensor:
+    """What Ultralytics' result tensors offer the check: .cpu().numpy()."""
+
+    def __init__(self, array):
+        self.array = np.asarray(array)
+
+    def cpu(self):
+        return self
+
+    def numpy(self):
+        return self.array

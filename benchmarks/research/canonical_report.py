@@ -14,8 +14,9 @@ on this CPU, in one run, each model and backend in its own process:
   Ultralytics is installed), and sarbridge's ONNX Runtime INT8 of their ONNX
   (``sarbridge compress --method int8`` of the imported artifact).
 
-Writes ``results.json``, ``report.md``/``.html`` and the plots (``sarbridge bench``), then
-``README.md``: the machine and versions, each model's training schedule, the headline table,
+Writes ``results.json``, ``report.md``/``.html`` and the plots (``sarbridge bench``),
+``compare_previous.md`` (``sarbridge bench --compare`` against the report it replaces, regressions
+first), then ``README.md``: the machine and versions, each model's training schedule, the headline table,
 and the two targets of the comparison measured as ratios in this run. What is missing is said.
 
     python -m sarbridge.benchmarks.research.canonical_report --out benchmarks/results/cpu
@@ -27,8 +28,10 @@ import argparse
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,7 +58,7 @@ def _peer(model: str, epochs: int) -> list[Candidate]:
     run = PEERS / f"{model}_ssdd_e{epochs}" / "weights"
     train = (
         f"python -m sarbridge.benchmarks.research.peers train --model {model} --epochs {epochs} "
-        f"&& ... peers export --model {model} --epochs {epochs}"
+        f"&& python -m sarbridge.benchmarks.research.peers export --model {model} --epochs {epochs}"
     )
     onnx, ov_int8 = run / "last.onnx", run / "last_int8_openvino_model"
     name = f"peer_{model}_e{epochs}"
@@ -123,8 +126,8 @@ def _peer_schedules() -> list[str]:
     lines = []
     for run in sorted(PEERS.glob("*_ssdd_e*")):
         args = run / "args.yaml"
-        if not args.is_file():
-            continue
+        if not args.is_file() or not (run / "weights" / "last.onnx").is_file():
+            continue  # only the runs whose exports are benched
         text = args.read_text()
 
         def value(key: str, text: str = text) -> str:
@@ -134,7 +137,7 @@ def _peer_schedules() -> list[str]:
             return "?"
 
         line = (
-            f"- {run.name}: Ultralytics, {value('model')}, random init (pretrained "
+            f"- {run.name}: Ultralytics, {run.name.split('_')[0]}, random init (pretrained "
             f"{value('pretrained')}), {value('epochs')} epochs, imgsz {value('imgsz')}, batch "
             f"{value('batch')}, optimizer {value('optimizer')}, close_mosaic {value('close_mosaic')}, "
             f"seed {value('seed')}, on this CPU"
@@ -202,7 +205,36 @@ def _name(r: dict) -> str:
     return f"{r['model']} [{r['backend']}]"
 
 
+def _small(r: dict) -> str:
+    v = r["accuracy"].get("AP_small")
+    return "-" if v is None or v < 0 else f"{v:.3f}"  # -1: no small ship in the images
+
+
+def _parity_lines(records: list[dict]) -> list[str]:
+    """Each imported peer's parity with Ultralytics' own predictions, from its manifest."""
+    from sarbridge.runtime.manifest import load_manifest
+
+    lines, seen = [], set()
+    for r in records:
+        if r.get("family") != "ultralytics" or r["artifact"] in seen:
+            continue
+        seen.add(r["artifact"])
+        steps = load_manifest(r["artifact"], verify_model=False)["lineage"]
+        parity = next((s["parity"] for s in reversed(steps) if "parity" in s), "not recorded")
+        if isinstance(parity, dict):
+            parity = (
+                f"agreement {parity['agreement']:.4f} on {parity['images']} SSDD test images "
+                f"({parity['detections_sarbridge']} vs {parity['detections_ultralytics']} "
+                f"detections), largest matched difference {parity['matched_max_abs']:.3g} "
+                f"({parity['checked_with']})"
+            )
+        lines.append(f"- {r['model']}: {parity}")
+    return lines or ["- no imported peer in this run"]
+
+
 def readme(results: dict, missing: list[str], schedules: list[str]) -> str:
+    from sarbridge.runtime.fileio import tool_versions
+
     env = results["environment"]
     recs = sorted(
         [r for r in results["records"] if r["accuracy"]],
@@ -211,11 +243,19 @@ def readme(results: dict, missing: list[str], schedules: list[str]) -> str:
     rows = [
         f"| {r['family']} | {r['model']} | {r['backend']} | {r['precision']} | "
         f"{r['accuracy']['AP50']:.3f} | {r['accuracy']['AP50_95']:.3f} | "
-        f"{r['accuracy']['AP_small']:.3f} | {r['latency']['batch1']['p50_ms']:.1f} | "
+        f"{_small(r)} | {r['latency']['batch1']['p50_ms']:.1f} | "
         f"{r['latency']['best_images_per_s']:.1f} | {r['size']['file_mib']:.2f} |"
         for r in recs
     ]
-    versions = ", ".join(f"{k} {v}" for k, v in sorted(env.get("versions", {}).items()))
+    found = {**env.get("versions", {}), **tool_versions(["ultralytics", "nncf"])}
+    versions = ", ".join(f"{k} {v}" for k, v in sorted(found.items()))
+    measured = [r for r in results["records"] if r["power"]["energy_per_image_j"] is not None]
+    energy = (
+        f"Energy per image is in report.md for the {len(measured)} rows a power probe measured."
+        if measured
+        else "Energy is not measured here: no power probe answers on this machine."
+    )
+    failed = [f"- {f['model']} [{f['backend']}]: {f['error']}" for f in results["failures"]]
     return "\n".join(
         [
             "# sarbridge against Ultralytics on SSDD, on this CPU",
@@ -238,12 +278,20 @@ def readme(results: dict, missing: list[str], schedules: list[str]) -> str:
             "",
             "Plots: [AP50:95 vs latency](ap_vs_latency.png), [AP vs size](ap_vs_size.png), "
             "[AP small vs latency](ap_small_vs_latency.png), [PR curves](pr_curves.png); every "
-            "figure in [report.md](report.md). Energy is not measured on this machine (no power "
-            "probe answers).",
+            f"figure in [report.md](report.md). {energy}",
+            "",
+            "OpenVINO rows of both families run with the precision hint sarbridge sets (f32 for "
+            "fp32/int8/mixed models, so the non-quantized layers stay float32); OpenVINO's own "
+            "CPU default on this machine would be bf16 (AMX), faster for both. Peers exported by "
+            "Ultralytics have a fixed batch of 1: their best img/s is at batch 1.",
             "",
             "## Targets, measured in this run",
             "",
             *targets(results["records"]),
+            "",
+            "## Imported peers against Ultralytics' own predictions",
+            "",
+            *_parity_lines(results["records"]),
             "",
             "## Training schedules",
             "",
@@ -254,6 +302,7 @@ def readme(results: dict, missing: list[str], schedules: list[str]) -> str:
             "## Not in this run",
             "",
             *([f"- {m}" for m in missing] or ["- nothing"]),
+            *(["", "## Failed", "", *failed] if failed else []),
             "",
         ]
     )
@@ -268,8 +317,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-make", action="store_true", help="bench only what exists")
     args = ap.parse_args(argv)
 
-    from sarbridge.benchmarks.bench import BenchSettings, run_bench
-    from sarbridge.runtime.fileio import atomic_write_json, atomic_write_text
+    from sarbridge.benchmarks.bench import BenchSettings, run_bench, save_results
+    from sarbridge.runtime.fileio import atomic_write_text
     from sarbridge.runtime.zoo import resolve_artifact
 
     os.environ.setdefault("YOLO_OFFLINE", "1")
@@ -282,13 +331,28 @@ def main(argv=None) -> int:
         data="SSDD", threads=args.threads, batch_sizes=(1, 8), iterations=args.iterations,
         max_images=args.max_images,
     )  # fmt: skip
+    previous = None
+    if (args.out / "results.json").is_file():  # the last canonical report, to compare against
+        previous = Path(tempfile.mkdtemp()) / "previous_results.json"
+        shutil.copy2(args.out / "results.json", previous)
     results = run_bench([], [], settings, args.out, pairs=pairs)
     for r in results["records"]:
         r["family"] = family.get(r["artifact"], "?")
     results["settings"]["threads"] = args.threads
     results["missing"] = missing
-    atomic_write_json(results, args.out / "results.json")
+    save_results(results, args.out / "results.json")
     atomic_write_text(args.out / "README.md", readme(results, missing, _peer_schedules()))
+    if previous is not None:
+        from sarbridge.benchmarks.bench import compare
+        from sarbridge.runtime.errors import SarbridgeError
+
+        try:
+            lines = compare(previous, args.out / "results.json")
+        except SarbridgeError as exc:
+            lines = [f"not compared: {exc}"]
+        text = "# Against the previous canonical report (regressions first)\n\n```\n"
+        atomic_write_text(args.out / "compare_previous.md", text + "\n".join(lines) + "\n```\n")
+        print("\n".join(lines))
     print(f"report: {args.out / 'README.md'}")
     return 1 if results["failures"] else 0
 

@@ -29,6 +29,13 @@ DEFAULT_HINTS = {"fp32": "f32", "int8": "f32", "mixed": "f32", "fp16": "f16"}
 HINTS = ("f32", "f16", "bf16")
 
 
+def port_name(port, index: int, kind: str) -> str:
+    """A port's name: its first name, or ``<kind><index>`` for a port without one (an IR
+    converted from a traced PyTorch module, as Ultralytics' OpenVINO export, names no output)."""
+    names = port.get_names()
+    return min(names) if names else f"{kind}{index}"
+
+
 class OpenVinoBackend(Backend):
     """OpenVINO with the latency hint and an explicit precision hint.
 
@@ -63,8 +70,12 @@ class OpenVinoBackend(Backend):
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         core = ov.Core()
+        weights = manifest["model"].get("weights")  # an IR's .bin: the file the manifest checked
         try:
-            model = core.read_model(str(model_path))
+            if weights:
+                model = core.read_model(str(model_path), str(Path(model_path).parent / weights["file"]))
+            else:
+                model = core.read_model(str(model_path))
         except Exception as exc:  # OpenVINO raises RuntimeError with its own text
             raise SarbridgeError(f"{model_path}: openvino cannot read the model: {exc}") from exc
         try:
@@ -80,6 +91,7 @@ class OpenVinoBackend(Backend):
         # manifest order by name; the model's own order when the names do not all match
         ports = list(self.compiled.outputs)
         by_name = {name: port for port in ports for name in port.get_names()}
+        by_name |= {f"output{k}": port for k, port in enumerate(ports) if not port.get_names()}
         wanted = [t["name"] for t in manifest["outputs"]]
         self.outputs = [by_name[n] for n in wanted] if all(n in by_name for n in wanted) else ports
         self.device, self.threads = device, threads
@@ -91,20 +103,20 @@ class OpenVinoBackend(Backend):
         )
 
     def model_io(self) -> tuple[list[TensorSpec], list[TensorSpec]]:
-        def specs(ports, wanted: list[str]) -> list[TensorSpec]:
+        def specs(ports, wanted: list[str], kind: str) -> list[TensorSpec]:
             out = []
-            for port in ports:
+            for k, port in enumerate(ports):
                 shape = tuple(
                     d.get_length() if d.is_static else None for d in port.get_partial_shape()
                 )
                 names = port.get_names()  # a port may have several: the manifest's if there
-                name = next((w for w in wanted if w in names), min(names, default=""))
+                name = next((w for w in wanted if w in names), port_name(port, k, kind))
                 dtype = np.dtype(port.get_element_type().to_dtype()).name
                 out.append(TensorSpec(name, shape, dtype))
             return out
 
-        return specs(self.compiled.inputs, self._input_names), specs(
-            self.compiled.outputs, self._output_names
+        return specs(self.compiled.inputs, self._input_names, "input"), specs(
+            self.compiled.outputs, self._output_names, "output"
         )
 
     def run(self, batch: np.ndarray) -> list[np.ndarray]:

@@ -839,7 +839,7 @@ def _add_import(sub: argparse._SubParsersAction) -> None:
         "ultralytics",
         help="an Ultralytics YOLOv8/YOLO11 detection export (ONNX or OpenVINO) -> artifacts/<name>",
         description="Reads class names, input size and task from the ONNX metadata Ultralytics "
-        "writes, and writes model.onnx + manifest.json: Ultralytics' 8-bit preprocessing and "
+        "writes, and writes model.onnx (or model.xml + model.bin) + manifest.json: Ultralytics' 8-bit preprocessing and "
         "centred letterbox, the ultralytics decode, the runtime's NMS and tiling.",
         epilog=EXIT_CODES,
     )
@@ -887,7 +887,7 @@ def _run_import_ultralytics(args) -> int:
     out = import_ultralytics(
         args.model, args.out, args.name, args.overlap, check=check, unchecked=unchecked
     )
-    print(f"detect artifact written: {out} (model.onnx, manifest.json)")
+    print(f"detect artifact written: {out} ({', '.join(sorted(p.name for p in out.iterdir()))})")
     return 0
 
 

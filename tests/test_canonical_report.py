@@ -1,0 +1,46 @@
+"""`make report`'s own logic: the two targets measured from the records, and what is missing."""
+
+from __future__ import annotations
+
+from sarbridge.benchmarks.research.canonical_report import Candidate, prepare, targets
+
+
+def _rec(model, backend, family, ap50, ap, ms):
+    return {
+        "model": model, "backend": backend, "family": family,
+        "accuracy": {"AP50": ap50, "AP50_95": ap, "AP_small": -1.0},
+        "latency": {"batch1": {"p50_ms": ms}},
+    }  # fmt: skip
+
+
+def test_targets_met_and_missed_are_said_with_the_ratio():
+    records = [
+        _rec("ours_int8", "openvino", "sarbridge", 0.93, 0.55, 4.0),
+        _rec("ours_fp32", "onnxruntime", "sarbridge", 0.93, 0.56, 20.0),
+        _rec("yolov8n_int8", "openvino", "ultralytics", 0.90, 0.50, 10.0),
+        _rec("yolov8n", "onnxruntime", "ultralytics", 0.92, 0.58, 30.0),
+    ]
+    fastest, accurate = targets(records)
+    assert "2.50x" in fastest and "target met" in fastest
+    assert "ours_fp32 [onnxruntime] AP50:95 0.560" in accurate and "MISSED" in accurate
+    assert "AP50:95 -0.020" in accurate
+    records[0]["accuracy"]["AP50"] = 0.85
+    fastest, _ = targets(records)
+    assert "MISSED by AP50 -0.050" in fastest
+    assert targets(records[:2])[0].startswith("- Not measured")
+
+
+def test_missing_candidates_are_listed_with_how_to_make_them(tmp_path):
+    expensive = Candidate(
+        str(tmp_path / "student"),
+        ("onnxruntime",),
+        "sarbridge",
+        missing_hint="python -m sarbridge.benchmarks.research.prune_pareto",
+    )
+    peer = Candidate(str(tmp_path / "peer"), ("onnxruntime",), "ultralytics",
+                     ("sarbridge", "import", "ultralytics", str(tmp_path / "last.onnx")),
+                     str(tmp_path / "last.onnx"), "peers train ...")  # fmt: skip
+    ready, missing = prepare([expensive, peer], make=True)  # nothing can be made: no source
+    assert ready == []
+    assert missing[0].endswith("prune_pareto")
+    assert "last.onnx, not found" in missing[1] and "peers train" in missing[1]
