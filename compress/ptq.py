@@ -232,6 +232,16 @@ def _session(path: Path, threads: int | None):
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
+def _run(session, name: str, x: np.ndarray) -> np.ndarray:
+    """The first output for ``x``, in chunks of the model's batch when it is fixed (an
+    Ultralytics export takes batch 1)."""
+    batch = session.get_inputs()[0].shape[0]
+    step = batch if isinstance(batch, int) and batch > 0 else len(x)
+    return np.concatenate(
+        [session.run(None, {name: x[k : k + step]})[0] for k in range(0, len(x), step)]
+    )
+
+
 def layer_sensitivity(
     quantizer: Quantizer,
     probe: np.ndarray,
@@ -254,13 +264,13 @@ def layer_sensitivity(
             quantizer.prepared, SCHEMES["onnxruntime"], quantizer.inputs, quantizer.input_name
         )
     name = quantizer.input_name
-    reference = _session(ranker.prepared, threads).run(None, {name: probe})[0]
+    reference = _run(_session(ranker.prepared, threads), name, probe)
     power = float(np.mean(reference.astype(np.float64) ** 2)) or 1.0
     scores = []
     path = ranker.workdir / "single_layer.onnx"
     for conv in tqdm(ranker.convs, desc="layer sensitivity", disable=not progress):
         ranker.quantize(path, only=[conv])
-        got = _session(path, threads).run(None, {name: probe})[0]
+        got = _run(_session(path, threads), name, probe)
         scores.append((conv, float(np.mean((got - reference).astype(np.float64) ** 2)) / power))
     return sorted(scores, key=lambda s: -s[1])
 
