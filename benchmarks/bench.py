@@ -401,12 +401,25 @@ def bench_one(artifact: str, backend: str, settings: BenchSettings) -> dict:
     }
     device_peak = getattr(det.backend, "peak_device_memory_mib", lambda: None)()
     record["memory"] = {
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mib": peak_rss_mib(),
         "peak_device_mib": device_peak,
     }
     if probe is not None:
         probe.close()
     return record
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory: VmHWM of /proc/self/status where it exists (its own
+    address space, reset by exec), else ``ru_maxrss``. Linux keeps ``ru_maxrss`` across fork and
+    exec, so a bench child started from a large parent would report the parent's peak."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _child(artifact: str, backend: str, settings: BenchSettings, out: str) -> None:

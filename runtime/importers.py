@@ -16,6 +16,8 @@ import datetime
 import shutil
 from pathlib import Path
 
+import numpy as np
+
 from sarbridge.runtime.errors import SarbridgeError
 from sarbridge.runtime.fileio import sha256_file, tool_versions
 from sarbridge.runtime.manifest import MANIFEST_NAME, SCHEMA_VERSION, save_manifest
@@ -92,6 +94,38 @@ def _openvino_export(folder: Path) -> tuple[dict, list, list, Path, Path, int]:
     return meta, inputs, outputs, xmls[0], xmls[0].with_suffix(".bin"), fq
 
 
+def onnx_size_metrics(model: Path) -> dict:
+    """``parameters`` (initializer elements) and ``gmacs_per_image`` (convolutions and matrix
+    products, from ONNX shape inference) of an ONNX model; empty without the onnx package or
+    when shapes are not known."""
+    try:
+        import onnx
+        from onnx import numpy_helper, shape_inference
+    except ImportError:
+        return {}
+    graph = shape_inference.infer_shapes(onnx.load(str(model))).graph
+    weights = {t.name: numpy_helper.to_array(t).shape for t in graph.initializer}
+    shapes = {
+        v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+        for v in (*graph.value_info, *graph.output, *graph.input)
+    }
+    macs = 0
+    for node in graph.node:
+        if node.op_type not in ("Conv", "MatMul", "Gemm") or len(node.input) < 2:
+            continue
+        w, out = weights.get(node.input[1]), shapes.get(node.output[0])
+        if w is None or not out or 0 in out[1:]:
+            return {"parameters": float(sum(int(np.prod(s)) for s in weights.values()))}
+        if node.op_type == "Conv":  # out [B, Co, H', W'], weight [Co, Ci/g, kh, kw]
+            macs += int(np.prod(out[1:])) * int(np.prod(w[1:]))
+        else:
+            macs += int(np.prod(out[1:])) * int(w[0])
+    return {
+        "parameters": float(sum(int(np.prod(s)) for s in weights.values())),
+        "gmacs_per_image": macs / 1e9,
+    }
+
+
 def ultralytics_manifest(model: Path, name: str, overlap: float = 0.25) -> dict:
     """The manifest of an Ultralytics detection export (the files are only read): an ONNX file
     (``format=onnx``) or an OpenVINO folder (``format=openvino``, FP32 or ``int8=True``).
@@ -101,7 +135,7 @@ def ultralytics_manifest(model: Path, name: str, overlap: float = 0.25) -> dict:
             another task than detection, a non-square input, or an output that is not
             [B, 4 + C, N].
     """
-    fake_quantize = 0
+    fake_quantize, size_metrics = 0, {}
     if model.is_dir():
         meta, inputs, outputs, xml, weights, fake_quantize = _openvino_export(model)
         model_block = {
@@ -111,6 +145,7 @@ def ultralytics_manifest(model: Path, name: str, overlap: float = 0.25) -> dict:
     else:
         meta, inputs, outputs = _onnx_export(model)
         model_block = {"file": "model.onnx", "sha256": sha256_file(model), "format": "onnx"}
+        size_metrics = onnx_size_metrics(model)
     task = _literal(meta, "task", model)
     if task != "detect":
         raise SarbridgeError(f"{model}: an Ultralytics '{task}' model; only 'detect' is imported")
@@ -178,7 +213,7 @@ def ultralytics_manifest(model: Path, name: str, overlap: float = 0.25) -> dict:
                 "source": f"ultralytics {meta.get('version', '?')}: {model.name}",
             }
         ],
-        "metrics": {},
+        "metrics": size_metrics,
         "tool_versions": tool_versions(
             ["sarbridge", "openvino" if model_block["format"] == "openvino" else "onnxruntime"]
         ),

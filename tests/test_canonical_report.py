@@ -44,3 +44,18 @@ def test_missing_candidates_are_listed_with_how_to_make_them(tmp_path):
     assert ready == []
     assert missing[0].endswith("prune_pareto")
     assert "last.onnx, not found" in missing[1] and "peers train" in missing[1]
+
+
+def test_an_int8_peer_gets_its_sources_size():
+    from sarbridge.benchmarks.research.canonical_report import quantized_sizes
+
+    fp32 = _rec("peer_yolov8n_e30", "onnxruntime", "ultralytics", 0.9, 0.5, 30.0)
+    fp32["size"] = {"parameters": 3.0e6, "gmacs_per_image": 2.6}
+    ov = _rec("peer_yolov8n_e30_openvino_int8", "openvino", "ultralytics", 0.9, 0.5, 13.0)
+    ov["size"] = {"parameters": None, "gmacs_per_image": None}
+    quantized_sizes([fp32, ov])
+    assert ov["size"] == {
+        "parameters": 3.0e6,
+        "gmacs_per_image": 2.6,
+        "counted_from": "peer_yolov8n_e30",
+    }

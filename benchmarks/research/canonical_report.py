@@ -93,6 +93,30 @@ def candidates() -> list[Candidate]:
     return ours + _peer("yolov8n", 30) + _peer("yolo11n", 30)
 
 
+def export_finished_peers(work: Path = PEERS) -> list[str]:
+    """Ultralytics' own exports (ONNX FP32, OpenVINO INT8) of every finished peer run that has
+    none yet (``peers export``, minutes); returns a line per run it could not export."""
+    problems = []
+    for run in sorted(work.glob("*_ssdd_e*")):
+        last = run / "weights" / "last.pt"
+        model, epochs = run.name.split("_ssdd_e")
+        if not last.is_file() or (run / "weights" / "last.onnx").is_file():
+            continue
+        if importlib.util.find_spec("ultralytics") is None:
+            problems.append(f"{run}: not exported (Ultralytics is not installed here)")
+            continue
+        rows = (run / "results.csv").read_text().strip().splitlines()[1:]  # one per epoch done
+        if len(rows) < int(epochs):
+            continue  # still training (torch is not imported here: the bench children would
+            # inherit its memory in ru_maxrss)
+        cmd = [sys.executable, "-m", "sarbridge.benchmarks.research.peers", "export",
+               "--model", model, "--epochs", epochs]  # fmt: skip
+        print(f"exporting {run.name}: {' '.join(cmd[1:])}", flush=True)
+        if subprocess.run(cmd).returncode != 0:
+            problems.append(f"{run}: `{' '.join(cmd[1:])}` failed")
+    return problems
+
+
 def _exists(c: Candidate) -> bool:
     from sarbridge.runtime.zoo import resolve_artifact
 
@@ -168,6 +192,7 @@ def targets(records: list[dict]) -> list[str]:
         return ["- Not measured: the run has no peer (or no sarbridge model) with accuracy."]
     lines = []
     fo, fp = min(ours, key=lat), min(peers, key=lat)
+    bo, bp = max(ours, key=lambda r: ap(r, "AP50_95")), max(peers, key=lambda r: ap(r, "AP50_95"))
     ratio = lat(fp) / lat(fo)
     ok = ratio >= 2 and ap(fo, "AP50") >= ap(fp, "AP50") and ap(fo, "AP50_95") >= ap(fp, "AP50_95")
     lines.append(
@@ -178,7 +203,6 @@ def targets(records: list[dict]) -> list[str]:
         f"{'met' if ok else 'MISSED'}"
         + ("" if ok else _missed_by(ratio, fo, fp))
     )
-    bo, bp = max(ours, key=lambda r: ap(r, "AP50_95")), max(peers, key=lambda r: ap(r, "AP50_95"))
     ok = ap(bo, "AP50_95") >= ap(bp, "AP50_95") and lat(bo) < lat(bp)
     lines.append(
         f"- **Most accurate vs most accurate** (target: ours at or above the peer's AP50:95 at "
@@ -187,7 +211,35 @@ def targets(records: list[dict]) -> list[str]:
         f"{'met' if ok else 'MISSED'} (AP50:95 {ap(bo, 'AP50_95') - ap(bp, 'AP50_95'):+.3f}, "
         f"latency x{lat(bo) / lat(bp):.2f})"
     )
+    sized = []
+    for r in (fo, fp, bo, bp):
+        if r.get("size", {}).get("parameters") and all(r is not u for u in sized):
+            sized.append(r)
+    if sized:
+        lines.append(
+            "- Sizes of the networks compared: "
+            + "; ".join(
+                f"{_name(r)} {r['size']['parameters'] / 1e6:.2f} M parameters, "
+                f"{_num(r['size'].get('gmacs_per_image'), 1, '.2f')} GMACs per 512 px input"
+                for r in sized
+            )
+        )
     return lines
+
+
+def quantized_sizes(records: list[dict]) -> None:
+    """An INT8 peer has its FP32 source's parameters and MACs (an OpenVINO IR is not counted):
+    fill them from the source's row, ``<name>`` of ``<name>_openvino_int8`` / ``_int8_*``."""
+    by_model = {r["model"]: r for r in records}
+    for r in records:
+        if r["size"].get("parameters") is not None:
+            continue
+        for suffix in ("_openvino_int8", "_int8_onnxruntime"):
+            source = by_model.get(r["model"].removesuffix(suffix))
+            if r["model"].endswith(suffix) and source and source["size"].get("parameters"):
+                r["size"]["parameters"] = source["size"]["parameters"]
+                r["size"]["gmacs_per_image"] = source["size"].get("gmacs_per_image")
+                r["size"]["counted_from"] = source["model"]
 
 
 def _missed_by(ratio: float, fo: dict, fp: dict) -> str:
@@ -205,6 +257,10 @@ def _name(r: dict) -> str:
     return f"{r['model']} [{r['backend']}]"
 
 
+def _num(value, scale: float, spec: str) -> str:
+    return "-" if value is None else format(value * scale, spec)
+
+
 def _small(r: dict) -> str:
     v = r["accuracy"].get("AP_small")
     return "-" if v is None or v < 0 else f"{v:.3f}"  # -1: no small ship in the images
@@ -219,8 +275,10 @@ def _parity_lines(records: list[dict]) -> list[str]:
         if r.get("family") != "ultralytics" or r["artifact"] in seen:
             continue
         seen.add(r["artifact"])
-        steps = load_manifest(r["artifact"], verify_model=False)["lineage"]
-        parity = next((s["parity"] for s in reversed(steps) if "parity" in s), "not recorded")
+        step = load_manifest(r["artifact"], verify_model=False)["lineage"][-1]
+        if "parity" not in step:
+            continue  # made from an imported model (its INT8), not imported itself
+        parity = step["parity"]
         if isinstance(parity, dict):
             parity = (
                 f"agreement {parity['agreement']:.4f} on {parity['images']} SSDD test images "
@@ -244,7 +302,8 @@ def readme(results: dict, missing: list[str], schedules: list[str]) -> str:
         f"| {r['family']} | {r['model']} | {r['backend']} | {r['precision']} | "
         f"{r['accuracy']['AP50']:.3f} | {r['accuracy']['AP50_95']:.3f} | "
         f"{_small(r)} | {r['latency']['batch1']['p50_ms']:.1f} | "
-        f"{r['latency']['best_images_per_s']:.1f} | {r['size']['file_mib']:.2f} |"
+        f"{r['latency']['best_images_per_s']:.1f} | {r['size']['file_mib']:.2f} | "
+        f"{_num(r['size']['parameters'], 1e-6, '.2f')} | {_num(r['size']['gmacs_per_image'], 1, '.2f')} |"
         for r in recs
     ]
     found = {**env.get("versions", {}), **tool_versions(["ultralytics", "nncf"])}
@@ -272,8 +331,8 @@ def readme(results: dict, missing: list[str], schedules: list[str]) -> str:
             "## Headline (fastest first; latency: the network alone, batch 1, p50)",
             "",
             "| family | model | backend | precision | AP50 | AP50:95 | AP small | batch-1 p50 ms "
-            "| best img/s | MiB |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "| best img/s | MiB | M params | GMACs |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
             *rows,
             "",
             "Plots: [AP50:95 vs latency](ap_vs_latency.png), [AP vs size](ap_vs_size.png), "
@@ -296,7 +355,11 @@ def readme(results: dict, missing: list[str], schedules: list[str]) -> str:
             "## Training schedules",
             "",
             "- sarbridge zoo detector `ssdd_edge_det`: 60 epochs on all SSDD train images, BNN "
-            "SAR-backbone start, 512 px (zoo/README.md has the command).",
+            "SAR-backbone start, 512 px (zoo/README.md has the command); its INT8s by `sarbridge "
+            "compress --method int8` (300 train inputs calibrate, accuracy guard).",
+            "- sarbridge students: `edge_p75_kd12_s0` (Torch-Pruning to 75 % of the MACs, "
+            "distilled from the zoo detector 12 epochs), `edge_p50_kd24_s0` (50 %, 24 epochs), "
+            "then INT8 ([prune_pareto](../prune_pareto/README.md)).",
             *(schedules or ["- no Ultralytics peer was trained here"]),
             "",
             "## Not in this run",
@@ -315,7 +378,20 @@ def main(argv=None) -> int:
     ap.add_argument("--iterations", type=int, default=100)
     ap.add_argument("--max-images", type=int, default=None, help="a quick look, not the report")
     ap.add_argument("--no-make", action="store_true", help="bench only what exists")
+    ap.add_argument(
+        "--readme-only", action="store_true", help="rewrite README.md from --out's results.json"
+    )
     args = ap.parse_args(argv)
+    if args.readme_only:
+        from sarbridge.benchmarks.bench import load_results
+        from sarbridge.runtime.fileio import atomic_write_text
+
+        results = load_results(args.out / "results.json")
+        quantized_sizes(results["records"])
+        atomic_write_text(
+            args.out / "README.md", readme(results, results.get("missing", []), _peer_schedules())
+        )
+        return 0
 
     from sarbridge.benchmarks.bench import BenchSettings, run_bench, save_results
     from sarbridge.runtime.fileio import atomic_write_text
@@ -324,7 +400,9 @@ def main(argv=None) -> int:
     os.environ.setdefault("YOLO_OFFLINE", "1")
     if importlib.util.find_spec("ultralytics") is None:
         print("Ultralytics is not installed: imported peers are not parity-checked", flush=True)
+    exported = [] if args.no_make else export_finished_peers()
     ready, missing = prepare(candidates(), make=not args.no_make)
+    missing = exported + missing
     family = {str(resolve_artifact(c.artifact)): c.family for c in ready}
     pairs = [(str(resolve_artifact(c.artifact)), b) for c in ready for b in c.backends]
     settings = BenchSettings(
@@ -338,6 +416,7 @@ def main(argv=None) -> int:
     results = run_bench([], [], settings, args.out, pairs=pairs)
     for r in results["records"]:
         r["family"] = family.get(r["artifact"], "?")
+    quantized_sizes(results["records"])
     results["settings"]["threads"] = args.threads
     results["missing"] = missing
     save_results(results, args.out / "results.json")
