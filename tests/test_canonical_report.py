@@ -59,3 +59,21 @@ def test_an_int8_peer_gets_its_sources_size():
         "gmacs_per_image": 2.6,
         "counted_from": "peer_yolov8n_e30",
     }
+
+
+def test_an_import_whose_source_changed_is_left_out_as_stale(tmp_path):
+    import pytest
+
+    pytest.importorskip("onnx")
+    from test_import_ultralytics import _export
+
+    from sarbridge.runtime.importers import import_ultralytics
+
+    source = _export(tmp_path / "last.onnx")
+    art = import_ultralytics(source, tmp_path / "peer", unchecked="test")
+    peer = Candidate(str(art), ("onnxruntime",), "ultralytics",
+                     ("sarbridge", "import", "ultralytics", str(source)), str(source))  # fmt: skip
+    assert prepare([peer], make=False) == ([peer], [])
+    _export(source, size=32)  # retrained or re-exported since the import
+    ready, missing = prepare([peer], make=False)
+    assert ready == [] and "stale" in missing[0] and "remove the folder" in missing[0]

@@ -126,6 +126,25 @@ def _exists(c: Candidate) -> bool:
         return False
 
 
+def _stale(c: Candidate) -> str | None:
+    """Why an imported artifact no longer matches the file it was imported from (a peer
+    retrained or re-exported since), else None; the artifact is then left out, not replaced."""
+    if not (c.make and c.make[1] == "import" and c.source and _exists(c)):
+        return None
+    from sarbridge.runtime.fileio import sha256_file
+    from sarbridge.runtime.manifest import load_manifest
+
+    source = Path(c.source)
+    if source.is_dir():
+        found = sorted(source.glob("*.xml"))
+        source = found[0] if found else source
+    if not source.is_file():
+        return None
+    if sha256_file(source) != load_manifest(c.artifact, verify_model=False)["model"]["sha256"]:
+        return f"stale: {c.source} changed since it was imported; remove the folder to re-import"
+    return None
+
+
 def prepare(cands: list[Candidate], make: bool) -> tuple[list[Candidate], list[str]]:
     """The candidates that exist (made here when cheap and ``make``), and a line per missing."""
     ready, missing = [], []
@@ -137,7 +156,10 @@ def prepare(cands: list[Candidate], make: bool) -> tuple[list[Candidate], list[s
             if subprocess.run(cmd).returncode != 0:
                 missing.append(f"{c.artifact}: `{' '.join(c.make)}` failed")
                 continue
-        if _exists(c):
+        stale = _stale(c)
+        if stale:
+            missing.append(f"{c.artifact}: {stale}")
+        elif _exists(c):
             ready.append(c)
         else:
             how = c.missing_hint or (" ".join(c.make) if c.make else "")
