@@ -27,8 +27,12 @@ ULTRALYTICS_FILL = 114 / 255  # LetterBox(padding_value=114) on 0-255 images
 
 
 def _literal(meta: dict, key: str, path: Path):
+    """``meta[key]``: ONNX metadata is text, read as a Python literal; metadata.yaml values
+    come parsed already."""
     if key not in meta:
         raise SarbridgeError(f"{path}: no '{key}' in the ONNX metadata (not an Ultralytics export?)")
+    if not isinstance(meta[key], str):
+        return meta[key]
     try:
         return ast.literal_eval(meta[key])
     except (ValueError, SyntaxError):
@@ -89,7 +93,6 @@ def _openvino_export(folder: Path) -> tuple[dict, list, list, Path, Path, int]:
         return out
 
     fq = sum(op.get_type_name() == "FakeQuantize" for op in model.get_ops())
-    meta = {k: repr(v) if not isinstance(v, str) else v for k, v in meta.items()}
     inputs, outputs = tensors(model.inputs, "input"), tensors(model.outputs, "output")
     return meta, inputs, outputs, xmls[0], xmls[0].with_suffix(".bin"), fq
 

@@ -90,8 +90,11 @@ class OpenVinoBackend(Backend):
         self.input_dtype = self.compiled.inputs[0].get_element_type().to_dtype()
         # manifest order by name; the model's own order when the names do not all match
         ports = list(self.compiled.outputs)
-        by_name = {name: port for port in ports for name in port.get_names()}
-        by_name |= {f"output{k}": port for k, port in enumerate(ports) if not port.get_names()}
+        by_name = {
+            name: port
+            for k, port in enumerate(ports)
+            for name in (port.get_names() or {port_name(port, k, "output")})
+        }
         wanted = [t["name"] for t in manifest["outputs"]]
         self.outputs = [by_name[n] for n in wanted] if all(n in by_name for n in wanted) else ports
         self.device, self.threads = device, threads

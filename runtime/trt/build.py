@@ -258,24 +258,26 @@ def build_engine(
     version = trt.__version__
     plan = precision_plan(manifest, precision, major_version(version), dla_core)
     name = engine_file_name(version, device, plan.precision, dla_core)
-    probe = engine_entry(name, "0" * 64, version, device, plan.precision, dla_core, [], 0.0)
-    if not force and folder == source:
-        old = existing_engine(manifest, probe)
-        if old is not None or (folder / name).exists():
-            raise SarbridgeError(
-                f"{folder / name}: an engine for TensorRT {version} on {device.name} "
-                f"({plan.precision}{'' if dla_core is None else f', DLA {dla_core}'}) is already "
-                "there; pass --force to rebuild it"
-            )
-    if folder == source:
+    copied = folder != source
+    target = {"tensorrt_version": version, "device_name": device.name, "precision": plan.precision,
+              "compute_capability": device.compute_capability, "dla_core": dla_core}  # fmt: skip
+    if not force and not copied and (
+        existing_engine(manifest, target) is not None or (folder / name).exists()
+    ):
+        raise SarbridgeError(
+            f"{folder / name}: an engine for TensorRT {version} on {device.name} "
+            f"({plan.precision}{'' if dla_core is None else f', DLA {dla_core}'}) is already "
+            "there; pass --force to rebuild it"
+        )
+    if copied:
+        copy_artifact(source, folder)
+        manifest = load_manifest(folder)
+    try:
         return _build(trt, folder, manifest, plan, device, name, dla_core, max_batch, opt_batch,
                       workspace_mib, timing_cache, force, verbose)  # fmt: skip
-    copy_artifact(source, folder)
-    try:
-        return _build(trt, folder, load_manifest(folder), plan, device, name, dla_core, max_batch,
-                      opt_batch, workspace_mib, timing_cache, force, verbose)  # fmt: skip
     except BaseException:
-        shutil.rmtree(folder, ignore_errors=True)
+        if copied:  # a copy made for a build that failed is removed again
+            shutil.rmtree(folder, ignore_errors=True)
         raise
 
 

@@ -358,9 +358,10 @@ def _run_export_engine(args) -> int:
     from sarbridge.runtime.zoo import resolve_artifact, zoo_dir
 
     source = resolve_artifact(args.artifact)
-    folder = args.out or (source if source.is_dir() else source.parent)
+    source = source if source.is_dir() else source.parent
+    folder = args.out or source
     entry = build_engine(
-        source if source.is_dir() else source.parent,
+        source,
         precision=args.precision,
         dla_core=args.dla,
         max_batch=args.max_batch,
