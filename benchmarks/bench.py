@@ -3,8 +3,9 @@
 For every artifact x backend, in a fresh process (so peak memory is that model's own):
 
 - accuracy: every image of the split through ``Detector.detect`` (tiling, merge and decode
-  exactly as ``sarbridge detect``) at a low score threshold; COCO AP50, AP50:95, AP small;
-  precision/recall at the manifest's operating threshold; a PR curve;
+  exactly as ``sarbridge detect``) at a low score threshold; COCO AP50, AP50:95, AP75, AP by
+  size and at each IoU threshold 0.50:0.05:0.95; precision/recall at the manifest's operating
+  threshold; a PR curve;
 - latency: the network alone (``backend.run``, once per view: plain and each test-time flip)
   after a warm-up, p50/p90/p99 per image at batch 1 and throughput for each batch size, best
   marked; and the whole per-image path (read to merged boxes) p50/p90. Host/device copies are
@@ -256,7 +257,7 @@ def bench_one(artifact: str, backend: str, settings: BenchSettings) -> dict:
         if not scored:
             raise SarbridgeError(f"{settings.data}: none of {len(records)} images could be read")
         records = scored
-        ap = coco_ap(records, dets, ds.classes, det.max_detections)
+        ap = coco_ap(records, dets, ds.classes, det.max_detections, by_iou=True)
         pr = precision_recall_at(records, dets, operating)
         record["accuracy"] = {
             "dataset": str(ds.root),
@@ -266,7 +267,11 @@ def bench_one(artifact: str, backend: str, settings: BenchSettings) -> dict:
             "ships": int(sum(len(r.boxes) for r in records)),
             "AP50": ap["AP50"],
             "AP50_95": ap["AP50_95"],
+            "AP75": ap["AP75"],
             "AP_small": ap["AP_small"],
+            "AP_medium": ap["AP_medium"],
+            "AP_large": ap["AP_large"],
+            "AP_by_iou": ap["AP_by_iou"],
             "precision": pr["precision"],
             "recall": pr["recall"],
             "f1": pr["f1"],

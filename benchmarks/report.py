@@ -161,7 +161,51 @@ def plots(results: dict, out: Path) -> dict[str, Path]:
     ax.legend(fontsize=8, loc="lower left")
     made["pr_curves"] = _save(fig, out / "pr_curves.png")
     plt.close(fig)
+    by_iou = [r for r in recs if r["accuracy"].get("AP_by_iou")]
+    if by_iou:
+        made["ap_vs_iou"] = ap_vs_iou(by_iou, out / "ap_vs_iou.png")
     return made
+
+
+def ap_vs_iou(records: list[dict], path: Path, title: str = "") -> Path:
+    """AP at each IoU threshold, a line per record: where between finding ships (IoU 0.5) and
+    fitting their boxes tightly (0.95) each model loses its AP."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for r in records:
+        points = [p for p in r["accuracy"]["AP_by_iou"] if p["AP"] >= 0]
+        ax.plot([p["iou"] for p in points], [p["AP"] for p in points], marker=".",
+                label=_label(r))  # fmt: skip
+    ax.set_xlabel("IoU threshold")
+    ax.set_ylabel("AP (COCO, all sizes)")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(title or "AP at each IoU threshold (AP50:95 is their mean)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="lower left")
+    out = _save(fig, path)
+    plt.close(fig)
+    return out
+
+
+def _by_iou_rows(results: dict) -> list[list[str]]:
+    """AP at IoU thresholds 0.50-0.90 and by box size, for the records that have them."""
+    rows = []
+    for r in results["records"]:
+        a = r["accuracy"] or {}
+        if not a.get("AP_by_iou"):
+            continue
+        at = {p["iou"]: p["AP"] for p in a["AP_by_iou"]}
+        rows.append(
+            [_label(r)]
+            + [_fmt(at.get(t)) for t in (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9)]
+            + [_fmt(a.get(k) if (a.get(k) or 0) >= 0 else None)
+               for k in ("AP_small", "AP_medium", "AP_large")]  # fmt: skip
+        )
+    return rows
 
 
 def _fmt(v, spec=".3f", none="-"):
@@ -266,6 +310,17 @@ def tables(results: dict) -> list[tuple[str, list[str], list[list[str]]]]:
             rows_lat,
         ),
     ]
+    rows_iou = _by_iou_rows(results)
+    if rows_iou:
+        out.append(
+            (
+                "AP at IoU thresholds 0.50-0.90 and by box size (COCO areas: small < 32² px², "
+                "large > 96² px²)",
+                ["model [backend]", "AP@.50", "AP@.60", "AP@.70", "AP@.75", "AP@.80", "AP@.85",
+                 "AP@.90", "AP small", "AP medium", "AP large"],  # fmt: skip
+                rows_iou,
+            )
+        )
     if rows_scene:
         out.append(
             (

@@ -42,9 +42,14 @@ def parity_images(data: str | Path, size: int, count: int, split: str = "test") 
 
 
 def ultralytics_parity(
-    artifact: str | Path, model: str | Path, images: list[Path], threads: int | None = None
+    artifact: str | Path,
+    model: str | Path,
+    images: list[Path],
+    model_format: str,
+    threads: int | None = None,
 ) -> dict:
-    """Ultralytics' predictions of ``model`` vs the runtime's of ``artifact`` on ``images``."""
+    """Ultralytics' predictions of ``model`` vs the runtime's of ``artifact`` on ``images``;
+    ``model_format``: the artifact manifest's ``model.format`` ("onnx" | "openvino")."""
     import ultralytics
     from ultralytics import YOLO
 
@@ -53,11 +58,8 @@ def ultralytics_parity(
 
     if not images:
         raise SarbridgeError("no images for the parity check")
-    from sarbridge.runtime.manifest import load_manifest
-
-    fmt = load_manifest(artifact)["model"]["format"]
     det = Detector.from_artifact(
-        artifact, "openvino" if fmt == "openvino" else "onnxruntime", threads=threads
+        artifact, "openvino" if model_format == "openvino" else "onnxruntime", threads=threads
     )
     post = det.manifest["postprocessing"]
     yolo = YOLO(str(model), task="detect")
@@ -86,7 +88,7 @@ def ultralytics_parity(
         "matched_max_abs": round(
             float(max((matched_max_abs(a, b) for a, b in pairs), default=0)), 4
         ),
-        "checked_with": f"ultralytics {ultralytics.__version__} predict ({fmt} model)",
+        "checked_with": f"ultralytics {ultralytics.__version__} predict ({model_format} model)",
     }
 
 
@@ -103,7 +105,7 @@ def parity_check(
     def check(artifact: Path, manifest: dict) -> dict:
         size = int(manifest["preprocessing"]["input_size"])
         images = parity_images(data, size, count)
-        result = ultralytics_parity(artifact, model, images, threads)
+        result = ultralytics_parity(artifact, model, images, manifest["model"]["format"], threads)
         print(
             f"parity with Ultralytics on {result['images']} {data} test images: agreement "
             f"{result['agreement']:.4f} ({result['detections_sarbridge']} vs "

@@ -137,6 +137,13 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def sha256_mismatch(path: str | Path, want: str) -> str | None:
+    """None when ``path``'s sha256 is ``want``; else ``"sha256 <got>... != <want>..."`` (12 hex
+    digits of each) for the caller's error, which says what was changed and how to restore it."""
+    actual = sha256_file(path)
+    return None if actual == want else f"sha256 {actual[:12]}... != {want[:12]}..."
+
+
 def tool_versions(packages: Iterable[str]) -> dict[str, str]:
     """Installed versions of ``packages`` (distribution names); missing ones are skipped."""
     import importlib.metadata as md

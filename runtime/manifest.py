@@ -86,9 +86,7 @@ from sarbridge.runtime.decode import (
     parse_flips,
 )
 from sarbridge.runtime.errors import ManifestError
-
-# sha256_file stays importable from here (train/ and export/ import it from the manifest)
-from sarbridge.runtime.fileio import atomic_write_json, sha256_file
+from sarbridge.runtime.fileio import atomic_write_json, sha256_mismatch
 from sarbridge.runtime.preprocess import SarPreprocess
 
 SCHEMA_VERSION = 2
@@ -664,11 +662,11 @@ def load_manifest(path: str | Path, verify_model: bool = True) -> dict:
             if not file.is_file():
                 raise ManifestError(path, f"its {field} {file.name} is missing")
             _inside(path, file, field)
-            actual = sha256_file(file)
-            if actual != want:
+            bad = sha256_mismatch(file, want)
+            if bad:
                 raise ManifestError(
                     path,
-                    f"model file {file.name} does not match the manifest (sha256 {actual[:12]}... "
-                    f"!= {want[:12]}...): the model was changed or replaced after export",
+                    f"model file {file.name} does not match the manifest ({bad}): the model was "
+                    "changed or replaced after export",
                 )
     return manifest

@@ -70,7 +70,9 @@ def _coco_dicts(records, detections, classes):
     return {"images": images, "annotations": anns, "categories": cats}, dets
 
 
-def coco_ap(records, detections, classes=("ship",), max_detections: int = 100) -> dict[str, float]:
+def coco_ap(
+    records, detections, classes=("ship",), max_detections: int = 100, by_iou: bool = False
+) -> dict:
     """COCO bbox AP of detections against ground-truth records.
 
     Args:
@@ -79,10 +81,14 @@ def coco_ap(records, detections, classes=("ship",), max_detections: int = 100) -
         detections: list of :class:`Detections` (images without an entry have none).
         classes: class names (labels index into them).
         max_detections: detections per image considered.
+        by_iou: also return ``"AP_by_iou"``, ``[{"iou": t, "AP": ap}]`` for each IoU threshold
+            t of 0.50:0.05:0.95 (all areas, ``max_detections``): where between finding a ship
+            (IoU 0.5) and fitting its box tightly (IoU 0.95) a detector loses its AP.
 
     Returns:
-        {"AP50_95", "AP50", "AP75", "AP_small", "AP_medium", "AP_large", "AR"}; a
-        value of -1 means "no ground truth of that kind" (COCO's convention).
+        {"AP50_95", "AP50", "AP75", "AP_small", "AP_medium", "AP_large", "AR"} (and
+        "AP_by_iou" when asked); a value of -1 means "no ground truth of that kind" (COCO's
+        convention).
     """
     from faster_coco_eval import COCO, COCOeval_faster
 
@@ -91,7 +97,10 @@ def coco_ap(records, detections, classes=("ship",), max_detections: int = 100) -
     if not gt_dict["annotations"]:
         raise ValueError("no ground-truth boxes: AP is undefined")
     if not dets:
-        return {k: 0.0 for k in keys} | {"AR": 0.0}
+        out = {k: 0.0 for k in keys} | {"AR": 0.0}
+        if by_iou:
+            out["AP_by_iou"] = [{"iou": round(float(t), 2), "AP": 0.0} for t in _IOUS]
+        return out
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO(gt_dict)
         dt = gt.loadRes(dets)
@@ -103,7 +112,19 @@ def coco_ap(records, detections, classes=("ship",), max_detections: int = 100) -
     s = ev.stats
     out = dict(zip(keys, (float(v) for v in s[:6]), strict=True))
     out["AR"] = float(s[8])
+    if by_iou:
+        # precision[T, R, K, A, M]: IoU thresholds, recall points, classes, areas (all first),
+        # max-detection settings (the last: the largest of 1, 10, max_detections, as the
+        # summary's AP uses); -1 marks "no ground truth of that class"
+        prec = np.asarray(ev.eval["precision"])[:, :, :, 0, -1]
+        out["AP_by_iou"] = [
+            {"iou": round(float(t), 2), "AP": float(p[p > -1].mean()) if (p > -1).any() else -1.0}
+            for t, p in zip(ev.params.iouThrs, prec, strict=True)
+        ]
     return out
+
+
+_IOUS = np.linspace(0.5, 0.95, 10)
 
 
 def precision_recall_at(

@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 
 from sarbridge.runtime.errors import SarbridgeError
-from sarbridge.runtime.fileio import sha256_file
+from sarbridge.runtime.fileio import sha256_mismatch
 
 PREFIX = "zoo:"
 INDEX = "zoo.json"
@@ -100,11 +100,11 @@ def zoo_file(name: str, role: str, root: str | Path | None = None) -> Path:
         raise ZooError(
             f"{path}: missing (zoo model {name!r}, {role}); git checkout zoo/ restores it"
         )
-    actual = sha256_file(path)
-    if actual != f["sha256"]:
+    bad = sha256_mismatch(path, f["sha256"])
+    if bad:
         raise ZooError(
-            f"{path}: sha256 {actual[:12]}... does not match zoo.json ({f['sha256'][:12]}...): the "
-            f"file was changed; git checkout zoo/ restores the released one"
+            f"{path}: the file does not match zoo.json ({bad}): it was changed; git checkout "
+            f"zoo/ restores the released one"
         )
     return path
 

@@ -80,8 +80,11 @@ def test_bench_writes_every_file_with_sane_values(report, edge_artifact, data):
     acc = rec["accuracy"]
     assert acc["images"] == MAX_IMAGES
     assert acc["ships"] == sum(len(r.boxes) for r in records)
-    for key in ("AP50", "AP50_95", "AP_small"):
+    for key in ("AP50", "AP50_95", "AP75", "AP_small", "AP_medium", "AP_large"):
         assert acc[key] == pytest.approx(ap[key], abs=1e-6), key
+    by_iou = [p["AP"] for p in acc["AP_by_iou"]]
+    assert [p["iou"] for p in acc["AP_by_iou"]] == [round(0.5 + 0.05 * k, 2) for k in range(10)]
+    assert by_iou[0] == pytest.approx(ap["AP50"]) and by_iou[5] == pytest.approx(ap["AP75"])
     for key in ("precision", "recall", "f1"):
         assert acc[key] == pytest.approx(pr[key], abs=1e-9), key
     curve = acc["pr_curve"]
@@ -119,10 +122,13 @@ def test_bench_writes_every_file_with_sane_values(report, edge_artifact, data):
     env = results["environment"]
     assert env["versions"]["onnxruntime"] == importlib.metadata.version("onnxruntime")
     assert env["python"] == platform.python_version() and env["git_sha"] == git_sha()
-    for png in ("ap_vs_latency.png", "ap_vs_size.png", "pr_curves.png"):
+    for png in ("ap_vs_latency.png", "ap_vs_size.png", "pr_curves.png", "ap_vs_iou.png"):
         assert (report / png).read_bytes()[:8] == PNG_MAGIC
     md = (report / "report.md").read_text()
-    assert "AP50:95" in md and "Large scenes" in md
+    assert "AP50:95" in md and "Large scenes" in md and "AP at IoU thresholds" in md
+    # the row of AP at IoU 0.50, 0.60, 0.70, 0.75 of this model
+    cells = " | ".join(f"{by_iou[k]:.3f}" for k in (0, 2, 4, 5))
+    assert f"| {rec['model']} [{rec['backend']}] | {cells} |" in md
     assert f"{acc['AP50']:.3f}" in md and rec["model"] in md
     html = (report / "report.html").read_text()
     assert rec["model"] in html and html.count("data:image/png;base64,") >= 3

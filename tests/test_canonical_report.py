@@ -77,3 +77,32 @@ def test_an_import_whose_source_changed_is_left_out_as_stale(tmp_path):
     _export(source, size=32)  # retrained or re-exported since the import
     ready, missing = prepare([peer], make=False)
     assert ready == [] and "stale" in missing[0] and "remove the folder" in missing[0]
+
+
+def test_the_gap_is_measured_by_iou_threshold_and_size(tmp_path):
+    from sarbridge.benchmarks.research.canonical_report import gap_lines, gap_plot
+
+    records = [
+        _rec("ours", "openvino", "sarbridge", 0.92, 0.52, 6.0),
+        _rec("peer", "openvino", "ultralytics", 0.92, 0.55, 13.0),
+    ]
+    assert gap_lines(records) == [] and gap_plot(records, tmp_path) is None  # not measured
+    ious = [round(0.5 + 0.05 * k, 2) for k in range(10)]
+    for r, slope in zip(records, (1.0, 0.8), strict=True):  # ours falls faster with the IoU
+        r["accuracy"]["AP_by_iou"] = [{"iou": t, "AP": 0.92 - slope * (t - 0.5)} for t in ious]
+        r["accuracy"].update(AP_small=0.50, AP_medium=0.60, AP_large=-1.0)
+    records[0]["accuracy"]["AP_small"] = 0.48
+    (line,) = gap_lines(records)  # one pair for both targets (a model per family): one line
+    assert line.startswith("- Fastest vs fastest and most accurate vs most accurate: ours ")
+    assert "AP50:95 -0.030; at IoU 0.50 +0.000" in line and "0.90 -0.080" in line
+    assert line.endswith("by size small -0.020, medium +0.000.")  # large: no ground truth
+    png = gap_plot(records, tmp_path)
+    assert png == tmp_path / "ap_gap.png" and png.read_bytes()[:4] == b"\x89PNG"
+
+    # a faster, less accurate model of ours: the two targets compare different pairs
+    fast = _rec("ours_int8", "onnxruntime", "sarbridge", 0.90, 0.50, 3.0)
+    fast["accuracy"]["AP_by_iou"] = [{"iou": t, "AP": 0.90 - 1.2 * (t - 0.5)} for t in ious]
+    fastest, accurate = gap_lines([fast, *records])
+    assert fastest.startswith("- Fastest vs fastest: ours_int8 [onnxruntime] minus peer")
+    assert "at IoU 0.50 -0.020" in fastest and "by size" not in fastest  # no sizes for ours_int8
+    assert accurate.startswith("- Most accurate vs most accurate: ours [openvino] minus peer")

@@ -6,13 +6,13 @@ import pytest
 
 from sarbridge.runtime.decode import list_decoders
 from sarbridge.runtime.errors import ManifestError
+from sarbridge.runtime.fileio import sha256_file
 from sarbridge.runtime.manifest import (
     LINEAGE_KINDS,
     SCHEMA_VERSION,
     load_manifest,
     preprocess_of,
     save_manifest,
-    sha256_file,
     validate,
 )
 from sarbridge.runtime.preprocess import SarPreprocess

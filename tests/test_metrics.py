@@ -68,3 +68,22 @@ def test_matching_metrics_hand_case():
     t = best_threshold(d, y)
     assert matching_metrics(d, y, t)["accuracy"] == pytest.approx(5 / 6)
     assert roc_auc([0.5, 0.5], [True, False]) == pytest.approx(0.5)
+
+
+def test_ap_by_iou_agrees_with_coco_summary():
+    gt = [_rec([[0, 0, 100, 100], [120, 120, 180, 170]])]
+    # IoU 0.62 with the first ship, 0.84 (=60*42/(60*50)) with the second
+    boxes = np.array([[0, 0, 100, 62], [120, 120, 180, 162]], float)
+    ap = coco_ap(gt, [Detections("a", boxes, np.array([0.9, 0.8]), np.zeros(2, int))], by_iou=True)
+    by = {p["iou"]: p["AP"] for p in ap["AP_by_iou"]}
+    assert sorted(by) == [0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95]
+    assert by[0.5] == pytest.approx(ap["AP50"]) and by[0.75] == pytest.approx(ap["AP75"])
+    assert np.mean(list(by.values())) == pytest.approx(ap["AP50_95"])
+    assert by[0.6] == pytest.approx(1.0) and by[0.9] == pytest.approx(0.0)
+    # IoU 0.65-0.80: the false alarm first (score 0.9), then one of two ships -> 51 recall
+    # points of 101 at precision 0.5 (COCO's interpolation), none above
+    for t in (0.65, 0.7, 0.75, 0.8):
+        assert by[t] == pytest.approx(0.5 * 51 / 101), t
+    assert "AP_by_iou" not in coco_ap(gt, [])
+    empty = coco_ap(gt, [], by_iou=True)["AP_by_iou"]
+    assert [(p["iou"], p["AP"]) for p in empty] == [(t, 0.0) for t in sorted(by)]

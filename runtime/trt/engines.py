@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from sarbridge.runtime.errors import SarbridgeError
-from sarbridge.runtime.fileio import sha256_file
+from sarbridge.runtime.fileio import sha256_mismatch
 from sarbridge.runtime.manifest import (
     ENGINE_PRECISIONS,
     MANIFEST_NAME,
@@ -143,12 +143,11 @@ def select_engine(
             raise EngineMismatch(
                 f"{path}: the engine file listed in the manifest is missing; {hint}"
             )
-        actual = sha256_file(path)
-        if actual != chosen["sha256"]:
+        bad = sha256_mismatch(path, chosen["sha256"])
+        if bad:
             raise EngineMismatch(
-                f"{path}: the engine file does not match the manifest (sha256 {actual[:12]}... != "
-                f"{chosen['sha256'][:12]}...): it was changed or replaced after it was built; "
-                f"{hint}"
+                f"{path}: the engine file does not match the manifest ({bad}): it was changed or "
+                f"replaced after it was built; {hint}"
             )
     return chosen
 
