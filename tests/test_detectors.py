@@ -9,6 +9,7 @@ from sarbridge.runtime.errors import SarbridgeError
 from sarbridge.train.evaluation import detector_predict
 from sarbridge.train.losses import detector_loss
 from sarbridge.train.losses.edge_det import dfl_loss, task_aligned_assign
+from sarbridge.train.models.backbones import list_backbones
 from sarbridge.train.models.edge_det import bin_expectation, box_distributions, decode_boxes, grid
 from sarbridge.train.models.registry import build_detector, detector_spec, list_detectors
 
@@ -596,6 +597,7 @@ def test_detector_configs_load_and_name_registered_models(path):
 
     cfg = load_config(DetConfig, path)
     assert cfg.model.name in list_detectors()
+    assert cfg.model.backbone is None or cfg.model.backbone in list_backbones()
     if cfg.augment.multi_scale:
         assert len(cfg.augment.multi_scale) == 2
 

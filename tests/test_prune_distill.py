@@ -162,6 +162,21 @@ def _real_batch(data, size=256, count=4):
     return torch.from_numpy(np.stack(xs)), targets
 
 
+def _distil_steps(distiller, student, x, targets, size: int, steps: int) -> list[float]:
+    """``steps`` AdamW steps of the student (and the adapters) on the distillation loss; the
+    distillation terms (soft classes + box distributions + neck features) before each step."""
+    student.train()
+    opt = torch.optim.AdamW([*student.parameters(), *distiller.adapters.parameters()], lr=1e-3)
+    kd = []
+    for _ in range(steps):
+        loss, logs = distiller.loss(student, x, targets, size)
+        kd.append(logs["kd_cls"] + logs["kd_box"] + logs["kd_feat"])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return kd
+
+
 def test_distillation_lowers_the_distillation_loss_on_real_images(data):
     """The zoo detector teaches its pruned copy: on a batch of real SSDD train images the
     distillation terms (soft classes, box distributions, neck features) fall in a few steps."""
@@ -174,18 +189,33 @@ def test_distillation_lowers_the_distillation_loss_on_real_images(data):
     student, _ = prune(teacher, x[:1], PruneSettings(0.5), progress=False)
     distiller = Distiller(teacher, student, 256)
     assert distiller.use_ld and "LD" in distiller.describe()
-    student.train()
-    opt = torch.optim.AdamW([*student.parameters(), *distiller.adapters.parameters()], lr=1e-3)
-    kd = []
-    for _ in range(6):
-        loss, logs = distiller.loss(student, x, targets, 256)
-        kd.append(logs["kd_cls"] + logs["kd_box"] + logs["kd_feat"])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    kd = _distil_steps(distiller, student, x, targets, 256, 6)
     assert kd[-1] < 0.8 * kd[0], kd
     for k, v in teacher.state_dict().items():  # weights and BatchNorm statistics untouched
         torch.testing.assert_close(v, before[k], rtol=0, atol=0)
+
+
+def test_a_wider_teacher_scale_teaches_the_board_detector(data, tmp_path):
+    """The m-scale edge detector (``edge_m`` backbone, neck 192: a teacher for a GPU) exports to
+    ONNX like the board model, and teaches the zoo detector through 1x1 adapters (64 -> 192
+    channels per neck level) with its box distributions: the distillation terms fall."""
+    from sarbridge.train.checkpoint import load_model
+    from sarbridge.train.losses.distill import Distiller
+    from sarbridge.train.models.registry import build_detector
+
+    torch.manual_seed(0)
+    teacher = build_detector("edge_det", backbone="edge_m", width=192, box_bins=16).eval()
+    student = load_model("zoo:ssdd_edge_det").model
+    n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert n(teacher) > 8 * n(student)
+    _onnx_matches(teacher, torch.rand(1, 1, 128, 128), tmp_path)
+    x, targets = _real_batch(data, size=128, count=2)
+    distiller = Distiller(teacher, student, 128)
+    assert [(a.in_channels, a.out_channels) for a in distiller.adapters] == [(64, 192)] * 3
+    assert distiller.use_ld
+    kd = _distil_steps(distiller, student, x, targets, 128, 5)
+    # an untrained teacher: far from the trained student, so the terms fall slowly but steadily
+    assert all(b < a for a, b in zip(kd, kd[1:], strict=False)) and kd[-1] < 0.95 * kd[0], kd
 
 
 def test_a_teacher_that_is_not_an_edge_detector_is_refused():

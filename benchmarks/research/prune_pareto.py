@@ -51,14 +51,15 @@ def _run(cmd: list[str]) -> int:
     return subprocess.run(cmd, check=False).returncode
 
 
-def table(runs_dir: Path) -> str:
-    """The finished runs of the plan (and their pruned starting points) against the parent:
-    test AP (PyTorch, the runtime's decode), MACs, parameters, FP32 ONNX Runtime latency as
-    measured by each step (one thread, on the load of its moment)."""
+def table(runs_dir: Path, names: list[str] | None = None) -> str:
+    """The finished runs of the plan (and their pruned starting points), or of ``names``,
+    against the parent: test AP (PyTorch, the runtime's decode), MACs, parameters, FP32 ONNX
+    Runtime latency as measured by each step (one thread, on the load of its moment)."""
     rows = ["| run | MACs kept | teacher | epochs | seed | AP50 | AP50:95 | AP small | params M "
             "| ORT FP32 ms (step's own) |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    names = [pruned_name(r) for r in sorted({p[0] for p in PLAN}, reverse=True)]
-    names += [run_name(*p) for p in PLAN]
+    if names is None:
+        names = [pruned_name(r) for r in sorted({p[0] for p in PLAN}, reverse=True)]
+        names += [run_name(*p) for p in PLAN]
     parent_done = False
     for name in names:
         record = runs_dir / name / "run.json"
@@ -101,9 +102,10 @@ def main() -> int:
     ap.add_argument(
         "--table", action="store_true", help="print the finished runs as a markdown table and exit"
     )
+    ap.add_argument("--names", help="--table: comma-separated run names (default: the plan's)")
     args = ap.parse_args()
     if args.table:
-        print(table(args.runs_dir))
+        print(table(args.runs_dir, args.names.split(",") if args.names else None))
         return 0
     only = set(args.only.split(",")) if args.only else None
     base = [sys.executable, "-m", "sarbridge", "compress", "--threads", str(args.threads)]

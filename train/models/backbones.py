@@ -7,7 +7,8 @@ Every backbone maps an image [B, C_in, H, W] to three feature maps at strides
 * ``darknet53``: the YOLOv3 backbone (our implementation, LeakyReLU 0.1);
 * ``edge``: a small CSP-Darknet-style net for Jetson-class boards, plain
   3x3/1x1 convolutions, BatchNorm and ReLU (quantizes cleanly to INT8),
-  about 1.2 M parameters.
+  about 1.2 M parameters; ``edge_s`` and ``edge_m``: the same net wider and deeper
+  (``EDGE_SCALES``), distillation teachers.
 
 ImageNet initialisation reads a LOCAL torchvision-style state_dict file (never
 downloads); for a 1-channel input the RGB stem filters are summed.
@@ -95,9 +96,26 @@ class EdgeNet(Backbone):
         return [c3, c4, self.stage4(c4)]
 
 
-@register_backbone("edge")
-def edge(in_channels: int = 1) -> Backbone:
-    return EdgeNet(in_channels)
+# Scales of the edge backbone, like the YOLO families' n / s / m: (width, depth) multipliers of
+# EdgeNet's widths (16, 32, 64, 128, 256) and CSP depths (1, 2, 2, 1). ``edge`` is the deployed
+# board model (n); ``edge_s`` and ``edge_m`` are wider and deeper, mainly as distillation
+# teachers (``configs/det_edge_m_512.yaml``; their neck width is the detector's ``model.width``).
+EDGE_SCALES = {"edge": (1, 1), "edge_s": (2, 1), "edge_m": (3, 2)}
+
+
+def _edge_scale(name: str):
+    wm, dm = EDGE_SCALES[name]
+
+    def build(in_channels: int = 1) -> Backbone:
+        widths = tuple(wm * c for c in (16, 32, 64, 128, 256))
+        return EdgeNet(in_channels, widths, tuple(dm * d for d in (1, 2, 2, 1)))
+
+    build.__doc__ = f"EdgeNet at {wm}x the widths and {dm}x the depths of ``edge``."
+    return build
+
+
+for _name in EDGE_SCALES:
+    register_backbone(_name)(_edge_scale(_name))
 
 
 # ---------------------------------------------------------------- darknet53
