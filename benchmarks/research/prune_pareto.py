@@ -73,9 +73,10 @@ def table(runs_dir: Path, names: list[str] | None = None) -> str:
                 parent_done = True
         base = c["parent"]["macs"] if c["method"] == "prune" else None
         kept = c["child"]["macs"] / base if base else None
-        if kept is None:
-            pruned = json.loads((runs_dir / c["parent"]["name"] / "run.json").read_text())["compare"]
-            kept = pruned["child"]["macs"] / pruned["parent"]["macs"]
+        if kept is None:  # a student: its pruned parent's ratio (unknown if that is unfinished)
+            record = runs_dir / c["parent"]["name"] / "run.json"
+            pruned = json.loads(record.read_text()).get("compare") if record.is_file() else None
+            kept = pruned["child"]["macs"] / pruned["parent"]["macs"] if pruned else None
         teacher = "-" if not c.get("teacher") else c["teacher"]
         rows.append(_row(name, kept, teacher, c["epochs"], c["seed"], c["child"]))
     return "\n".join(rows)
@@ -88,7 +89,7 @@ def _row(name, kept, teacher, epochs, seed, m) -> str:
         return f"{t[key]:.4f}" if key in t else "-"
 
     return (
-        f"| {name} | {kept:.3f} | {teacher} | {epochs} | {seed} | {f('AP50')} | {f('AP50_95')} "
+        f"| {name} | {'-' if kept is None else f'{kept:.3f}'} | {teacher} | {epochs} | {seed} | {f('AP50')} | {f('AP50_95')} "
         f"| {f('AP_small')} | {m['parameters'] / 1e6:.3f} | {m.get('ort_latency_ms_p50', '-')} |"
     )
 
