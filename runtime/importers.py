@@ -112,21 +112,23 @@ def onnx_size_metrics(model: Path) -> dict:
         v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
         for v in (*graph.value_info, *graph.output, *graph.input)
     }
+    parameters = float(sum(int(np.prod(s)) for s in weights.values()))
     macs = 0
     for node in graph.node:
         if node.op_type not in ("Conv", "MatMul", "Gemm") or len(node.input) < 2:
             continue
-        w, out = weights.get(node.input[1]), shapes.get(node.output[0])
-        if w is None or not out or 0 in out[1:]:
-            return {"parameters": float(sum(int(np.prod(s)) for s in weights.values()))}
+        out = shapes.get(node.output[0])
         if node.op_type == "Conv":  # out [B, Co, H', W'], weight [Co, Ci/g, kh, kw]
-            macs += int(np.prod(out[1:])) * int(np.prod(w[1:]))
-        else:
-            macs += int(np.prod(out[1:])) * int(w[0])
-    return {
-        "parameters": float(sum(int(np.prod(s)) for s in weights.values())),
-        "gmacs_per_image": macs / 1e9,
-    }
+            inner = weights.get(node.input[1])
+            inner = None if inner is None else int(np.prod(inner[1:]))
+        else:  # out [..., M, N] from A [..., M, K] (a weight or an activation, e.g. attention)
+            a = weights.get(node.input[0]) or shapes.get(node.input[0])
+            trans_a = any(at.name == "transA" and at.i for at in node.attribute)
+            inner = int(a[-2] if trans_a else a[-1]) if a and len(a) >= 2 else None
+        if not inner or not out or 0 in out[1:]:  # a shape shape inference did not find
+            return {"parameters": parameters}
+        macs += int(np.prod(out[1:])) * inner
+    return {"parameters": parameters, "gmacs_per_image": macs / 1e9}
 
 
 def ultralytics_manifest(model: Path, name: str, overlap: float = 0.25) -> dict:

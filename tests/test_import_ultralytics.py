@@ -253,3 +253,37 @@ class _Tensor:
 
     def numpy(self):
         return self.array
+
+
+def test_size_metrics_count_convolutions_weight_and_attention_products(tmp_path):
+    """MACs per image by hand: a 3x3 conv, an attention-style product of two activations (no
+    weight, as in YOLO11's C2PSA) and a transposed-A Gemm; parameters are the initializers."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from sarbridge.runtime.importers import onnx_size_metrics
+
+    w = numpy_helper.from_array(np.zeros((8, 3, 3, 3), np.float32), "w")  # 216 parameters
+    g = numpy_helper.from_array(np.zeros((4, 5), np.float32), "g")  # 20
+    shape = numpy_helper.from_array(np.array([1, 8, 16], np.int64), "shape")  # 3
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),  # [1, 8, 4, 4]
+        helper.make_node("Reshape", ["c", "shape"], ["q"]),  # [1, 8, 16]
+        helper.make_node("Transpose", ["q"], ["k"], perm=[0, 2, 1]),  # [1, 16, 8]
+        helper.make_node("MatMul", ["q", "k"], ["attn"]),  # [1, 8, 8], K = 16
+        helper.make_node("Flatten", ["attn"], ["f"], axis=2),  # [8, 8]
+        helper.make_node("Slice", ["f", "s0", "s1", "ax"], ["fa"]),  # [4, 8]: A of Gemm, transA
+        helper.make_node("Gemm", ["fa", "g"], ["y"], transA=1),  # [8 (batch), 5], K = 4
+    ]
+    consts = [numpy_helper.from_array(np.array(v, np.int64), n)
+              for n, v in (("s0", [0]), ("s1", [4]), ("ax", [0]))]  # fmt: skip
+    graph = helper.make_graph(
+        nodes, "m", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        initializer=[w, g, shape, *consts],
+    )  # fmt: skip
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    got = onnx_size_metrics(path)
+    conv, attn, gemm = 8 * 4 * 4 * 27, 8 * 8 * 16, 5 * 4  # per image: dim 0 is the batch
+    assert got["gmacs_per_image"] * 1e9 == pytest.approx(conv + attn + gemm)
+    assert got["parameters"] == 216 + 20 + 3 + 3

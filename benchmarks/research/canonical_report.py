@@ -20,6 +20,9 @@ first), then ``README.md``: the machine and versions, each model's training sche
 and the two targets of the comparison measured as ratios in this run. What is missing is said.
 
     python -m sarbridge.benchmarks.research.canonical_report --out benchmarks/results/cpu
+
+Timings on a small shared machine move between runs and with the order of the models: repeat
+the report with ``--reverse --out <another folder>`` before trusting a close ratio.
 """
 
 from __future__ import annotations
@@ -327,7 +330,7 @@ def quantized_sizes(records: list[dict]) -> None:
     fill them from the source's row, ``<name>`` of ``<name>_openvino_int8`` / ``_int8_*``."""
     by_model = {r["model"]: r for r in records}
     for r in records:
-        if r["size"].get("parameters") is not None:
+        if r["size"].get("parameters") is not None and r["size"].get("gmacs_per_image"):
             continue
         for suffix in ("_openvino_int8", "_int8_onnxruntime"):
             source = by_model.get(r["model"].removesuffix(suffix))
@@ -419,7 +422,8 @@ def readme(results: dict, missing: list[str], schedules: list[str]) -> str:
             "--out benchmarks/results/cpu`): one `sarbridge bench` run, every model through the "
             "same deployed path and metric code on the SSDD official test split "
             f"({results['dataset']['images'] if results.get('dataset') else '?'} images), "
-            "each model and backend in its own process.",
+            "each model and backend in its own process"
+            + (", in the reverse order of `make report`'s." if results["settings"].get("order") == "reversed" else "."),
             "",
             f"Machine: {env.get('cpu', '?')}, {results['settings'].get('threads') or env.get('threads', '?')} "
             f"threads. Versions: {versions or 'see results.json'}.",
@@ -492,6 +496,12 @@ def main(argv=None) -> int:
     ap.add_argument("--max-images", type=int, default=None, help="a quick look, not the report")
     ap.add_argument("--no-make", action="store_true", help="bench only what exists")
     ap.add_argument(
+        "--reverse",
+        action="store_true",
+        help="bench the models in the reverse order (a second run to check the timings' order "
+        "effects: repeat a report reversed before trusting a small difference)",
+    )
+    ap.add_argument(
         "--readme-only", action="store_true", help="rewrite README.md from --out's results.json"
     )
     args = ap.parse_args(argv)
@@ -519,6 +529,8 @@ def main(argv=None) -> int:
     missing = exported + missing
     family = {str(resolve_artifact(c.artifact)): c.family for c in ready}
     pairs = [(str(resolve_artifact(c.artifact)), b) for c in ready for b in c.backends]
+    if args.reverse:
+        pairs.reverse()
     settings = BenchSettings(
         data="SSDD", threads=args.threads, batch_sizes=(1, 8), iterations=args.iterations,
         max_images=args.max_images,
@@ -532,6 +544,7 @@ def main(argv=None) -> int:
         r["family"] = family.get(r["artifact"], "?")
     quantized_sizes(results["records"])
     results["settings"]["threads"] = args.threads
+    results["settings"]["order"] = "reversed" if args.reverse else "as listed"
     results["missing"] = missing
     save_results(results, args.out / "results.json")
     gap_plot(results["records"], args.out)
