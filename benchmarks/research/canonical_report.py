@@ -134,7 +134,7 @@ def _stale(c: Candidate) -> str | None:
     retrained or re-exported since), else None; the artifact is then left out, not replaced."""
     if not (c.make and c.make[1] == "import" and c.source and _exists(c)):
         return None
-    from sarbridge.runtime.fileio import sha256_file
+    from sarbridge.runtime.fileio import sha256_mismatch
     from sarbridge.runtime.manifest import load_manifest
 
     source = Path(c.source)
@@ -143,7 +143,7 @@ def _stale(c: Candidate) -> str | None:
         source = found[0] if found else source
     if not source.is_file():
         return None
-    if sha256_file(source) != load_manifest(c.artifact, verify_model=False)["model"]["sha256"]:
+    if sha256_mismatch(source, load_manifest(c.artifact, verify_model=False)["model"]["sha256"]):
         return f"stale: {c.source} changed since it was imported; remove the folder to re-import"
     return None
 
@@ -488,6 +488,16 @@ def readme(results: dict, missing: list[str], schedules: list[str]) -> str:
     )
 
 
+def write_readme(results: dict, out: Path) -> None:
+    """``ap_gap.png`` and ``README.md`` of a report folder from its results."""
+    from sarbridge.runtime.fileio import atomic_write_text
+
+    gap_plot(results["records"], out)
+    atomic_write_text(
+        out / "README.md", readme(results, results.get("missing", []), _peer_schedules())
+    )
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/cpu"))
@@ -507,14 +517,10 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.readme_only:
         from sarbridge.benchmarks.bench import load_results
-        from sarbridge.runtime.fileio import atomic_write_text
 
         results = load_results(args.out / "results.json")
         quantized_sizes(results["records"])
-        gap_plot(results["records"], args.out)
-        atomic_write_text(
-            args.out / "README.md", readme(results, results.get("missing", []), _peer_schedules())
-        )
+        write_readme(results, args.out)
         return 0
 
     from sarbridge.benchmarks.bench import BenchSettings, run_bench, save_results
@@ -547,8 +553,7 @@ def main(argv=None) -> int:
     results["settings"]["order"] = "reversed" if args.reverse else "as listed"
     results["missing"] = missing
     save_results(results, args.out / "results.json")
-    gap_plot(results["records"], args.out)
-    atomic_write_text(args.out / "README.md", readme(results, missing, _peer_schedules()))
+    write_readme(results, args.out)
     if previous is not None:
         from sarbridge.benchmarks.bench import compare
         from sarbridge.runtime.errors import SarbridgeError
