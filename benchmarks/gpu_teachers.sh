@@ -22,17 +22,27 @@
 #   the H200 session measured for the board model at 512 px, benchmarks/results/gpu_h200_ssdd;
 #   the zoo's recipe is 60), TEACHER_LIMIT seconds (default 300). No validation split (the zoo
 #   protocol trains on every train image): the last finished epoch is the teacher's best.pt.
-# STUDENTS: "teacher:seed" words (teacher: m | parent), default "m:0 m:1 parent:0 parent:1",
-#   trained side by side, STUDENT_EPOCHS epochs each (default 8), lr 1e-3 (the CPU plan's,
+# STUDENTS: "teacher:seed" words (teacher: m | parent | none; none is plain fine-tuning, the
+#   control), default "m:0 m:1 parent:0 parent:1", at most 4, trained side by side,
+#   STUDENT_EPOCHS epochs each (default 8), lr 1e-3 (the CPU plan's,
 #   benchmarks/research/prune_pareto.py), STUDENT_LIMIT seconds each (default 420)
-# RATIO: the share of the zoo detector's MACs the student keeps (default 0.5)
+# RATIO: the share of the zoo detector's MACs the student keeps (default 0.5); carry the
+#   matching runs/edge_p<RATIO*100> (runs/edge_p30 for 0.3) or the stage prunes first
+#
+# The 30 % question (distillation against plain fine-tuning at a longer schedule than the CPU
+# affords, 2 seeds): STAGE=students RATIO=0.3 STUDENTS="parent:0 parent:1 none:0 none:1"
+#   STUDENT_EPOCHS=30 STUDENT_LIMIT=480 (one call; no m teacher needed). Run on 2026-11-30: four
+#   students side by side took about 20.5 s per epoch on the H200, so 480 s held 21-22 epochs;
+#   the rest were resumed on the CPU (benchmarks/results/prune_pareto/gpu_p30/)
 # DRY=1 prints the commands and runs nothing.
 #
 # What comes back under $OUT (at most 8 files): gpu.txt (device, versions), <stage>.tar.gz
 # (the logs, each run's run.json, status.txt with every command's exit code: 124 = stopped by
 # its time limit), summary.md (prune_pareto's table of the finished students and the teacher's
-# test AP) and, from the students stage, students.weights.tar (each student's deployed
-# weights, slim). Never run on a GPU so far: no figure of it exists in this repository.
+# test AP) and, from the students stage, one file per student: <student>.pt, a finished
+# student's deployed weights (slim), or <student>.checkpoint.pt, the checkpoint.pt of one its
+# time limit stopped (also its best.pt: no validation split), to resume with the same command
+# plus --resume, e.g. on a CPU (skipped when it would not fit the 16 MiB per file).
 set -u
 STAGE=${STAGE:-}
 case "$STAGE" in teacher|students) ;; *) echo "set STAGE=teacher or STAGE=students" >&2; exit 2 ;; esac
@@ -49,8 +59,11 @@ PARENT=zoo:ssdd_edge_det
 TEACHER=runs/det_edge_m_512_${TEACHER_INIT}_s0
 PRUNED=runs/edge_p$(python3 -c "print(round(100 * $RATIO))")
 for s in $STUDENTS; do
-  case "${s%%:*}" in m|parent) ;; *) echo "STUDENTS: '$s': the teacher is m or parent" >&2; exit 2 ;; esac
+  case "${s%%:*}" in m|parent|none) ;; *) echo "STUDENTS: '$s': the teacher is m, parent or none" >&2; exit 2 ;; esac
 done
+if [ "$(echo $STUDENTS | wc -w)" -gt 4 ]; then  # 8 files come back: 3, one per student, 1 spare
+  echo "STUDENTS: at most 4 per call (each brings back one file)" >&2; exit 2
+fi
 exec 3>&1  # the commands are printed here, whatever their own output is redirected to
 if [ "${DRY:-0}" = 1 ]; then
   LOGS=/dev/null
@@ -75,7 +88,7 @@ pack() {  # $1: the stage; what comes back: logs, run records, the summary
   for s in $STUDENTS; do names=$names,$(student_name "$s"); done
   python3 -m sarbridge.benchmarks.research.prune_pareto --table --runs-dir runs --names "$names" \
       > "$OUT/summary.md" 2>&1
-  python3 - "$TEACHER" >> "$OUT/summary.md" <<'PY'
+  [ "$1" = teacher ] || [[ " $STUDENTS" == *" m:"* ]] && python3 - "$TEACHER" >> "$OUT/summary.md" <<'PY'
 import json, sys
 from pathlib import Path
 run = Path(sys.argv[1]) / "run.json"
@@ -93,7 +106,10 @@ PY
   cat "$OUT/summary.md"
 }
 
-student_name() { echo "$(basename "$PRUNED")_kd${1%%:*}${STUDENT_EPOCHS}_s${1##*:}_gpu"; }
+student_name() {  # none: plain fine-tuning (ft), else distilled from m or the parent (kd...)
+  local how=kd${1%%:*}; [ "${1%%:*}" = none ] && how=ft
+  echo "$(basename "$PRUNED")_${how}${STUDENT_EPOCHS}_s${1##*:}_gpu"
+}
 
 if [ "$STAGE" = teacher ]; then
   init=random
@@ -130,33 +146,48 @@ if [ "${DRY:-0}" = 1 ] || ! has "$PRUNED" compare; then
   run python3 -m sarbridge compress --method prune --from "$PARENT" --ratio "$RATIO" --epochs 0 \
       --threads 1 --out "$PRUNED" --resume > "$(log prune)" 2>&1 || { pack students; exit 1; }
 fi
-if [ "${DRY:-0}" != 1 ] && [ ! -f "$TEACHER/best.pt" ]; then
+if [ "${DRY:-0}" != 1 ] && [[ " $STUDENTS" == *" m:"* ]] && [ ! -f "$TEACHER/best.pt" ]; then
   echo "$TEACHER has no best.pt: run STAGE=teacher first (the m students need it)" >&2
 fi
 pids=()
 for s in $STUDENTS; do
-  [ "${s%%:*}" = m ] && teacher=$TEACHER || teacher=$PARENT
+  case "${s%%:*}" in
+    m) how=(--method distill --teacher "$TEACHER") ;;
+    parent) how=(--method distill --teacher "$PARENT") ;;
+    none) how=(--method finetune) ;;
+  esac
   name=$(student_name "$s")
   if has "runs/$name" compare; then echo "runs/$name: finished"; continue; fi
   # --threads 1: the step's own ONNX Runtime latency, as in the CPU plan (four run at once)
-  run timeout "$STUDENT_LIMIT" python3 -m sarbridge compress --method distill --from "$PRUNED" \
-      --teacher "$teacher" --epochs "$STUDENT_EPOCHS" --lr 1e-3 --seed "${s##*:}" --threads 1 \
+  run timeout "$STUDENT_LIMIT" python3 -m sarbridge compress "${how[@]}" --from "$PRUNED" \
+      --epochs "$STUDENT_EPOCHS" --lr 1e-3 --seed "${s##*:}" --threads 1 \
       --out "runs/$name" --resume > "$(log "$name")" 2>&1 &
   pids+=($!)
 done
 failed=0
 for pid in ${pids[@]+"${pids[@]}"}; do wait "$pid" || failed=1; done
 [ "${DRY:-0}" = 1 ] && exit 0
-python3 - "$OUT/students.weights.tar" runs/*_gpu <<'PY'
-# each finished student's deployed (EMA) weights, slim (no optimizer, history or adapters)
-import sys, tarfile, tempfile
+python3 - "$OUT" $(for s in $STUDENTS; do echo "runs/$(student_name "$s")"; done) <<'PY'
+# one file per student, within the return's limits (16 MiB a file, 64 MiB in all): a finished
+# student's deployed weights, slim (<name>.pt); an unfinished one's checkpoint.pt, to resume
+# (<name>.checkpoint.pt), unless it is too large (then its run.json alone says where it stopped)
+import json, shutil, sys
 from pathlib import Path
 from sarbridge.train.checkpoint import release_checkpoint
-with tempfile.TemporaryDirectory() as tmp, tarfile.open(sys.argv[1], "w") as tar:
-    for run in map(Path, sys.argv[2:]):
-        if (run / "best.pt").is_file():
-            slim = release_checkpoint(run, Path(tmp) / f"{run.name}.pt")
-            tar.add(slim, arcname=slim.name)
+out, left = Path(sys.argv[1]), 48 * 2**20  # the rest of 64 MiB: logs, summary, console
+for run in map(Path, sys.argv[2:]):
+    record = json.loads((run / "run.json").read_text()) if (run / "run.json").is_file() else {}
+    if "compare" in record:
+        made = release_checkpoint(run, out / f"{run.name}.pt")
+    elif (run / "checkpoint.pt").is_file():
+        made = out / f"{run.name}.checkpoint.pt"
+        if (run / "checkpoint.pt").stat().st_size > min(15 * 2**20, left):
+            print(f"{run}: checkpoint.pt too large to bring back", file=sys.stderr)
+            continue
+        shutil.copy2(run / "checkpoint.pt", made)
+    else:
+        continue
+    left -= made.stat().st_size
 PY
 pack students
 exit $failed

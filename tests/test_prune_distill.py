@@ -349,7 +349,9 @@ def test_the_shipped_recipes_are_valid():
     from pathlib import Path
 
     shipped = sorted(Path(__file__).parents[1].glob("configs/compress_*.yaml"))
-    assert {p.stem for p in shipped} >= {"compress_edge_int8", "compress_edge_prune50_kd_int8"}
+    assert {p.stem for p in shipped} >= {
+        "compress_edge_int8", "compress_edge_prune50_kd_int8", "compress_edge_prune30_steps_kd"
+    }
     for path in shipped:
         assert load_recipe(path).steps
 
@@ -412,3 +414,38 @@ def test_a_recipe_killed_between_steps_resumes_and_ends_like_an_uninterrupted_on
     assert compare["child"]["macs"] < compare["parent"]["macs"]
     fp16 = json.loads((b_art / "chain" / "3_fp16" / "manifest.json").read_text())
     assert fp16["lineage"][-3]["kind"] == "distill"
+
+
+def _gpu_teachers(tmp_path, **env):
+    import os
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "benchmarks" / "gpu_teachers.sh"
+    run_env = {**os.environ, "DRY": "1", "OUT": str(tmp_path / "out"), **env}
+    return subprocess.run(
+        ["bash", str(script)], cwd=tmp_path, env=run_env, capture_output=True, text=True
+    )
+
+
+def test_the_gpu_students_stage_runs_each_teacher_kind_and_refuses_bad_lists(tmp_path):
+    """The device script's dry run: 'parent' distils from the zoo detector, 'none' is the plain
+    fine-tuning control, each named by its kind, ratio and seed; a bad teacher or more students
+    than the return holds is refused; a dry run writes nothing."""
+    done = _gpu_teachers(
+        tmp_path, STAGE="students", RATIO="0.3", STUDENTS="parent:0 none:1", STUDENT_EPOCHS="30"
+    )
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stdout.splitlines() if "--method" in line]
+    assert any(
+        "--method distill --teacher zoo:ssdd_edge_det --from runs/edge_p30" in line
+        and "--seed 0" in line and "runs/edge_p30_kdparent30_s0_gpu" in line
+        for line in lines
+    ), lines  # fmt: skip
+    ft = [line for line in lines if "--method finetune" in line]
+    assert len(ft) == 1 and "--teacher" not in ft[0] and "runs/edge_p30_ft30_s1_gpu" in ft[0]
+    assert not list(tmp_path.iterdir())
+    bad = _gpu_teachers(tmp_path, STAGE="students", STUDENTS="yolo:0")
+    assert bad.returncode == 2 and "the teacher is m, parent or none" in bad.stderr
+    many = _gpu_teachers(tmp_path, STAGE="students", STUDENTS="m:0 m:1 parent:0 parent:1 none:0")
+    assert many.returncode == 2 and "at most 4" in many.stderr
