@@ -61,6 +61,7 @@ PRUNED=runs/edge_p$(python3 -c "print(round(100 * $RATIO))")
 for s in $STUDENTS; do
   case "${s%%:*}" in m|parent|none) ;; *) echo "STUDENTS: '$s': the teacher is m, parent or none" >&2; exit 2 ;; esac
 done
+USES_M=0; [[ " $STUDENTS" == *" m:"* ]] && USES_M=1  # a student distilled from the m teacher
 if [ "$(echo $STUDENTS | wc -w)" -gt 4 ]; then  # 8 files come back: 3, one per student, 1 spare
   echo "STUDENTS: at most 4 per call (each brings back one file)" >&2; exit 2
 fi
@@ -88,7 +89,8 @@ pack() {  # $1: the stage; what comes back: logs, run records, the summary
   for s in $STUDENTS; do names=$names,$(student_name "$s"); done
   python3 -m sarbridge.benchmarks.research.prune_pareto --table --runs-dir runs --names "$names" \
       > "$OUT/summary.md" 2>&1
-  [ "$1" = teacher ] || [[ " $STUDENTS" == *" m:"* ]] && python3 - "$TEACHER" >> "$OUT/summary.md" <<'PY'
+  if [ "$1" = teacher ] || [ "$USES_M" = 1 ]; then  # the teacher's own score
+  python3 - "$TEACHER" >> "$OUT/summary.md" <<'PY'
 import json, sys
 from pathlib import Path
 run = Path(sys.argv[1]) / "run.json"
@@ -99,6 +101,7 @@ print(f"\nteacher {run.parent.name}: " + (
     f"after {len(r.get('history', []))} epochs" if t else
     f"no test score (status {r.get('status', 'not started')}, {len(r.get('history', []))} epochs)"))
 PY
+  fi
   for r in "$TEACHER" runs/bnn_edge_m "$PRUNED" runs/*_gpu; do
     [ -f "$r/run.json" ] && cp "$r/run.json" "$LOGS/$(basename "$r").run.json"
   done
@@ -146,7 +149,7 @@ if [ "${DRY:-0}" = 1 ] || ! has "$PRUNED" compare; then
   run python3 -m sarbridge compress --method prune --from "$PARENT" --ratio "$RATIO" --epochs 0 \
       --threads 1 --out "$PRUNED" --resume > "$(log prune)" 2>&1 || { pack students; exit 1; }
 fi
-if [ "${DRY:-0}" != 1 ] && [[ " $STUDENTS" == *" m:"* ]] && [ ! -f "$TEACHER/best.pt" ]; then
+if [ "${DRY:-0}" != 1 ] && [ "$USES_M" = 1 ] && [ ! -f "$TEACHER/best.pt" ]; then
   echo "$TEACHER has no best.pt: run STAGE=teacher first (the m students need it)" >&2
 fi
 pids=()

@@ -125,7 +125,7 @@ def onnx_size_metrics(model: Path) -> dict:
             a = weights.get(node.input[0]) or shapes.get(node.input[0])
             trans_a = any(at.name == "transA" and at.i for at in node.attribute)
             inner = int(a[-2] if trans_a else a[-1]) if a and len(a) >= 2 else None
-        if not inner or not out or 0 in out[1:]:  # a shape shape inference did not find
+        if not inner or not out or 0 in out[1:]:  # a shape that shape inference did not find
             return {"parameters": parameters}
         macs += int(np.prod(out[1:])) * inner
     return {"parameters": parameters, "gmacs_per_image": macs / 1e9}
