@@ -74,6 +74,10 @@ class TorchBackend(Backend):
         self.model, _ = loaded.model, loaded.config
         self.model.to(self.device).eval()
         self.kind = getattr(self.model, "kind", "dense")
+        # a DFL head's graph outputs its bin logits, channels first
+        self.bins_out = manifest["postprocessing"].get("decode") == "dense_dfl"
+        if self.bins_out:
+            self.model.emit_box_bins = True
         if self.kind == "torchvision":  # as in the exported graph (export/onnx_export.BoxesExport)
             post = manifest["postprocessing"]
             heads = self.model.detector.roi_heads
@@ -94,6 +98,8 @@ class TorchBackend(Backend):
                 (out["labels"] - 1).cpu().numpy(),
             ]
         raw = self.model(x)
+        if self.bins_out:
+            raw = raw.transpose(1, 2)
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         return [raw.float().cpu().numpy()]

@@ -210,14 +210,21 @@ def _fold_weight_quantizers(model) -> int:
     return folded
 
 
-def export_qdq(model, example, path: Path) -> Path:
-    """The fine-tuned fake-quantized model -> a Q/DQ ONNX graph at ``path``."""
+def export_qdq(model, example, path: Path, box_bins_out: bool = False) -> Path:
+    """The fine-tuned fake-quantized model -> a Q/DQ ONNX graph at ``path``; with
+    ``box_bins_out`` a DFL head outputs its bin logits, as its FP32 parent's graph does
+    (``dense_dfl``)."""
     import nncf
     import onnx
     import onnxslim
     import torch
 
     stripped = nncf.strip(model.eval(), do_copy=True, example_input=example)
+    if box_bins_out:
+        from sarbridge.export.onnx_export import ChannelsFirst
+
+        stripped.emit_box_bins = True
+        stripped = ChannelsFirst(stripped).eval()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(
@@ -327,7 +334,10 @@ def compress_qat(
     )  # fmt: skip
     best = load_checkpoint(run_dir / "best.pt")
     qmodel.load_state_dict(deployed_weights(best))
-    path = export_qdq(qmodel, torch.from_numpy(cal.inputs[:1]), work / "model_int8.onnx")
+    bins_out = parent["postprocessing"].get("decode") == "dense_dfl"
+    path = export_qdq(
+        qmodel, torch.from_numpy(cal.inputs[:1]), work / "model_int8.onnx", bins_out
+    )
     trained = {k: float(v) for k, v in (report.get("test") or {}).items()
                if isinstance(v, (int, float))}  # fmt: skip
     qat_step = {

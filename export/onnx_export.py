@@ -3,7 +3,8 @@
 ``export_run`` turns a run folder, a checkpoint or ``zoo:<name>`` into an artifact folder::
 
     artifacts/<name>/model.onnx      single file, opset 17, dynamic batch (dense detectors),
-                                     BatchNorm folded, simplified with onnxslim
+                                     BatchNorm folded, simplified with onnxslim; a DFL head
+                                     outputs its bin logits (the runtime decodes candidates)
     artifacts/<name>/manifest.json   preprocessing, input/tile size, classes, thresholds,
                                      output meaning, lineage, metrics, sha256, tool versions
 
@@ -16,6 +17,7 @@ the export fails (writes nothing) when either is off.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import shutil
@@ -58,15 +60,30 @@ def fold_batchnorm(module: nn.Module) -> nn.Module:
     return fuse(module.eval(), inplace=False)
 
 
-class DenseExport(nn.Module):
-    """A dense detector with folded BatchNorm: images [B, C, S, S] -> raw [B, N, 4 + C]."""
+class ChannelsFirst(nn.Module):
+    """``net(x)`` [B, N, K] as [B, K, N]: the layout of a ``dense_dfl`` graph's output."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).transpose(1, 2)
+
+
+class DenseExport(nn.Module):
+    """A dense detector with folded BatchNorm: images [B, C, S, S] -> raw [B, N, 4 + C], or
+    with ``channels_first`` [B, K, N] (a DFL head's bin logits: the model's final transpose
+    and this one cancel, so the graph writes its natural layout and carries no transpose)."""
+
+    def __init__(self, model: nn.Module, channels_first: bool = False):
         super().__init__()
         self.net = fold_batchnorm(model)
+        self.channels_first = channels_first
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net(images)
+        raw = self.net(images)
+        return raw.transpose(1, 2) if self.channels_first else raw
 
 
 class BoxesExport(nn.Module):
@@ -316,12 +333,42 @@ def _dense_manifest_fields(model) -> tuple[dict, str]:
             "sarbridge.runtime.decode.decode_yolo with postprocessing.anchors"
         )
         return post, meaning
+    bins = graph_box_bins(model)
+    if bins:
+        meaning = (
+            f"channels first, [4 x {bins} + classes, points]: for each grid point (strides "
+            f"8/16/32, level-major, row-major) {bins} bin logits for each of the box's "
+            "left/top/right/bottom edges (the distance in strides is their softmax "
+            "expectation), then class logits; decoded by "
+            "sarbridge.runtime.decode.dense_dfl_candidates"
+        )
+        return {"decode": "dense_dfl", "strides": strides, "box_bins": bins}, meaning
     meaning = (
         "per grid point (strides 8/16/32, level-major, row-major): log-distances to the box's "
         "left/top/right/bottom edges in strides, then class logits; decoded by "
         "sarbridge.runtime.decode.decode_dense"
     )
     return {"decode": "dense_ltrb", "strides": strides}, meaning
+
+
+def graph_box_bins(model) -> int:
+    """Bins per box edge the exported graph outputs: a distribution (DFL) head's R, whose
+    softmax expectation the runtime computes for the candidate rows only (``dense_dfl``);
+    0 for a head whose graph outputs log-distances."""
+    return int(getattr(model, "box_bins", 0) or 0) if hasattr(model, "emit_box_bins") else 0
+
+
+@contextlib.contextmanager
+def graph_outputs(model):
+    """Within the block ``model`` computes what its exported graph outputs (a DFL head's bin
+    logits, see :func:`graph_box_bins`); the training evaluation's form outside it."""
+    if not graph_box_bins(model):
+        yield model
+        return
+    from sarbridge.train.models.edge_det import box_distributions
+
+    with box_distributions(model):
+        yield model
 
 
 def training_scale_tile(records, multiple: int = 32) -> int:
@@ -397,7 +444,9 @@ def export_detector_model(
         C = parity_x.shape[1]
         with torch.no_grad():
             if kind == "dense":
-                wrapper = DenseExport(model).eval()
+                with graph_outputs(model):  # traced now: the flag is baked into the graph
+                    wrapper = DenseExport(model, bool(graph_box_bins(model))).eval()
+                torch_raw = wrapper(xt).float().numpy()
                 _onnx_export(
                     wrapper,
                     xt[:1],
@@ -406,13 +455,14 @@ def export_detector_model(
                     ["raw"],
                     {"images": {0: "batch"}, "raw": {0: "batch"}},
                 )
-                torch_raw = model(xt).float().numpy()
                 sess = _session(onnx_path)
                 ort_raw = sess.run(None, {"images": parity_x})[0]
                 max_abs = float(np.abs(torch_raw - ort_raw).max())
                 scale = max(
                     1.0, float(np.abs(torch_raw).max())
                 )  # atol is relative to the output range
+                post_extra, meaning = _dense_manifest_fields(model)
+                # the training evaluation's own path against the graph through the runtime's decode
                 torch_dets = predict(model, xt)
                 ort_dets = decode_raw(
                     model,
@@ -422,9 +472,8 @@ def export_detector_model(
                     iou_threshold,
                     max_detections,
                     vote_iou,
+                    post=post_extra,
                 )
-                post_extra, meaning = _dense_manifest_fields(model)
-                n_out = torch_raw.shape[1]
                 inputs = [
                     {
                         "name": "images",
@@ -435,7 +484,7 @@ def export_detector_model(
                 outputs = [
                     {
                         "name": "raw",
-                        "shape": ["batch", n_out, int(torch_raw.shape[2])],
+                        "shape": ["batch", int(torch_raw.shape[1]), int(torch_raw.shape[2])],
                         "dtype": "float32",
                         "meaning": meaning,
                     }

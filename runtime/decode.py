@@ -6,8 +6,9 @@ model both hand their raw output to :func:`decode_views` with
 single-view form (no test-time flips).
 
 Which decode a model needs is its manifest's ``postprocessing.decode``, a name in the
-decoder registry (:func:`get_decoder`): ``dense_ltrb`` (the default), ``yolo_anchors``
-and ``boxes`` (the graph returns final boxes after its own NMS).
+decoder registry (:func:`get_decoder`): ``dense_ltrb`` (the default), ``dense_dfl`` (bin
+logits per box edge, :func:`dense_dfl_candidates`), ``yolo_anchors``, ``ultralytics`` and
+``boxes`` (the graph returns final boxes after its own NMS).
 
 Raw output layout ``[N, 4 + C]`` per image, one row per grid point of every
 level (level-major, then row-major): ``reg[4]`` are log-distances from the
@@ -15,6 +16,9 @@ point to the box's left, top, right and bottom edges in units of the level's
 stride, ``cls[C]`` are class logits. The box is::
 
     (px - exp(l) * s, py - exp(t) * s, px + exp(r) * s, py + exp(b) * s)
+
+``dense_dfl`` is channels first, ``[4 * R + C, N]`` per image: R bin logits per edge, whose
+softmax expectation is the distance in strides (``exp(l)`` above), then the class logits.
 """
 
 from __future__ import annotations
@@ -81,15 +85,62 @@ def dense_candidates(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The boxes, scores and labels :func:`decode_dense` hands to NMS (input pixels)."""
     raw = np.asarray(raw, dtype=np.float32)
-    rows = _rows_above(raw[:, 4:], score_threshold)
-    logits = raw[:, 4:] if rows is None else raw[rows, 4:]
-    keep, scores, labels = _candidates(sigmoid(logits), score_threshold, pre_nms_top_k)
-    if rows is not None:
-        keep = rows[keep]
+    keep, scores, labels = _dense_rows(raw[:, 4:], score_threshold, pre_nms_top_k)
     dist = np.exp(np.minimum(raw[keep, :4], MAX_LOG_DISTANCE)) * strides[keep, None]  # [K, 4]
-    p = points[keep]
-    boxes = np.concatenate([p - dist[:, :2], p + dist[:, 2:]], axis=1)
-    return boxes, scores, labels
+    return _ltrb_boxes(points[keep], dist), scores, labels
+
+
+def dense_dfl_candidates(
+    raw: np.ndarray,
+    points: np.ndarray,
+    strides: np.ndarray,
+    box_bins: int,
+    score_threshold: float = 0.05,
+    pre_nms_top_k: int = 2000,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """NMS candidates (input pixels) from a distribution (DFL) head's raw output
+    [4 * R + C, N], channels first (the graph's natural layout: no transpose in it): per grid
+    point, R bin logits for each side (left, top, right, bottom), then class logits.
+
+    Each side's distance in strides is the expectation of bin values 0 .. R-1 under the
+    softmax of its logits (at least 1e-3, as the training evaluation's log-distance form), so
+    the boxes equal :func:`dense_candidates` on that form. It is computed for the candidate
+    rows only: in the graph it ran on every grid point (about a quarter of the INT8 zoo
+    detector's OpenVINO time, benchmarks/results/dfl_decode)."""
+    raw = np.asarray(raw, dtype=np.float32)
+    width = 4 * int(box_bins)
+    if raw.ndim != 2 or raw.shape[0] <= width:
+        raise ValueError(
+            f"a raw output of shape {raw.shape} has no class logits after 4 x {box_bins} box "
+            "bins (expected [4 * bins + classes, points])"
+        )
+    keep, scores, labels = _dense_rows(raw[width:].T, score_threshold, pre_nms_top_k)
+    dist = bin_expectation(raw[:width, keep].T.reshape(-1, 4, int(box_bins)))
+    return _ltrb_boxes(points[keep], np.maximum(dist, 1e-3) * strides[keep, None]), scores, labels
+
+
+def bin_expectation(bin_logits: np.ndarray) -> np.ndarray:
+    """Expected bin value (0 .. R-1) under the softmax of the last axis's R logits, float32."""
+    logits = np.asarray(bin_logits, np.float32)
+    weights = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    values = np.arange(logits.shape[-1], dtype=np.float32)
+    return ((weights @ values) / weights.sum(axis=-1)).astype(np.float32)
+
+
+def _dense_rows(logits: np.ndarray, score_threshold: float, top_k: int):
+    """Rows of a dense head's class logits [N, C] whose best class beats the threshold
+    (at most ``top_k``), with that class's score and label (see :func:`_candidates`)."""
+    rows = _rows_above(logits, score_threshold)
+    keep, scores, labels = _candidates(
+        sigmoid(logits if rows is None else logits[rows]), score_threshold, top_k
+    )
+    return (keep if rows is None else rows[keep]), scores, labels
+
+
+def _ltrb_boxes(points: np.ndarray, dist: np.ndarray) -> np.ndarray:
+    """xyxy boxes [K, 4] from grid points [K, 2] and distances [K, 4] to the left, top, right and
+    bottom edges (input pixels)."""
+    return np.concatenate([points - dist[:, :2], points + dist[:, 2:]], axis=1)
 
 
 # A row's score is a float32 sigmoid, off from the exact value by far less than this
@@ -494,6 +545,17 @@ def _build_dense(post: dict, input_size: int, score_threshold: float) -> Candida
     )
 
 
+def _build_dense_dfl(post: dict, input_size: int, score_threshold: float) -> Candidates:
+    points, strides = grid_points(input_size, manifest_strides(post))
+    return partial(
+        dense_dfl_candidates,
+        points=points,
+        strides=strides,
+        box_bins=int(post["box_bins"]),
+        score_threshold=score_threshold,
+    )
+
+
 def _build_yolo(post: dict, input_size: int, score_threshold: float) -> Candidates:
     cells, strides, anchors = yolo_grid(
         input_size, manifest_strides(post), np.asarray(post["anchors"], np.float32)
@@ -512,6 +574,14 @@ register_decoder(
     _build_dense,
     runtime_nms=True,
     description="anchor-free grid points: log-distances to the box edges, class logits",
+)
+register_decoder(
+    "dense_dfl",
+    _build_dense_dfl,
+    runtime_nms=True,
+    requires=("box_bins",),
+    description="anchor-free grid points: box_bins logits per box edge (the distance in "
+    "strides is their softmax expectation), class logits",
 )
 register_decoder(
     "yolo_anchors",

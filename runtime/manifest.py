@@ -27,7 +27,9 @@ Schema version 2 (all keys required unless marked optional)::
                      strides?: [int in [1, 256], each dividing input_size], at most 8
                                (default [8, 16, 32]),
                      anchors?: [[w, h]] or one such list per stride, positive numbers
-                               (required by "yolo_anchors")}     no other keys
+                               (required by "yolo_anchors"),
+                     box_bins?: int in [2, 256], logits per box edge
+                               (required by "dense_dfl")}     no other keys
     classes         [str]
     precision       "fp32" | "fp16" | "int8" | "mixed"
     quantization    {scheme: str, target: "onnxruntime" | "openvino" | "tensorrt",
@@ -127,7 +129,9 @@ _POSTPROCESSING_KEYS = (
     "decode",
     "strides",
     "anchors",
+    "box_bins",
 )
+MAX_BOX_BINS = 256
 LETTERBOX_KEYS = ("letterbox_align", "letterbox_fill")  # optional, beside input_size
 INPUT_SIZE_RANGE = (16, 4096)
 TILE_SIZE_RANGE = (16, 4096)  # one tile is one read: 64 MiB as float32 at most
@@ -300,6 +304,10 @@ def _check_postprocessing(post: dict, version: int, path, input_size: int | None
                 )
     if "anchors" in post:
         _check_anchors(post["anchors"], len(strides), path)
+    if "box_bins" in post and not (
+        _is_kind(post["box_bins"], int) and 2 <= post["box_bins"] <= MAX_BOX_BINS
+    ):
+        _fail(path, f"field 'postprocessing.box_bins' must be an int in [2, {MAX_BOX_BINS}]")
 
 
 def _is_wh(pair) -> bool:

@@ -343,3 +343,20 @@ def test_bench_pairs_leave_out_a_format_the_backend_does_not_run(tmp_path, edge_
     assert skipped == [
         f"{ir} on onnxruntime: its model format is openvino, which onnxruntime does not run"
     ]
+
+
+def test_latency_blocks_times_each_pair_in_rounds(edge_artifact, data, tmp_path):
+    from sarbridge.benchmarks.research.latency_blocks import main, parse_pair
+
+    assert parse_pair("zoo:ssdd_edge_det@openvino") == ("zoo:ssdd_edge_det", "openvino")
+    with pytest.raises(ValueError, match="ARTIFACT@BACKEND"):
+        parse_pair("artifacts/model")
+    out = tmp_path / "latency.json"
+    pair = f"{edge_artifact}@onnxruntime"
+    args = [pair, pair, "--rounds", "2", "--warmup", "1", "--iterations", "3"]
+    assert main([*args, "--threads", "1", "--data", str(data), "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["backend"] for r in rows] == ["onnxruntime", "onnxruntime"]
+    for r in rows:
+        assert len(r["round_medians_ms"]) == 2
+        assert 0 < r["min_round_ms"] <= r["median_ms"] <= r["max_round_ms"]

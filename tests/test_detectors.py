@@ -100,6 +100,33 @@ def test_box_bins_head_trains_on_bins_and_outputs_log_distances():
     expected = (bins[..., :64].unflatten(-1, (4, 16)).softmax(-1) * torch.arange(16.0)).sum(-1)
     torch.testing.assert_close(raw[..., :4].exp(), expected.clamp(min=1e-3))
     torch.testing.assert_close(raw[..., 4:], bins[..., 64:])
+
+
+def test_bin_logits_decode_to_the_boxes_of_the_log_distance_form():
+    """The exported graph's bin logits through the runtime's dense_dfl decode give the boxes,
+    scores and labels of the training evaluation's log-distance form through dense_ltrb."""
+    from sarbridge.runtime.decode import get_decoder
+
+    torch.manual_seed(0)
+    model = build_detector("edge_det", num_classes=1, box_bins=16).eval()
+    for conv in model.reg_out:  # spread the untrained bins so the expectations differ
+        torch.nn.init.normal_(conv.weight, std=0.5)
+    x = torch.rand(2, 1, 128, 128)
+    with torch.no_grad():
+        with box_distributions(model):
+            bins = model(x).numpy()
+        raw = model(x).numpy()
+    post = {"strides": [8, 16, 32]}
+    dfl = get_decoder("dense_dfl").build({**post, "box_bins": 16}, 128, 0.005)
+    ltrb = get_decoder("dense_ltrb").build(post, 128, 0.005)
+    for b, r in zip(bins, raw, strict=True):
+        got, want = dfl(np.ascontiguousarray(b.T)), ltrb(r)  # the graph's layout: [4R + C, N]
+        assert len(want[1]) > 10
+        np.testing.assert_allclose(got[0], want[0], atol=1e-3)
+        np.testing.assert_array_equal(got[1], want[1])
+        np.testing.assert_array_equal(got[2], want[2])
+    with pytest.raises(ValueError, match="no class logits after 4 x 16 box bins"):
+        dfl(bins[0][:, :64].T)
     with pytest.raises(ValueError, match="box_bins"):
         build_detector("edge_det", box_bins=1)
     from sarbridge.train.config import from_dict

@@ -92,6 +92,12 @@ def test_every_registered_detector_exports_with_parity(name, options, tmp_path, 
     )
     m = manifest["metrics"]
     assert m["parity_max_abs_diff"] < 1e-2 and m["parity_detection_agreement"] >= 0.98
+    if options.get("box_bins"):  # the graph outputs the bins; the runtime takes the expectation
+        assert manifest["postprocessing"]["decode"] == "dense_dfl"
+        assert manifest["postprocessing"]["box_bins"] == options["box_bins"]
+        assert manifest["outputs"][0]["shape"][1] == 4 * options["box_bins"] + 1  # channels first
+        graph = onnx.load(str(tmp_path / name / "model.onnx"))
+        assert graph.graph.node[-1].op_type != "Transpose"  # the two transposes cancelled
     assert load_manifest(tmp_path / name)["name"] == name
     # the runtime decodes this kind of output (dense_ltrb, yolo_anchors or boxes) on a real chip
     from sarbridge.runtime.detector import Detector

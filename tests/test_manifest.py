@@ -252,6 +252,8 @@ def test_every_registered_decode_validates(name):
     m["postprocessing"]["decode"] = name
     if name == "yolo_anchors":
         m["postprocessing"]["anchors"] = [[10, 13], [30, 61], [116, 90]]
+    if name == "dense_dfl":
+        m["postprocessing"]["box_bins"] = 16
     if name == "boxes":  # the graph's own NMS: no runtime flips or voting
         del m["postprocessing"]["tta_flips"], m["postprocessing"]["vote_iou"]
     validate(m, "m.json")
@@ -362,6 +364,9 @@ def _drop(path: str):
         (_set("postprocessing.strides", "8,16,32"), "'postprocessing.strides'"),
         (_set("postprocessing.anchors", [[10, -13], [16, 30], [33, 23]]), "'postprocessing.anchors'"),
         (_set("postprocessing.anchors", [[10, 13], [16, 30]]), "'postprocessing.anchors'"),
+        (_set("postprocessing.decode", "dense_dfl"), "'postprocessing.box_bins'"),
+        (_set("postprocessing.box_bins", 1), "'postprocessing.box_bins'"),
+        (_set("postprocessing.box_bins", 16.0), "'postprocessing.box_bins'"),
         (_set("postprocessing.nms", "fast"), "unknown fields ['nms'] in 'postprocessing'"),
         (_set("postprocessing.decode", "boxes"), "'postprocessing.vote_iou' needs the runtime's NMS"),
         (_set("model.file", "/srv/models/model.onnx"), "'model.file'"),

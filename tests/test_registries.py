@@ -115,10 +115,11 @@ def test_a_registered_backend_is_imported_when_opened(monkeypatch, tmp_path):
 
 
 def test_decoder_names_and_refusals():
-    assert list_decoders() == ["boxes", "dense_ltrb", "ultralytics", "yolo_anchors"]
+    assert list_decoders() == ["boxes", "dense_dfl", "dense_ltrb", "ultralytics", "yolo_anchors"]
+    assert get_decoder("dense_dfl").requires == ("box_bins",)
     assert get_decoder("boxes").runtime_nms is False and get_decoder("boxes").build is None
     assert get_decoder("yolo_anchors").requires == ("anchors",)
-    with pytest.raises(ValueError, match=r"unknown decode 'ssd'; choose one of: boxes, dense_ltrb"):
+    with pytest.raises(ValueError, match=r"unknown decode 'ssd'; choose one of: boxes, dense_dfl, dense_ltrb"):
         get_decoder("ssd")
     with pytest.raises(ValueError, match="'dense_ltrb' is already registered"):
         register_decoder("dense_ltrb", None, runtime_nms=False)

@@ -170,9 +170,19 @@ def test_release_writes_a_checked_entry_and_keeps_only_better_models(edge_artifa
     assert entry["parameters"] == sum(p.numel() for p in trained.model.parameters())
     assert entry["metrics"] == trained.lineage[-1]["metrics"] == released.lineage[-1]["metrics"]
     assert "| `tiny_det` | detect" in (root / "README.md").read_text()
+    # the same weights may be released again (a new export); other weights must score higher
+    again = release(root / "tiny_det" / "checkpoint.pt", "tiny_det", "again", root=root)
+    assert again["metrics"] == entry["metrics"] and len(check_all(root)) == 3
+    assert again["files"]["checkpoint"] == entry["files"]["checkpoint"]  # the same file kept
+    torch = pytest.importorskip("torch")
+    other = torch.load(run / "best.pt", weights_only=False)
+    weights = other.get("ema") or other["model"]
+    first = next(k for k, v in weights.items() if v.is_floating_point())
+    weights[first] = weights[first] + 0.01
+    torch.save(other, tmp_path / "other.pt")
     before = (root / "zoo.json").read_text()
     with pytest.raises(ZooError, match="replaced only by a better one"):
-        release(run, "tiny_det", "again", root=root)
+        release(tmp_path / "other.pt", "tiny_det", "other weights", root=root)
     assert (root / "zoo.json").read_text() == before and len(check_all(root)) == 3
 
     bench = tmp_path / "results.json"

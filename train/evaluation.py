@@ -155,18 +155,24 @@ def decode_raw(
     max_detections: int,
     vote_iou: float | None = None,
     flips: tuple[str, ...] = (),
+    post: dict | None = None,
 ):
     """A dense model's raw numpy output [B, N, K] -> per image (boxes, scores, labels), through the
     runtime's decode for the model's head (anchor-free ``dense_candidates`` or YOLOv3
     ``yolo_candidates``, then NMS). ``raw`` may also be a list of the 1 + len(flips) views'
-    outputs (plain first, then one per test-time flip), each [B, N, K]."""
+    outputs (plain first, then one per test-time flip), each [B, N, K]. ``post``: the
+    manifest's postprocessing fields of an exported graph's output (e.g. ``dense_dfl`` bin
+    logits); None: the model's own forward output."""
     from sarbridge.runtime.decode import decode_views, get_decoder
 
     views = list(raw) if isinstance(raw, (list, tuple)) else [raw]
-    decode = getattr(model, "decode", "dense_ltrb")
-    post = {"strides": [int(s) for s in model.strides]}  # what the manifest will carry
-    if decode == "yolo_anchors":
-        post["anchors"] = model.anchors.cpu().numpy()
+    if post is not None:
+        decode = post.get("decode", "dense_ltrb")
+    else:
+        decode = getattr(model, "decode", "dense_ltrb")
+        post = {"strides": [int(s) for s in model.strides]}  # what the manifest will carry
+        if decode == "yolo_anchors":
+            post["anchors"] = model.anchors.cpu().numpy()
     candidates = get_decoder(decode).build(post, input_size, score_threshold)
     return [
         decode_views(

@@ -8,7 +8,8 @@ the figures of a bench run through the deployed path (``--bench results.json``),
 that made it, and each file's sha256 and size. ``zoo/README.md`` and the README's zoo table
 are written from zoo.json.
 
-A model is replaced only by a better one (by its task's primary metric); every file stays
+A model is replaced only by a better one (by its task's primary metric), or by a new export of
+its own checkpoint (the same weights, e.g. after the exporter changed); every file stays
 within the size budget (10 MiB a file, 40 MiB the folder). Nothing in ``zoo/`` changes unless
 the whole release succeeds.
 """
@@ -29,6 +30,7 @@ MAX_FILE_BYTES = 10 * 2**20
 MAX_ZOO_BYTES = 40 * 2**20
 PRIMARY = {"detect": "test_AP50_95", "bnn": "test_auc"}
 TABLE_MARK = "<!-- zoo-table -->"
+BENCH_KEYS = ("deployed", "latency_ms_batch1_p50", "latency_machine", "latency_threads", "bench")
 
 
 def _bench_figures(path: str | Path, model: str) -> dict:
@@ -70,22 +72,32 @@ def release(
     metrics = dict(loaded.lineage[-1].get("metrics") or {}) if loaded.lineage else {}
     primary = PRIMARY[loaded.task]
     old = next((m for m in index["models"] if m["name"] == name), None)
-    if old is not None and not metrics.get(primary, -1) > old.get("metrics", {}).get(primary, -1):
-        raise ZooError(
-            f"zoo model {name!r} has {primary} {old['metrics'].get(primary)}; {source} has "
-            f"{metrics.get(primary)}: a zoo model is replaced only by a better one"
-        )
+    better = old is None or metrics.get(primary, -1) > old.get("metrics", {}).get(primary, -1)
     root.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
     try:
         ckpt = release_checkpoint(source, stage / "checkpoint.pt")
+        # the same weights again (e.g. re-exported by a newer exporter) may replace the model too
+        same = old is not None and _same_weights(ckpt, root / old["files"]["checkpoint"]["path"])
+        if same:  # keep the released file (and the sha256 that lineages name)
+            shutil.copyfile(root / old["files"]["checkpoint"]["path"], ckpt)
+        if not (better or same):
+            raise ZooError(
+                f"zoo model {name!r} has {primary} {old['metrics'].get(primary)}; {source} has "
+                f"{metrics.get(primary)}: a zoo model is replaced only by a better one (or by "
+                "a new export of its own checkpoint)"
+            )
         art = stage / "artifact"
         manifest = export_run(ckpt, art, name=name, source_label=f"zoo:{name}")
         for f in ("model.onnx", "manifest.json"):
             shutil.move(art / f, stage / f)
         art.rmdir()
         files = {}
-        for role, f in (("checkpoint", "checkpoint.pt"), ("model", "model.onnx"), ("manifest", "manifest.json")):
+        for role, f in (
+            ("checkpoint", "checkpoint.pt"),
+            ("model", "model.onnx"),
+            ("manifest", "manifest.json"),
+        ):
             size = (stage / f).stat().st_size
             if size > MAX_FILE_BYTES:
                 raise ZooError(f"{name}/{f} is {size / 2**20:.1f} MiB: over the 10 MiB a file")
@@ -117,6 +129,8 @@ def release(
         }
         if bench is not None:
             entry.update(_bench_figures(bench, manifest["name"]))
+        elif same:  # the figures of the same weights, until `sarbridge zoo measure` renews them
+            entry.update({k: old[k] for k in BENCH_KEYS if k in old})
         stage.chmod(0o755)
         index["models"] = [e for e in index["models"] if e["name"] != name] + [entry]
         index["models"].sort(key=lambda e: e["name"])
@@ -126,6 +140,22 @@ def release(
             shutil.rmtree(stage, ignore_errors=True)
     write_tables(root)
     return entry
+
+
+def _same_weights(a: Path, b: Path) -> bool:
+    """Whether two checkpoints hold the same weights: the same tensor names, shapes and values
+    (their structure records may differ in flags added since, e.g. ``emit_features``)."""
+    import torch
+
+    from sarbridge.train.checkpoint import load_checkpoint
+
+    if not b.is_file():
+        return False
+    ca, cb = load_checkpoint(a), load_checkpoint(b)
+    ma, mb = ca["model"], cb["model"]
+    return ma.keys() == mb.keys() and all(
+        ma[k].shape == mb[k].shape and torch.equal(ma[k], mb[k]) for k in ma
+    )
 
 
 def _swap_in(stage: Path, final: Path, index: dict, root: Path) -> None:

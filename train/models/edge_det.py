@@ -15,8 +15,10 @@ Box regression, two forms (``box_bins``):
 - 0: one log-distance per side (distance = exp(reg) * stride);
 - R > 0: distribution focal loss (GFL / YOLOv8 style): each side's distance in strides is a
   softmax over R bins 0 .. R-1, its expectation the distance, trained with the DFL term beside
-  GIoU. The exported graph computes the expectation itself and outputs its logarithm, so the
-  runtime's decode (and the manifest's head) is the same for both forms.
+  GIoU. The forward pass outputs the expectation's logarithm, so the training evaluation
+  decodes both forms alike; the exported graph outputs the bin logits instead
+  (:func:`box_distributions`), and the runtime's ``dense_dfl`` decode computes the
+  expectation for the candidate grid points only.
 """
 
 from __future__ import annotations
