@@ -444,9 +444,12 @@ def export_detector_model(
         C = parity_x.shape[1]
         with torch.no_grad():
             if kind == "dense":
+                channels_first = bool(graph_box_bins(model))
                 with graph_outputs(model):  # traced now: the flag is baked into the graph
-                    wrapper = DenseExport(model, bool(graph_box_bins(model))).eval()
-                torch_raw = wrapper(xt).float().numpy()
+                    wrapper = DenseExport(model, channels_first).eval()
+                    # the reference is the unfolded model, so a folding error shows as a difference
+                    torch_raw = (ChannelsFirst(model) if channels_first else model)(xt)
+                torch_raw = torch_raw.float().numpy()
                 _onnx_export(
                     wrapper,
                     xt[:1],

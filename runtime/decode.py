@@ -109,10 +109,10 @@ def dense_dfl_candidates(
     detector's OpenVINO time, benchmarks/results/dfl_decode)."""
     raw = np.asarray(raw, dtype=np.float32)
     width = 4 * int(box_bins)
-    if raw.ndim != 2 or raw.shape[0] <= width:
+    if raw.ndim != 2 or raw.shape[0] <= width or raw.shape[1] != len(points):
         raise ValueError(
-            f"a raw output of shape {raw.shape} has no class logits after 4 x {box_bins} box "
-            "bins (expected [4 * bins + classes, points])"
+            f"a raw output of shape {raw.shape} is not [4 x {box_bins} bins + classes, "
+            f"{len(points)} points] (a dense_dfl output is channels first)"
         )
     keep, scores, labels = _dense_rows(raw[width:].T, score_threshold, pre_nms_top_k)
     dist = bin_expectation(raw[:width, keep].T.reshape(-1, 4, int(box_bins)))

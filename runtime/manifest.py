@@ -304,10 +304,11 @@ def _check_postprocessing(post: dict, version: int, path, input_size: int | None
                 )
     if "anchors" in post:
         _check_anchors(post["anchors"], len(strides), path)
-    if "box_bins" in post and not (
-        _is_kind(post["box_bins"], int) and 2 <= post["box_bins"] <= MAX_BOX_BINS
-    ):
-        _fail(path, f"field 'postprocessing.box_bins' must be an int in [2, {MAX_BOX_BINS}]")
+    if "box_bins" in post:
+        if not (_is_kind(post["box_bins"], int) and 2 <= post["box_bins"] <= MAX_BOX_BINS):
+            _fail(path, f"field 'postprocessing.box_bins' must be an int in [2, {MAX_BOX_BINS}]")
+        if post.get("decode") != "dense_dfl":
+            _fail(path, "field 'postprocessing.box_bins' belongs to the dense_dfl decode only")
 
 
 def _is_wh(pair) -> bool:

@@ -125,8 +125,10 @@ def test_bin_logits_decode_to_the_boxes_of_the_log_distance_form():
         np.testing.assert_allclose(got[0], want[0], atol=1e-3)
         np.testing.assert_array_equal(got[1], want[1])
         np.testing.assert_array_equal(got[2], want[2])
-    with pytest.raises(ValueError, match="no class logits after 4 x 16 box bins"):
-        dfl(bins[0][:, :64].T)
+    with pytest.raises(ValueError, match=r"is not \[4 x 16 bins \+ classes"):
+        dfl(bins[0][:, :64].T)  # no class logits
+    with pytest.raises(ValueError, match="channels first"):
+        dfl(bins[0])  # the points-first layout
     with pytest.raises(ValueError, match="box_bins"):
         build_detector("edge_det", box_bins=1)
     from sarbridge.train.config import from_dict

@@ -367,6 +367,7 @@ def _drop(path: str):
         (_set("postprocessing.decode", "dense_dfl"), "'postprocessing.box_bins'"),
         (_set("postprocessing.box_bins", 1), "'postprocessing.box_bins'"),
         (_set("postprocessing.box_bins", 16.0), "'postprocessing.box_bins'"),
+        (_set("postprocessing.box_bins", 16), "'postprocessing.box_bins' belongs to the dense_dfl"),
         (_set("postprocessing.nms", "fast"), "unknown fields ['nms'] in 'postprocessing'"),
         (_set("postprocessing.decode", "boxes"), "'postprocessing.vote_iou' needs the runtime's NMS"),
         (_set("model.file", "/srv/models/model.onnx"), "'model.file'"),

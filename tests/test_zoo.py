@@ -174,6 +174,7 @@ def test_release_writes_a_checked_entry_and_keeps_only_better_models(edge_artifa
     again = release(root / "tiny_det" / "checkpoint.pt", "tiny_det", "again", root=root)
     assert again["metrics"] == entry["metrics"] and len(check_all(root)) == 3
     assert again["files"]["checkpoint"] == entry["files"]["checkpoint"]  # the same file kept
+    assert again["source_run"] == entry["source_run"] and "deployed" not in again
     torch = pytest.importorskip("torch")
     other = torch.load(run / "best.pt", weights_only=False)
     weights = other.get("ema") or other["model"]

@@ -9,7 +9,9 @@ that made it, and each file's sha256 and size. ``zoo/README.md`` and the README'
 are written from zoo.json.
 
 A model is replaced only by a better one (by its task's primary metric), or by a new export of
-its own checkpoint (the same weights, e.g. after the exporter changed); every file stays
+its own checkpoint (the same weights, e.g. after the exporter changed: the released checkpoint
+file is kept, and the bench figures of the earlier graph are dropped until ``sarbridge zoo
+measure`` records new ones); every file stays
 within the size budget (10 MiB a file, 40 MiB the folder). Nothing in ``zoo/`` changes unless
 the whole release succeeds.
 """
@@ -30,7 +32,6 @@ MAX_FILE_BYTES = 10 * 2**20
 MAX_ZOO_BYTES = 40 * 2**20
 PRIMARY = {"detect": "test_AP50_95", "bnn": "test_auc"}
 TABLE_MARK = "<!-- zoo-table -->"
-BENCH_KEYS = ("deployed", "latency_ms_batch1_p50", "latency_machine", "latency_threads", "bench")
 
 
 def _bench_figures(path: str | Path, model: str) -> dict:
@@ -79,8 +80,10 @@ def release(
         ckpt = release_checkpoint(source, stage / "checkpoint.pt")
         # the same weights again (e.g. re-exported by a newer exporter) may replace the model too
         same = old is not None and _same_weights(ckpt, root / old["files"]["checkpoint"]["path"])
-        if same:  # keep the released file (and the sha256 that lineages name)
+        if same:  # keep the released file (and the sha256 that lineages name) and what it says
             shutil.copyfile(root / old["files"]["checkpoint"]["path"], ckpt)
+            loaded = load_model(ckpt)
+            metrics = dict(loaded.lineage[-1].get("metrics") or {}) if loaded.lineage else {}
         if not (better or same):
             raise ZooError(
                 f"zoo model {name!r} has {primary} {old['metrics'].get(primary)}; {source} has "
@@ -127,10 +130,8 @@ def release(
             "files": files,
             "released": datetime.date.today().isoformat(),
         }
-        if bench is not None:
+        if bench is not None:  # else none: an earlier bench measured another graph
             entry.update(_bench_figures(bench, manifest["name"]))
-        elif same:  # the figures of the same weights, until `sarbridge zoo measure` renews them
-            entry.update({k: old[k] for k in BENCH_KEYS if k in old})
         stage.chmod(0o755)
         index["models"] = [e for e in index["models"] if e["name"] != name] + [entry]
         index["models"].sort(key=lambda e: e["name"])

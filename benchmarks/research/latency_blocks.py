@@ -28,8 +28,6 @@ from pathlib import Path
 
 import numpy as np
 
-DATA = Path("/work/shared/data")
-
 
 def parse_pair(text: str) -> tuple[str, str]:
     """``ARTIFACT@BACKEND`` -> (artifact, backend); ValueError on any other form."""
@@ -56,6 +54,21 @@ def network_input(manifest: dict, data: Path) -> np.ndarray:
     return letterbox(x, size)[0][None].astype(np.float32)
 
 
+def _rounds(opened, medians, rounds: int, warmup: int, iterations: int) -> None:
+    """``rounds`` rounds of one block per opened pair; each block's median onto ``medians``."""
+    for r in range(rounds):
+        for k, (_, _, be, x) in enumerate(opened):
+            for _ in range(warmup):
+                be.run(x)
+            times = []
+            for _ in range(iterations):
+                t0 = time.perf_counter()
+                be.run(x)
+                times.append(time.perf_counter() - t0)
+            medians[k].append(1000 * statistics.median(times))
+        print(f"round {r + 1}/{rounds}: " + ", ".join(f"{m[-1]:.2f}" for m in medians), flush=True)
+
+
 def measure(pairs, threads: int, rounds: int, warmup: int, iterations: int, data: Path) -> list:
     from sarbridge.runtime.backends import open_backend
     from sarbridge.runtime.manifest import load_manifest
@@ -68,17 +81,11 @@ def measure(pairs, threads: int, rounds: int, warmup: int, iterations: int, data
         be = open_backend(backend, folder / manifest["model"]["file"], manifest, threads=threads)
         opened.append((artifact, backend, be, network_input(manifest, data)))
     medians = [[] for _ in opened]
-    for r in range(rounds):
-        for k, (_, _, be, x) in enumerate(opened):
-            for _ in range(warmup):
-                be.run(x)
-            times = []
-            for _ in range(iterations):
-                t0 = time.perf_counter()
-                be.run(x)
-                times.append(time.perf_counter() - t0)
-            medians[k].append(1000 * statistics.median(times))
-        print(f"round {r + 1}/{rounds}: " + ", ".join(f"{m[-1]:.2f}" for m in medians), flush=True)
+    try:
+        _rounds(opened, medians, rounds, warmup, iterations)
+    finally:
+        for _, _, be, _ in opened:
+            be.close()
     return [
         {
             "artifact": artifact,
@@ -102,14 +109,17 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--iterations", type=int, default=100)
-    ap.add_argument("--data", type=Path, default=DATA)
+    ap.add_argument("--data", type=Path, help="the data folder (default: $SARBRIDGE_DATA)")
     ap.add_argument("--json", type=Path, help="write the figures here")
     args = ap.parse_args(argv)
     try:
         pairs = [parse_pair(p) for p in args.pairs]
     except ValueError as exc:
         ap.error(str(exc))
-    rows = measure(pairs, args.threads, args.rounds, args.warmup, args.iterations, args.data)
+    from sarbridge.runtime.paths import data_root
+
+    data = args.data or data_root()
+    rows = measure(pairs, args.threads, args.rounds, args.warmup, args.iterations, data)
     first = rows[0]["median_ms"]
     print(f"\nbatch-1 network latency, {args.threads} threads, median of {args.rounds} round "
           f"medians ({args.iterations} runs each); ratio: the first row's time / the row's")  # fmt: skip
