@@ -106,3 +106,27 @@ def test_the_gap_is_measured_by_iou_threshold_and_size(tmp_path):
     assert fastest.startswith("- Fastest vs fastest: ours_int8 [onnxruntime] minus peer")
     assert "at IoU 0.50 -0.020" in fastest and "by size" not in fastest  # no sizes for ours_int8
     assert accurate.startswith("- Most accurate vs most accurate: ours [openvino] minus peer")
+
+
+def test_a_compressed_child_of_an_earlier_zoo_export_is_left_out_as_stale(tmp_path):
+    import json
+
+    from sarbridge.runtime.manifest import load_manifest
+    from sarbridge.runtime.zoo import resolve_artifact
+
+    zoo_sha = load_manifest(resolve_artifact("zoo:ssdd_edge_det"), verify_model=False)["model"]
+    art = tmp_path / "int8"
+    art.mkdir()
+    manifest = json.loads((resolve_artifact("zoo:ssdd_edge_det") / "manifest.json").read_text())
+    parent = {"name": "ssdd_edge_det", "sha256": zoo_sha["sha256"]}
+    step = {"kind": "ptq", "name": "int8", "parent": parent, "config_sha256": None, "metrics": {}}
+    manifest["lineage"].append(step)
+    (art / "manifest.json").write_text(json.dumps(manifest))
+    make = ("sarbridge", "compress", "--method", "int8", "--from", "zoo:ssdd_edge_det",
+            "--target", "onnxruntime", "--out", str(art))  # fmt: skip
+    child = Candidate(str(art), ("onnxruntime",), "sarbridge", make)
+    assert prepare([child], make=False) == ([child], [])
+    manifest["lineage"][-1]["parent"]["sha256"] = "0" * 64  # made from another export
+    (art / "manifest.json").write_text(json.dumps(manifest))
+    ready, missing = prepare([child], make=False)
+    assert ready == [] and "earlier export of zoo:ssdd_edge_det" in missing[0]

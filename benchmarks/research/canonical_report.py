@@ -129,13 +129,36 @@ def _exists(c: Candidate) -> bool:
         return False
 
 
+def _zoo_parent(c: Candidate) -> str | None:
+    """The zoo model a ``compress --from zoo:<name>`` candidate is made from, else None."""
+    if not (c.make and c.make[1] == "compress" and "--from" in c.make):
+        return None
+    source = c.make[c.make.index("--from") + 1]
+    return source if source.startswith("zoo:") else None
+
+
 def _stale(c: Candidate) -> str | None:
-    """Why an imported artifact no longer matches the file it was imported from (a peer
-    retrained or re-exported since), else None; the artifact is then left out, not replaced."""
+    """Why an artifact no longer matches what it was made from, else None; the artifact is then
+    left out, not replaced: an import whose source file changed (a peer retrained or re-exported
+    since), or a compressed child of a zoo model made from an earlier export of it (its last
+    lineage step names the FP32 graph it was made from)."""
+    from sarbridge.runtime.manifest import load_manifest
+
+    zoo = _zoo_parent(c)
+    if zoo is not None and _exists(c):
+        from sarbridge.runtime.zoo import resolve_artifact
+
+        step = load_manifest(c.artifact, verify_model=False)["lineage"][-1]
+        now = load_manifest(resolve_artifact(zoo), verify_model=False)["model"]["sha256"]
+        if (step.get("parent") or {}).get("sha256") != now:
+            return (
+                f"stale: made from an earlier export of {zoo}; remove the folder to make it "
+                "again"
+            )
+        return None
     if not (c.make and c.make[1] == "import" and c.source and _exists(c)):
         return None
     from sarbridge.runtime.fileio import sha256_mismatch
-    from sarbridge.runtime.manifest import load_manifest
 
     source = Path(c.source)
     if source.is_dir():
