@@ -83,6 +83,26 @@ class SceneResult:
         return len(self.scores)
 
 
+@dataclass
+class BegunScene:
+    """A scene :meth:`ScenePipeline.begin` opened, planned and prepared the first batch of."""
+
+    raster: Raster
+    owned: bool  # opened by begin(): closed by finish()
+    tiles: list
+    whole: np.ndarray | None  # the scene's pixels when it is one tile
+    lo_hi: tuple[float, float]
+    batches: list
+    first: tuple  # batch 0's network inputs and how each tile was fitted into them
+    timings: dict[str, float]
+
+    def close(self) -> None:
+        """Close the scene if begin() opened it (a second call does nothing)."""
+        if self.owned:
+            self.owned = False
+            self.raster.close()
+
+
 class ScenePipeline:
     """Whole scenes through tiles: reads, one clip range per scene, tiles letterboxed into the
     network input, :meth:`run_inputs` in batches, detections back to scene pixels, cross-tile
@@ -140,6 +160,19 @@ class ScenePipeline:
         Args:
             progress: a tqdm-like object to ``update(n)`` per tile (optional).
         """
+        return self.finish(self.begin(scene), progress)
+
+    def begin(self, scene, fresh_inputs: bool = False) -> BegunScene:
+        """Everything of :meth:`detect` before the network first runs: the scene opened (a path,
+        an open :class:`Raster` or an [H, W] array), planned, its clip range found and its
+        first batch of network inputs prepared. :meth:`finish` does the rest, possibly on
+        another thread: a worker can begin the next scene while the network runs this one.
+
+        Args:
+            fresh_inputs: prepare the first batch in a new array, not in this thread's reused
+                one: for a scene begun on one thread and finished on another, and for two
+                scenes begun on one thread before the first is finished (they would share it).
+        """
         timings = dict.fromkeys(STAGES, 0.0)
         t0 = time.perf_counter()
         if isinstance(scene, Raster):
@@ -150,10 +183,19 @@ class ScenePipeline:
             raster, owned = open_raster(scene), True
         timings["read"] += time.perf_counter() - t0
         try:
-            return self._detect_raster(raster, timings, progress)
-        finally:
+            return self._begin_raster(raster, owned, timings, fresh_inputs)
+        except BaseException:
             if owned:
                 raster.close()
+            raise
+
+    def finish(self, begun: BegunScene, progress=None) -> SceneResult:
+        """The network, decode and merge of a scene :meth:`begin` prepared; closes what it
+        opened."""
+        try:
+            return self._finish(begun, progress)
+        finally:
+            begun.close()
 
     def plan(self, height: int, width: int, path=None) -> list[Tile]:
         """The tiles a height x width scene is cut into.
@@ -172,7 +214,7 @@ class ScenePipeline:
             )
         return tile_grid(height, width, self.tile_size, self.overlap)
 
-    def _detect_raster(self, raster: Raster, timings: dict, progress) -> SceneResult:
+    def _begin_raster(self, raster: Raster, owned: bool, timings: dict, fresh: bool) -> BegunScene:
         H, W = raster.height, raster.width
         if isinstance(raster, ArrayRaster) and raster.channels > 1:
             # decoded in memory anyway (PNG/JPEG): collapse grey RGB(A) to one band once, not per tile
@@ -205,10 +247,22 @@ class ScenePipeline:
         timings["preprocess"] += time.perf_counter() - t1
 
         batches = [tiles[i : i + self.batch_size] for i in range(0, len(tiles), self.batch_size)]
+        buffers = None if fresh else self._input_buffers(1, len(batches[0]))
+        out = None if buffers is None else buffers[0][: len(batches[0])]
+        first = self._prepare_batch(raster, whole, batches[0], lo_hi, timings, out)
+        return BegunScene(raster, owned, tiles, whole, lo_hi, batches, first, timings)
+
+    def _finish(self, begun: BegunScene, progress) -> SceneResult:
+        raster, tiles, whole, lo_hi = begun.raster, begun.tiles, begun.whole, begun.lo_hi
+        batches, timings = begun.batches, begun.timings
+        H, W = raster.height, raster.width
         pipelined = self.pipelined and len(batches) > 1
+        # batch 0 was prepared by begin(): the others alternate between this thread's arrays
         buffers = self._input_buffers(2 if pipelined else 1, len(batches[0]))
 
         def prepare(i, stage_times):
+            if i == 0:
+                return begun.first
             out = None if buffers is None else buffers[i % len(buffers)][: len(batches[i])]
             return self._prepare_batch(raster, whole, batches[i], lo_hi, stage_times, out)
 

@@ -459,7 +459,10 @@ class _RasterioRaster(Raster):
     """Windowed reads through GDAL (the ``geo`` extra), for any GeoTIFF GDAL understands.
 
     GDAL's block cache is capped at ``GDAL_CACHE_MB`` (64 MiB): its default, a share of the
-    machine's RAM, would let a large scene's blocks pile up far beyond the tile batch.
+    machine's RAM, would let a large scene's blocks pile up far beyond the tile batch. The
+    GDAL environment that sets it is entered around the open and each read, not held open: a
+    rasterio environment belongs to one thread, and a scene may be opened on a worker thread
+    and read and closed on another (``sarbridge detect`` beginning the next scene).
     """
 
     GDAL_CACHE_MB = 64
@@ -469,12 +472,10 @@ class _RasterioRaster(Raster):
         from rasterio.errors import RasterioIOError
 
         self.path = path
-        self._env = rasterio.Env(GDAL_CACHEMAX=self.GDAL_CACHE_MB * 2**20)
-        self._env.__enter__()
         try:
-            self._ds = rasterio.open(path)
+            with self._env():
+                self._ds = rasterio.open(path)
         except RasterioIOError as exc:
-            self._env.__exit__(None, None, None)
             raise DataError(path, f"cannot open raster ({exc})") from exc
         self.height, self.width, self.channels = self._ds.height, self._ds.width, self._ds.count
         try:
@@ -488,11 +489,17 @@ class _RasterioRaster(Raster):
         crs = self._ds.crs.to_string() if self._ds.crs is not None else None
         self.georef = GeoRef((t.a, t.b, t.c, t.d, t.e, t.f), crs) if has_geo else None
 
+    def _env(self):
+        import rasterio
+
+        return rasterio.Env(GDAL_CACHEMAX=self.GDAL_CACHE_MB * 2**20)
+
     def _read(self, y0, x0, h, w):
         from rasterio.windows import Window
 
         try:
-            data = self._ds.read(window=Window(x0, y0, w, h))  # [C, h, w]
+            with self._env():
+                data = self._ds.read(window=Window(x0, y0, w, h))  # [C, h, w]
         except Exception as exc:
             raise DataError(self.path, f"cannot read window ({exc})") from exc
         return np.moveaxis(data, 0, -1)
@@ -500,7 +507,6 @@ class _RasterioRaster(Raster):
     def close(self):
         if not self._ds.closed:
             self._ds.close()
-            self._env.__exit__(None, None, None)
 
 
 def _has_rasterio() -> bool:

@@ -5,17 +5,27 @@ Outputs never overwrite each other: every scene gets a name of its own in the ru
 name, and the outcome says so); the output folder is checked writable before the first scene;
 a scene's JSON, GeoJSON and overlay are published together (renamed into place after all of
 them were written, the JSON last), so a JSON never exists without its overlay.
+
+When the detector is pipelined (a device backend, or ``--pipelined``), a worker thread begins
+the next scene while the network runs the current one: it opens it (for PNG, JPEG and BMP the
+whole decode), finds its clip range and prepares its first batch of network inputs
+(:meth:`~sarbridge.runtime.detector.ScenePipeline.begin`). For a stream of chips that is all
+the host work before the network. Two decoded scenes are then in memory at once, so a board
+short of memory may need it off (``--no-pipelined``). A scene's reported seconds include its
+beginning, wherever it ran.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from sarbridge.runtime.detector import Detector, SceneResult
+from sarbridge.runtime.detector import BegunScene, Detector, SceneResult
 from sarbridge.runtime.errors import DataError, SarbridgeError
 from sarbridge.runtime.fileio import atomic_group, writable_dir
 from sarbridge.runtime.imageio import IMAGE_SUFFIXES, image_size
@@ -80,6 +90,33 @@ def _unique(paths: list[Path]) -> list[Path]:
     return out
 
 
+def _lower_priority() -> None:
+    """Run this (worker) thread at a lower priority where the OS allows it (Linux: a thread's
+    nice value), so that beginning the next scene takes the CPU the current scene leaves idle
+    (while a device runs its network) rather than slowing the current scene on a board with
+    few cores."""
+    import os
+    import threading
+
+    with contextlib.suppress(AttributeError, OSError):  # no per-thread priority here
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+
+
+def _begin_scene(detector: Detector, path: Path, fresh: bool) -> tuple[BegunScene, int, float]:
+    """``path`` begun by ``detector`` (opened, planned, the first batch prepared; in a new
+    array when ``fresh``: it is begun on a worker thread), its tile count and the seconds it
+    took. The header is checked against the limits and the tile plan before any pixel is
+    decoded."""
+    t0 = time.perf_counter()
+    h, w = image_size(path)
+    tiles = len(detector.plan(h, w, path))
+    return detector.begin(path, fresh_inputs=fresh), tiles, time.perf_counter() - t0
+
+
+# what a bad scene may raise: reported in its outcome, and the other scenes go on
+SCENE_ERRORS = (SarbridgeError, OSError, ValueError, MemoryError)
+
+
 def detect_scenes(
     inputs: list[str | Path],
     detector: Detector,
@@ -88,6 +125,7 @@ def detect_scenes(
     geojson: bool = True,
     progress: bool = True,
     on_outcome: Callable[[SceneOutcome], None] | None = None,
+    prefetch: bool | None = None,
 ) -> list[SceneOutcome]:
     """Run ``detector`` over every scene; write ``<name>.json`` (+ ``.geojson``, ``.overlay.png``).
 
@@ -97,6 +135,8 @@ def detect_scenes(
     Args:
         on_outcome: called with each scene's outcome as soon as it is known (the CLI prints
             it); without it a failed scene is printed above the progress bar.
+        prefetch: open the next scene on a worker thread while the current one runs (see the
+            module docstring); None: when ``detector.pipelined``.
 
     Raises:
         SarbridgeError: no image files in ``inputs``, or ``out_dir`` cannot be written (checked
@@ -116,46 +156,84 @@ def detect_scenes(
         "tiling": detector.manifest["tiling"],
     }
     outcomes = []
+    prefetch = detector.pipelined if prefetch is None else prefetch
+    pool = (
+        ThreadPoolExecutor(1, thread_name_prefix="sarbridge-read", initializer=_lower_priority)
+        if prefetch
+        else None
+    )
+    pending: Future | None = pool.submit(_begin_scene, detector, paths[0], True) if pool else None
     scenes = tqdm(paths, desc="scenes", unit="scene", disable=not progress or len(paths) < 2)
-    for path, name in zip(scenes, output_names(paths), strict=True):
-        t0 = time.perf_counter()
-        renamed = f" (written as {name}: another scene of this run is called {path.stem})"
-        renamed = renamed if name != path.stem else ""
-        try:
-            h, w = image_size(path)
-            tiles = len(detector.plan(h, w, path))
-            with tqdm(
-                total=tiles, desc=path.name, unit="tile", leave=False, disable=not progress
-            ) as bar:
-                result = detector.detect(path, progress=bar)
-            t1 = time.perf_counter()
-            written = _publish(result, detector, out_dir, name, info | {"source": str(path)},
-                               overlay=overlay, geojson=geojson)  # fmt: skip
-            result.timings["write"] = time.perf_counter() - t1
-            seconds = time.perf_counter() - t0
-            outcome = SceneOutcome(
-                path,
-                True,
-                f"{len(result)} ships, {result.tiles} tiles, {seconds:.1f} s{renamed}",
-                written,
-                result,
-                seconds,
-                name,
-            )
-        except (SarbridgeError, OSError, ValueError, MemoryError) as exc:
-            if isinstance(exc, DataError) and exc.path == path:
-                message = exc.reason  # the line names the scene already
-            elif isinstance(exc, MemoryError):
-                message = f"{type(exc).__name__}: {exc}"
-            else:
-                message = str(exc)
-            outcome = SceneOutcome(path, False, message, [], None, time.perf_counter() - t0, name)
-            if on_outcome is None:
-                scenes.write(f"FAILED {path}: {message}")
-        outcomes.append(outcome)
-        if on_outcome is not None:
-            on_outcome(outcome)
+    opening: Future | None = None
+    try:
+        for k, (path, name) in enumerate(zip(scenes, output_names(paths), strict=True)):
+            opening = pending
+            if pool is not None:  # the next scene begins while this one runs
+                nxt = paths[k + 1] if k + 1 < len(paths) else None
+                pending = pool.submit(_begin_scene, detector, nxt, True) if nxt else None
+            outcome = _run_scene(detector, path, name, opening, out_dir, info, overlay, geojson,
+                                 progress, scenes if on_outcome is None else None)  # fmt: skip
+            opening = None
+            outcomes.append(outcome)
+            if on_outcome is not None:
+                on_outcome(outcome)
+    finally:
+        if pool is not None:
+            # interrupted: close what the worker opened (closing twice does nothing; a scene
+            # that failed to begin holds nothing)
+            for begun in (opening, pending):
+                if begun is not None and not begun.cancel():
+                    with contextlib.suppress(Exception):
+                        begun.result()[0].close()
+            pool.shutdown()
     return outcomes
+
+
+def _run_scene(
+    detector: Detector, path: Path, name: str, opening: Future | None, out_dir: Path,
+    info: dict, overlay: bool, geojson: bool, progress: bool, report,
+) -> SceneOutcome:  # fmt: skip
+    """One scene: begin it (or take it from ``opening``), finish it, publish its outputs; a
+    failure becomes the outcome (printed through ``report`` when given)."""
+    from tqdm import tqdm
+
+    t0 = time.perf_counter()
+    renamed = f" (written as {name}: another scene of this run is called {path.stem})"
+    renamed = renamed if name != path.stem else ""
+    try:
+        begun, tiles, begin_s = (
+            opening.result() if opening is not None else _begin_scene(detector, path, False)
+        )
+        if opening is not None:  # begun on the worker, meanwhile: its time counts for this scene
+            t0 -= begin_s
+        with tqdm(
+            total=tiles, desc=path.name, unit="tile", leave=False, disable=not progress
+        ) as bar:
+            result = detector.finish(begun, progress=bar)  # closes the scene
+        t1 = time.perf_counter()
+        written = _publish(result, detector, out_dir, name, info | {"source": str(path)},
+                           overlay=overlay, geojson=geojson)  # fmt: skip
+        result.timings["write"] = time.perf_counter() - t1
+        seconds = time.perf_counter() - t0
+        return SceneOutcome(
+            path,
+            True,
+            f"{len(result)} ships, {result.tiles} tiles, {seconds:.1f} s{renamed}",
+            written,
+            result,
+            seconds,
+            name,
+        )
+    except SCENE_ERRORS as exc:
+        if isinstance(exc, DataError) and exc.path == path:
+            message = exc.reason  # the line names the scene already
+        elif isinstance(exc, MemoryError):
+            message = f"{type(exc).__name__}: {exc}"
+        else:
+            message = str(exc)
+        if report is not None:
+            report.write(f"FAILED {path}: {message}")
+        return SceneOutcome(path, False, message, [], None, time.perf_counter() - t0, name)
 
 
 def _publish(

@@ -55,7 +55,10 @@ def test_detect_large_real_scene_without_torch(edge_artifact, data, tmp_path):
     assert not (tmp_path / "vv2.geojson").exists()  # a JPEG quick-look has no georeferencing
 
 
-def test_bad_scene_in_a_folder_is_reported_and_the_rest_written(edge_artifact, data, tmp_path):
+@pytest.mark.parametrize("pipelined", [False, True], ids=["sequential", "pipelined"])
+def test_bad_scene_in_a_folder_is_reported_and_the_rest_written(
+    edge_artifact, data, tmp_path, pipelined
+):
     scenes = tmp_path / "scenes"
     scenes.mkdir()
     good = data / "SSDD" / "JPEGImages" / "000001.jpg"
@@ -65,7 +68,8 @@ def test_bad_scene_in_a_folder_is_reported_and_the_rest_written(edge_artifact, d
     out = tmp_path / "out"
     out.mkdir()
     (out / "c_good.json").write_text("{}")  # an earlier result is replaced atomically
-    r = _detect(scenes, "--model", edge_artifact, "--out", out, "--no-progress")
+    extra = ["--pipelined"] if pipelined else []  # pipelined: the next scene opens meanwhile
+    r = _detect(scenes, "--model", edge_artifact, "--out", out, "--no-progress", *extra)
     assert r.returncode == 1
     assert "b_truncated.jpg" in r.stdout and "FAILED" in r.stdout
     assert "2 of 3 scenes written" in r.stdout
@@ -74,6 +78,33 @@ def test_bad_scene_in_a_folder_is_reported_and_the_rest_written(edge_artifact, d
         assert json.loads((out / name).read_text())["images"][0]["file_name"] == name.replace(
             ".json", ".jpg"
         )
+
+
+def test_beginning_the_next_scene_meanwhile_writes_the_same_files(edge_artifact, data, tmp_path):
+    import importlib.util
+
+    from sarbridge.runtime.detector import Detector
+    from sarbridge.runtime.scenes import detect_scenes
+
+    jpegs = sorted((data / "SSDD" / "JPEGImages").glob("*.jpg"))[:4]
+    scenes = [jpegs[0], tmp_path / "missing.jpg", *jpegs[1:], tmp_path / "last_missing.png"]
+    if importlib.util.find_spec("rasterio"):  # a GeoTIFF: opened on the worker, read here
+        from test_imageio import _geotiff
+
+        speckle = np.random.default_rng(0).gamma(1.0, 300.0, (300, 260)).astype(np.uint16)
+        scenes.insert(2, _geotiff(tmp_path / "geo.tif", speckle))
+    detector = Detector.from_artifact(edge_artifact, threads=1, score_threshold=0.01)
+    files = {}
+    for prefetch in (False, True):
+        out = tmp_path / f"out_{prefetch}"
+        outcomes = detect_scenes(scenes, detector, out, progress=False, prefetch=prefetch)
+        assert [o.ok for o in outcomes] == [p.exists() for p in scenes], [o.message for o in outcomes]
+        assert "no such file" in outcomes[1].message and "no such file" in outcomes[-1].message
+        assert all(o.result.timings["read"] > 0 for o in outcomes if o.ok)
+        files[prefetch] = {
+            p.name: json.loads(p.read_text()) for p in sorted(out.iterdir())
+        }  # COCO JSON, and GeoJSON for the GeoTIFF
+    assert files[True] == files[False] and len(files[True]) >= 4
 
 
 def test_manifest_hash_mismatch_is_refused(edge_artifact, tmp_path, data):

@@ -152,18 +152,16 @@ def test_geotiff_georeferencing_from_tags(tmp_path):
         np.testing.assert_allclose(y, [4100000, 4099000])
 
 
-def test_geotiff_through_rasterio(tmp_path):
+def _geotiff(path, arr):
     rasterio = pytest.importorskip("rasterio", reason="the 'geo' extra (rasterio) is not installed")
     from rasterio.transform import from_origin
 
-    arr = np.arange(120 * 80, dtype=np.uint16).reshape(120, 80)
-    path = tmp_path / "g.tif"
     with rasterio.open(
         path,
         "w",
         driver="GTiff",
-        height=120,
-        width=80,
+        height=arr.shape[0],
+        width=arr.shape[1],
         count=1,
         dtype="uint16",
         crs="EPSG:32633",
@@ -174,9 +172,30 @@ def test_geotiff_through_rasterio(tmp_path):
         compress="deflate",
     ) as ds:
         ds.write(arr, 1)
+    return path
+
+
+def test_geotiff_through_rasterio(tmp_path):
+    arr = np.arange(120 * 80, dtype=np.uint16).reshape(120, 80)
+    path = _geotiff(tmp_path / "g.tif", arr)
     with open_raster(path) as r:
         assert type(r).__name__ == "_RasterioRaster"
         assert r.georef.crs == "EPSG:32633"
         np.testing.assert_array_equal(r.read(10, 20, 70, 50), arr[10:80, 20:70])
         x, y = r.georef.pixel_to_map(np.array([10]), np.array([4]))
         assert (x[0], y[0]) == (300050, 4999980)
+
+
+def test_a_geotiff_opened_on_one_thread_is_read_and_closed_on_another(tmp_path):
+    """`sarbridge detect` begins the next scene on a worker and finishes it on the main thread."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    arr = np.arange(120 * 80, dtype=np.uint16).reshape(120, 80)
+    path = _geotiff(tmp_path / "g.tif", arr)
+    with ThreadPoolExecutor(1) as pool:
+        r = pool.submit(open_raster, path).result()
+    assert type(r).__name__ == "_RasterioRaster"
+    np.testing.assert_array_equal(r.read(10, 20, 70, 50), arr[10:80, 20:70])
+    r.close()
+    r.close()  # a second close does nothing
+

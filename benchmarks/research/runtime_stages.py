@@ -13,7 +13,9 @@ c. a cProfile of the host part of one SSDD pass: the backend's outputs of pass (
 d. with ``--overlap``: each large scene run sequentially and ``pipelined`` against a stand-in
    device: a backend that returns the real backend's recorded outputs after sleeping for the
    time the real one took (the CPU is free meanwhile, as when a GPU or NPU runs the network),
-   so the host work the pipelined mode hides behind the network shows even on one core.
+   so the host work the pipelined mode hides behind the network shows even on one core; and the
+   SSDD test images through ``detect_scenes`` (COCO JSON written, as ``sarbridge detect`` over a
+   folder) against the same stand-in, with and without beginning the next image meanwhile.
 
 With ``--save-dets`` the detections of every image and scene go to an .npz; ``--check-dets``
 compares them with such a file (same count, boxes and scores within ``--atol``), the check that
@@ -102,7 +104,7 @@ class Replay:
     """A stand-in backend that returns recorded outputs in order (the host part alone)."""
 
     def __init__(self, backend, recorded: list):
-        self.max_batch = backend.max_batch
+        self.max_batch, self.description = backend.max_batch, backend.description
         self._recorded = recorded
         self._next = 0
 
@@ -120,6 +122,7 @@ class Recorder:
 
     def __init__(self, backend):
         self.backend, self.max_batch, self.recorded = backend, backend.max_batch, []
+        self.description = backend.description
         self.seconds: list[float] = []
 
     def run(self, batch):
@@ -176,6 +179,41 @@ def overlap_rows(det, scenes, reps: int = 3) -> list[dict]:
         self.backend.close()
 
 
+def overlap_ssdd_rows(det, images: list[Path], out_dir: Path, reps: int = 3) -> list[dict]:
+    """The SSDD images through ``detect_scenes`` against a :class:`StandInDevice`: wall time per
+    image with and without beginning the next image while the current one runs (``prefetch``)."""
+    from sarbridge.runtime.scenes import detect_scenes
+
+    real, pipelined = det.backend, det.pipelined
+    det.pipelined = False  # one tile per chip: the tile pipeline has nothing to overlap
+    recorder = Recorder(real)
+    det.backend = recorder
+    detect_scenes(images, det, out_dir / "recorded", progress=False, prefetch=False)
+    walls: dict[bool, list[float]] = {False: [], True: []}
+    for rep in range(reps):
+        for prefetch in (False, True) if rep % 2 == 0 else (True, False):
+            det.backend = StandInDevice(real, recorder.recorded, recorder.seconds)
+            t0 = time.perf_counter()
+            detect_scenes(images, det, out_dir / f"{rep}_{prefetch}", progress=False,
+                          prefetch=prefetch)  # fmt: skip
+            walls[prefetch].append(time.perf_counter() - t0)
+    det.backend, det.pipelined = real, pipelined
+    n, device = len(images), sum(recorder.seconds)
+    rows = []
+    for prefetch, w in walls.items():
+        wall = statistics.median(w)
+        rows.append(
+            {
+                "name": f"SSDD {n} img, {'next begun meanwhile' if prefetch else 'sequential'}",
+                "wall_ms": 1e3 * wall / n,
+                "device_ms": 1e3 * device / n,
+                "not_hidden_ms": 1e3 * (wall - device) / n,
+                "outside_share": (wall - device) / wall,
+            }
+        )
+    return rows
+
+
 def compare(saved: dict, current: dict, atol: float) -> list[str]:
     """Differences between two {key: (boxes, scores, labels)} sets; empty when identical."""
     bad = []
@@ -209,7 +247,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pipelined", action="store_true", help="Detector(pipelined=True)")
     ap.add_argument("--no-profile", action="store_true", help="skip the cProfile pass (c)")
     ap.add_argument(
-        "--overlap", action="store_true", help="large scenes against a stand-in device (d)"
+        "--overlap",
+        action="store_true",
+        help="large scenes and the SSDD images against a stand-in device (d)",
     )
     ap.add_argument("--json", type=Path, help="write the results here")
     ap.add_argument("--save-dets", type=Path, help="write every detection set to this .npz")
@@ -295,11 +335,12 @@ def main(argv: list[str] | None = None) -> int:
         pipelined = det.pipelined
         overlap = overlap_rows(det, args.scenes)
         det.pipelined = pipelined
-        print("\nlarge scenes against a stand-in device (network time slept, CPU free), medians:")
-        print(f"{'':<34}{'wall':>10}{'device':>10}{'not hidden':>12}{'share':>8}")
+        overlap += overlap_ssdd_rows(det, images, out_dir)
+        print("\nagainst a stand-in device (network time slept, CPU free), medians (SSDD: per image):")
+        print(f"{'':<40}{'wall':>10}{'device':>10}{'not hidden':>12}{'share':>8}")
         for r in overlap:
             print(
-                f"{r['name']:<34}{r['wall_ms']:>10.1f}{r['device_ms']:>10.1f}"
+                f"{r['name']:<40}{r['wall_ms']:>10.1f}{r['device_ms']:>10.1f}"
                 f"{r['not_hidden_ms']:>12.1f}{r['outside_share']:>8.1%}"
             )
 

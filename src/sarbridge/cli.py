@@ -644,8 +644,9 @@ def _add_detect(sub: argparse._SubParsersAction) -> None:
         "--pipelined",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="prepare the next tiles while the backend runs the current ones (default: on when "
-        "the network runs on a GPU/NPU, off on the CPU)",
+        help="prepare the next tiles, and begin the next scene, while the backend runs the "
+        "current ones; two decoded scenes are then in memory (default: on when the network "
+        "runs on a GPU/NPU, off on the CPU)",
     )
     det.set_defaults(func=_run_detect)
 
