@@ -105,8 +105,8 @@ def dense_dfl_candidates(
     Each side's distance in strides is the expectation of bin values 0 .. R-1 under the
     softmax of its logits (at least 1e-3, as the training evaluation's log-distance form), so
     the boxes equal :func:`dense_candidates` on that form. It is computed for the candidate
-    rows only: in the graph it ran on every grid point (about a quarter of the INT8 zoo
-    detector's OpenVINO time, benchmarks/results/dfl_decode)."""
+    rows only: in the graph it ran on every grid point (28 % of the INT8 zoo
+    detector's OpenVINO layer time, benchmarks/results/dfl_decode)."""
     raw = np.asarray(raw, dtype=np.float32)
     width = 4 * int(box_bins)
     if raw.ndim != 2 or raw.shape[0] <= width or raw.shape[1] != len(points):
