@@ -360,3 +360,24 @@ def test_latency_blocks_times_each_pair_in_rounds(edge_artifact, data, tmp_path)
     for r in rows:
         assert len(r["round_medians_ms"]) == 2
         assert 0 < r["min_round_ms"] <= r["median_ms"] <= r["max_round_ms"]
+
+
+def test_the_pytorch_row_outputs_what_a_dense_dfl_graph_outputs():
+    """The bench's PyTorch row of a DFL model: the bin logits, channels first, as its graph."""
+    np = pytest.importorskip("numpy")
+    pytest.importorskip("torch")
+    pytest.importorskip("onnxruntime")
+    from sarbridge.benchmarks.torch_backend import TorchBackend
+    from sarbridge.runtime.backends import open_backend
+    from sarbridge.runtime.manifest import load_manifest
+    from sarbridge.runtime.zoo import resolve_artifact
+
+    folder = resolve_artifact("zoo:ssdd_edge_det")
+    manifest = load_manifest(folder)
+    assert manifest["postprocessing"]["decode"] == "dense_dfl"
+    model = folder / manifest["model"]["file"]
+    x = np.random.default_rng(0).random((1, 1, 512, 512), dtype=np.float32)
+    graph = open_backend("onnxruntime", model, manifest, threads=1).run(x)[0]
+    eager = TorchBackend(model, manifest, threads=1).run(x)[0]
+    assert eager.shape == graph.shape == (1, 4 * 16 + 1, 5376)
+    np.testing.assert_allclose(eager, graph, atol=1e-3)
