@@ -458,3 +458,27 @@ def test_int8_of_an_artifact_without_its_run(edge_artifact, tmp_path, data):
         compress("fp16", art, tmp_path / "fp16", data=str(voc), progress=False)
     with pytest.raises(CompressError, match="takes an FP32 ONNX detector"):
         compress("int8", out, tmp_path / "again", data=str(voc), progress=False)
+
+
+def test_the_qdq_export_of_a_dfl_head_outputs_its_bins_channels_first(tmp_path):
+    """QAT's Q/DQ export of a distribution (DFL) head writes what its FP32 parent's graph does
+    (decode dense_dfl): the bin logits and class logits, channels first."""
+    from types import SimpleNamespace
+
+    import onnxruntime as ort
+    import torch
+
+    from sarbridge.compress.qat import export_qdq, quantized_model
+    from sarbridge.train.models.registry import build_detector
+
+    torch.manual_seed(0)
+    model = build_detector("edge_det", num_classes=1, box_bins=16).eval()
+    inputs = np.random.default_rng(0).random((4, 1, 128, 128), dtype=np.float32)
+    qmodel = quantized_model(SimpleNamespace(model=model), "onnxruntime", inputs)
+    path = export_qdq(qmodel, torch.from_numpy(inputs[:1]), tmp_path / "q.onnx", True)
+    raw = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        None, {"images": inputs[:2]}
+    )[0]
+    points = sum((128 // s) ** 2 for s in (8, 16, 32))
+    assert raw.shape == (2, 4 * 16 + 1, points)
+    assert "QuantizeLinear" in {n.op_type for n in onnx.load(str(path)).graph.node}
