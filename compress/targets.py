@@ -88,10 +88,10 @@ SCHEMES: dict[str, QuantScheme] = {
         quantize_conv_outputs=True,
         quantize_bias=False,
         why="NNCF's own placement and preset for OpenVINO's CPU plugin (symmetric, per-channel "
-        "weights, signedness per tensor); run with the openvino backend. The in-graph box "
-        "decode (softmax over distance bins, expectation) stays in float: NNCF quantizes its "
-        "Exp/Mul/Div inputs by default, which cost the zoo detector 4 points of test AP50:95 "
-        "(0.504 against 0.537 with them in float).",
+        "weights, signedness per tensor); run with the openvino backend. A graph that still "
+        "holds a box decode (softmax over distance bins, exported before dense_dfl) keeps it "
+        "in float: NNCF quantizes its Exp/Mul/Div inputs by default, which cost the zoo "
+        "detector 4 points of test AP50:95 (0.504 against 0.537 with them in float).",
         float_op_types=("Exp", "ReduceSum", "ReduceMax", "Sub", "Div", "Mul", "Log", "Clip"),
     ),
     "tensorrt": QuantScheme(

@@ -397,11 +397,14 @@ def scene_settings(manifest: dict) -> dict:
 
 def runs_on_device(backend) -> bool:
     """True when ``backend`` runs the network on a device (GPU, NPU) rather than the host CPU:
-    its first onnxruntime provider is not the CPU one, or its OpenVINO device is not ``CPU``."""
+    its first onnxruntime provider is not the CPU one, its OpenVINO (or TensorRT) device is not
+    ``CPU``, or its torch device is not the CPU."""
     providers = getattr(backend, "providers", None)
     if providers:
         return providers[0] != "CPUExecutionProvider"
     device = getattr(backend, "device", None)
+    if hasattr(device, "type"):  # a torch.device (the bench's PyTorch backend)
+        return device.type != "cpu"
     return isinstance(device, str) and not device.upper().startswith("CPU")
 
 

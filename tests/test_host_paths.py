@@ -230,3 +230,19 @@ def test_a_worker_error_reaches_the_caller():
     scene = np.zeros((150, 230), np.uint8)
     with pytest.raises(RuntimeError, match="tile failed"):
         Broken(pipelined=True).detect(scene)
+
+
+def test_which_backends_count_as_a_device():
+    """`--pipelined` defaults on where the network runs off the host CPU."""
+    from types import SimpleNamespace
+
+    from sarbridge.runtime.detector import runs_on_device
+
+    assert runs_on_device(SimpleNamespace(providers=["CUDAExecutionProvider", "CPUExecutionProvider"]))
+    assert not runs_on_device(SimpleNamespace(providers=["CPUExecutionProvider"]))
+    assert runs_on_device(SimpleNamespace(providers=None, device="GPU"))  # TensorRT, OpenVINO GPU
+    assert runs_on_device(SimpleNamespace(device="NPU")) and runs_on_device(SimpleNamespace(device="DLA0"))
+    assert not runs_on_device(SimpleNamespace(device="CPU"))
+    assert runs_on_device(SimpleNamespace(device=SimpleNamespace(type="cuda")))  # torch.device
+    assert not runs_on_device(SimpleNamespace(device=SimpleNamespace(type="cpu")))
+    assert not runs_on_device(SimpleNamespace())

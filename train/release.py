@@ -242,7 +242,9 @@ def write_tables(root: str | Path | None = None, readme: str | Path | None = Non
         "`zoo:<name>` wherever a run or an artifact is accepted (`--init`, `--from`, `--model`, "
         "`--models`); every file is checked against its sha256 in `zoo.json` first. Accuracy is "
         "measured through the deployed path (`sarbridge bench`, ONNX Runtime on the CPU named "
-        "below); a model is replaced only by a better one (git history keeps every version).",
+        "below); a model is replaced only by a better one, or by a new export of its own "
+        "checkpoint (the same weights; its bench figures are measured again with `sarbridge zoo "
+        "measure`); git history keeps every version.",
         "",
         table,
         "",
