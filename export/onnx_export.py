@@ -78,12 +78,11 @@ class DenseExport(nn.Module):
 
     def __init__(self, model: nn.Module, channels_first: bool = False):
         super().__init__()
-        self.net = fold_batchnorm(model)
-        self.channels_first = channels_first
+        folded = fold_batchnorm(model)
+        self.net = ChannelsFirst(folded) if channels_first else folded
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        raw = self.net(images)
-        return raw.transpose(1, 2) if self.channels_first else raw
+        return self.net(images)
 
 
 class BoxesExport(nn.Module):

@@ -102,15 +102,15 @@ def _lower_priority() -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
 
 
-def _begin_scene(detector: Detector, path: Path, fresh: bool) -> tuple[BegunScene, int, float]:
+def _begin_scene(detector: Detector, path: Path, fresh: bool) -> tuple[BegunScene, float]:
     """``path`` begun by ``detector`` (opened, planned, the first batch prepared; in a new
-    array when ``fresh``: it is begun on a worker thread), its tile count and the seconds it
-    took. The header is checked against the limits and the tile plan before any pixel is
-    decoded."""
+    array when ``fresh``: it is begun on a worker thread) and the seconds it took. The header
+    is checked against the limits and the tile plan before any pixel is decoded (a PNG or JPEG
+    is decoded whole when it is opened)."""
     t0 = time.perf_counter()
     h, w = image_size(path)
-    tiles = len(detector.plan(h, w, path))
-    return detector.begin(path, fresh_inputs=fresh), tiles, time.perf_counter() - t0
+    detector.plan(h, w, path)
+    return detector.begin(path, fresh_inputs=fresh), time.perf_counter() - t0
 
 
 # what a bad scene may raise: reported in its outcome, and the other scenes go on
@@ -201,13 +201,14 @@ def _run_scene(
     renamed = f" (written as {name}: another scene of this run is called {path.stem})"
     renamed = renamed if name != path.stem else ""
     try:
-        begun, tiles, begin_s = (
+        begun, begin_s = (
             opening.result() if opening is not None else _begin_scene(detector, path, False)
         )
         if opening is not None:  # begun on the worker, meanwhile: its time counts for this scene
             t0 -= begin_s
         with tqdm(
-            total=tiles, desc=path.name, unit="tile", leave=False, disable=not progress
+            total=len(begun.tiles), desc=path.name, unit="tile", leave=False,
+            disable=not progress,
         ) as bar:
             result = detector.finish(begun, progress=bar)  # closes the scene
         t1 = time.perf_counter()

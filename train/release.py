@@ -70,7 +70,7 @@ def release(
     root = Path(root) if root is not None else zoo_dir()
     index = load_index(root) if (root / INDEX).is_file() else {"models": []}
     loaded = load_model(source)
-    metrics = dict(loaded.lineage[-1].get("metrics") or {}) if loaded.lineage else {}
+    metrics = _metrics(loaded)
     primary = PRIMARY[loaded.task]
     old = next((m for m in index["models"] if m["name"] == name), None)
     better = old is None or metrics.get(primary, -1) > old.get("metrics", {}).get(primary, -1)
@@ -83,7 +83,7 @@ def release(
         if same:  # keep the released file (and the sha256 that lineages name) and what it says
             shutil.copyfile(root / old["files"]["checkpoint"]["path"], ckpt)
             loaded = load_model(ckpt)
-            metrics = dict(loaded.lineage[-1].get("metrics") or {}) if loaded.lineage else {}
+            metrics = _metrics(loaded)
         if not (better or same):
             raise ZooError(
                 f"zoo model {name!r} has {primary} {old['metrics'].get(primary)}; {source} has "
@@ -141,6 +141,11 @@ def release(
             shutil.rmtree(stage, ignore_errors=True)
     write_tables(root)
     return entry
+
+
+def _metrics(loaded) -> dict:
+    """The metrics a loaded model's last lineage step recorded (none without a lineage)."""
+    return dict(loaded.lineage[-1].get("metrics") or {}) if loaded.lineage else {}
 
 
 def _same_weights(a: Path, b: Path) -> bool:

@@ -14,7 +14,7 @@ as spread and hits every pair alike.
         zoo:ssdd_edge_det@onnxruntime artifacts/ssdd_edge_det_int8_openvino@openvino \\
         --threads 2 --rounds 7 --json latency.json
 
-The input is the first SSDD test image through the runtime's preprocessing and letterbox.
+The input is the first SSDD test image as the deployed pipeline prepares it (its first tile).
 Only the network is timed (``backend.run``), not reading, preprocessing or decoding.
 """
 
@@ -25,8 +25,6 @@ import json
 import statistics
 import time
 from pathlib import Path
-
-import numpy as np
 
 
 def parse_pair(text: str) -> tuple[str, str]:
@@ -39,19 +37,10 @@ def parse_pair(text: str) -> tuple[str, str]:
     return artifact, backend
 
 
-def network_input(manifest: dict, data: Path) -> np.ndarray:
-    """[1, C, S, S]: the first SSDD test image as the deployed pipeline hands it to the network."""
-    from sarbridge.runtime.decode import letterbox
-    from sarbridge.runtime.imageio import read_image
-    from sarbridge.runtime.manifest import preprocess_of
-    from sarbridge.runtime.preprocess import clip_range, preprocess, to_single_channel
-
-    params, size = preprocess_of(manifest)
+def first_test_image(data: Path) -> Path:
+    """The first image of the SSDD test split."""
     first = (data / "SSDD" / "ImageSets" / "Main" / "test.txt").read_text().split()[0]
-    path = data / "SSDD" / "JPEGImages" / f"{first}.jpg"
-    image = to_single_channel(read_image(path), path)
-    x = preprocess(image, params, clip_range(image, params, path), path)
-    return letterbox(x, size)[0][None].astype(np.float32)
+    return data / "SSDD" / "JPEGImages" / f"{first}.jpg"
 
 
 def _rounds(opened, medians, rounds: int, warmup: int, iterations: int) -> None:
@@ -70,16 +59,15 @@ def _rounds(opened, medians, rounds: int, warmup: int, iterations: int) -> None:
 
 
 def measure(pairs, threads: int, rounds: int, warmup: int, iterations: int, data: Path) -> list:
-    from sarbridge.runtime.backends import open_backend
-    from sarbridge.runtime.manifest import load_manifest
-    from sarbridge.runtime.zoo import resolve_artifact
+    from sarbridge.runtime.detector import Detector
 
-    opened = []
+    image, opened = first_test_image(data), []
     for artifact, backend in pairs:
-        folder = Path(resolve_artifact(artifact))
-        manifest = load_manifest(folder)
-        be = open_backend(backend, folder / manifest["model"]["file"], manifest, threads=threads)
-        opened.append((artifact, backend, be, network_input(manifest, data)))
+        det = Detector.from_artifact(artifact, backend=backend, threads=threads)
+        # the network input the deployed pipeline makes of the image (its first tile)
+        begun = det.begin(image, fresh_inputs=True)
+        begun.close()
+        opened.append((artifact, backend, det.backend, begun.first[0][:1]))
     medians = [[] for _ in opened]
     try:
         _rounds(opened, medians, rounds, warmup, iterations)

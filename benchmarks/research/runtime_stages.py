@@ -146,6 +146,31 @@ class StandInDevice(Replay):
         return super().run(batch)
 
 
+def _alternating(run, reps: int) -> dict[bool, list[float]]:
+    """Wall seconds of ``run(flag)`` for flag False and True, ``reps`` times each, the order
+    alternating from one repetition to the next."""
+    walls: dict[bool, list[float]] = {False: [], True: []}
+    for rep in range(reps):
+        for flag in (False, True) if rep % 2 == 0 else (True, False):
+            t0 = time.perf_counter()
+            run(flag)
+            walls[flag].append(time.perf_counter() - t0)
+    return walls
+
+
+def _overlap_row(name: str, walls: list[float], device: float, per: int = 1) -> dict:
+    """A row of the stand-in device table: the median wall time against the device's time,
+    both divided by ``per`` (e.g. per image)."""
+    wall = statistics.median(walls)
+    return {
+        "name": name,
+        "wall_ms": 1e3 * wall / per,
+        "device_ms": 1e3 * device / per,
+        "not_hidden_ms": 1e3 * (wall - device) / per,
+        "outside_share": (wall - device) / wall,
+    }
+
+
 def overlap_rows(det, scenes, reps: int = 3) -> list[dict]:
     """Wall time of each scene against a :class:`StandInDevice`, sequential and pipelined."""
     real, rows = det.backend, []
@@ -154,29 +179,18 @@ def overlap_rows(det, scenes, reps: int = 3) -> list[dict]:
         det.backend = recorder
         det.pipelined = False
         det.detect(scene)
-        walls: dict[bool, list[float]] = {False: [], True: []}
-        for rep in range(reps):
-            for pipelined in (False, True) if rep % 2 == 0 else (True, False):
-                det.backend = StandInDevice(real, recorder.recorded, recorder.seconds)
-                det.pipelined = pipelined
-                walls[pipelined].append(timed_detect(det, scene)[1])
+
+        def run(pipelined, scene=scene, recorder=recorder):
+            det.backend = StandInDevice(real, recorder.recorded, recorder.seconds)
+            det.pipelined = pipelined
+            timed_detect(det, scene)
+
         device = sum(recorder.seconds)
-        for pipelined, w in walls.items():
-            wall = statistics.median(w)
-            rows.append(
-                {
-                    "name": f"{scene.name} {'pipelined' if pipelined else 'sequential'}",
-                    "wall_ms": 1e3 * wall,
-                    "device_ms": 1e3 * device,
-                    "not_hidden_ms": 1e3 * (wall - device),
-                    "outside_share": (wall - device) / wall,
-                }
-            )
+        for pipelined, w in _alternating(run, reps).items():
+            name = f"{scene.name} {'pipelined' if pipelined else 'sequential'}"
+            rows.append(_overlap_row(name, w, device))
     det.backend = real
     return rows
-
-    def close(self):
-        self.backend.close()
 
 
 def overlap_ssdd_rows(det, images: list[Path], out_dir: Path, reps: int = 3) -> list[dict]:
@@ -189,29 +203,20 @@ def overlap_ssdd_rows(det, images: list[Path], out_dir: Path, reps: int = 3) -> 
     recorder = Recorder(real)
     det.backend = recorder
     detect_scenes(images, det, out_dir / "recorded", progress=False, prefetch=False)
-    walls: dict[bool, list[float]] = {False: [], True: []}
-    for rep in range(reps):
-        for prefetch in (False, True) if rep % 2 == 0 else (True, False):
-            det.backend = StandInDevice(real, recorder.recorded, recorder.seconds)
-            t0 = time.perf_counter()
-            detect_scenes(images, det, out_dir / f"{rep}_{prefetch}", progress=False,
-                          prefetch=prefetch)  # fmt: skip
-            walls[prefetch].append(time.perf_counter() - t0)
+    runs = iter(range(2 * reps))
+
+    def run(prefetch):
+        det.backend = StandInDevice(real, recorder.recorded, recorder.seconds)
+        detect_scenes(images, det, out_dir / f"run{next(runs)}", progress=False,
+                      prefetch=prefetch)  # fmt: skip
+
+    walls = _alternating(run, reps)
     det.backend, det.pipelined = real, pipelined
     n, device = len(images), sum(recorder.seconds)
-    rows = []
-    for prefetch, w in walls.items():
-        wall = statistics.median(w)
-        rows.append(
-            {
-                "name": f"SSDD {n} img, {'next begun meanwhile' if prefetch else 'sequential'}",
-                "wall_ms": 1e3 * wall / n,
-                "device_ms": 1e3 * device / n,
-                "not_hidden_ms": 1e3 * (wall - device) / n,
-                "outside_share": (wall - device) / wall,
-            }
-        )
-    return rows
+    return [
+        _overlap_row(f"SSDD {n} img, {'next begun meanwhile' if p else 'sequential'}", w, device, n)
+        for p, w in walls.items()
+    ]
 
 
 def compare(saved: dict, current: dict, atol: float) -> list[str]:
