@@ -103,6 +103,30 @@ class BegunScene:
             self.raster.close()
 
 
+@dataclass
+class InferredScene:
+    """A scene the network has run on (:meth:`ScenePipeline.infer`), before its last batch is
+    decoded and its tiles merged: :meth:`result` does that, possibly on another thread (a writer
+    worker decodes this scene while the network runs the next one). Holds one batch of raw
+    network outputs, not the scene's pixels (it is closed already)."""
+
+    pipeline: ScenePipeline
+    path: str | None
+    height: int
+    width: int
+    tiles: list
+    georef: GeoRef | None
+    per_tile: list  # detections of the tiles decoded already, in tile pixels
+    last: tuple  # the last batch's raw network outputs and how each tile was fitted
+    timings: dict[str, float]
+
+    def result(self) -> SceneResult:
+        """Decode the last batch and merge the tiles: the scene's detections."""
+        raw, boxes_back = self.last
+        self.pipeline._decode_batch(raw, boxes_back, self.per_tile, self.timings)
+        return self.pipeline._merge(self)
+
+
 class ScenePipeline:
     """Whole scenes through tiles: reads, one clip range per scene, tiles letterboxed into the
     network input, :meth:`run_inputs` in batches, detections back to scene pixels, cross-tile
@@ -152,6 +176,16 @@ class ScenePipeline:
         """Network inputs [B, C, S, S] -> per input (boxes, scores, labels) in input pixels."""
         raise NotImplementedError
 
+    def run_network(self, inputs: np.ndarray, timings: dict | None = None):
+        """The network alone on a batch: raw outputs that :meth:`decode_outputs` turns into
+        :meth:`run_inputs`' detections, possibly later and on another thread (they must not
+        share memory the next run overwrites). By default the network and decode together."""
+        return self.run_inputs(inputs, timings)
+
+    def decode_outputs(self, raw, timings: dict | None = None) -> list:
+        """:meth:`run_network`'s raw outputs -> per input (boxes, scores, labels)."""
+        return raw
+
     # ------------------------------------------------------------ scenes
 
     def detect(self, scene, progress=None) -> SceneResult:
@@ -192,8 +226,13 @@ class ScenePipeline:
     def finish(self, begun: BegunScene, progress=None) -> SceneResult:
         """The network, decode and merge of a scene :meth:`begin` prepared; closes what it
         opened."""
+        return self.infer(begun, progress).result()
+
+    def infer(self, begun: BegunScene, progress=None) -> InferredScene:
+        """The network on every batch of a scene :meth:`begin` prepared, each batch decoded but
+        the last; closes what it opened. :meth:`InferredScene.result` does the rest."""
         try:
-            return self._finish(begun, progress)
+            return self._infer(begun, progress)
         finally:
             begun.close()
 
@@ -252,10 +291,9 @@ class ScenePipeline:
         first = self._prepare_batch(raster, whole, batches[0], lo_hi, timings, out)
         return BegunScene(raster, owned, tiles, whole, lo_hi, batches, first, timings)
 
-    def _finish(self, begun: BegunScene, progress) -> SceneResult:
+    def _infer(self, begun: BegunScene, progress) -> InferredScene:
         raster, tiles, whole, lo_hi = begun.raster, begun.tiles, begun.whole, begun.lo_hi
         batches, timings = begun.batches, begun.timings
-        H, W = raster.height, raster.width
         pipelined = self.pipelined and len(batches) > 1
         # batch 0 was prepared by begin(): the others alternate between this thread's arrays
         buffers = self._input_buffers(2 if pipelined else 1, len(batches[0]))
@@ -266,7 +304,18 @@ class ScenePipeline:
             out = None if buffers is None else buffers[i % len(buffers)][: len(batches[i])]
             return self._prepare_batch(raster, whole, batches[i], lo_hi, stage_times, out)
 
-        per_tile = []
+        per_tile: list = []
+        last = None  # the previous batch's raw outputs: decoded once the next batch has run
+
+        def run(inputs, boxes_back):
+            nonlocal last
+            raw = self.run_network(inputs, timings)
+            if progress is not None:
+                progress.update(len(boxes_back))
+            if last is not None:
+                self._decode_batch(*last, per_tile, timings)
+            last = (raw, boxes_back)
+
         if pipelined:
             # the worker prepares batch i + 1 (into the other buffer) while the network runs batch i
             worker_times = dict.fromkeys(STAGES, 0.0)
@@ -276,37 +325,60 @@ class ScenePipeline:
                     inputs, boxes_back = pending.result()
                     if i + 1 < len(batches):
                         pending = pool.submit(prepare, i + 1, worker_times)
-                    self._run_batch(inputs, boxes_back, per_tile, timings, progress)
+                    run(inputs, boxes_back)
             for stage in ("read", "preprocess"):
                 timings[stage] += worker_times[stage]
         else:
             for i in range(len(batches)):
-                inputs, boxes_back = prepare(i, timings)
-                self._run_batch(inputs, boxes_back, per_tile, timings, progress)
+                run(*prepare(i, timings))
+        return InferredScene(
+            self,
+            str(raster.path) if raster.path is not None else None,
+            raster.height,
+            raster.width,
+            tiles,
+            raster.georef,
+            per_tile,
+            last,
+            timings,
+        )
+
+    def _decode_batch(self, raw, boxes_back, per_tile: list, timings: dict) -> None:
+        """One batch's raw network outputs decoded, the detections back to tile pixels onto
+        ``per_tile``."""
+        dets = self.decode_outputs(raw, timings)
         t0 = time.perf_counter()
-        if len(tiles) == 1:
+        per_tile.extend(
+            (lb.to_image(b), s, lab) for (b, s, lab), lb in zip(dets, boxes_back, strict=True)
+        )
+        timings["decode"] += time.perf_counter() - t0
+
+    def _merge(self, scene: InferredScene) -> SceneResult:
+        """The tiles' detections merged into the scene's."""
+        t0, per_tile, timings = time.perf_counter(), scene.per_tile, scene.timings
+        if len(scene.tiles) == 1:
             boxes, scores, labels = per_tile[0]
             order = np.argsort(-scores, kind="stable")[: self.max_detections]
             boxes, scores, labels = boxes[order], scores[order], labels[order]
         else:
             boxes, scores, labels = merge_tile_detections(
-                tiles,
+                scene.tiles,
                 per_tile,
-                (H, W),
+                (scene.height, scene.width),
                 self.iou_threshold,
                 max_detections=self.max_detections,
                 pre_merge_top_k=10 * self.max_detections,
             )
         timings["merge"] += time.perf_counter() - t0
         return SceneResult(
-            str(raster.path) if raster.path is not None else None,
-            H,
-            W,
+            scene.path,
+            scene.height,
+            scene.width,
             boxes.astype(np.float32),
             scores.astype(np.float32),
             labels.astype(np.int64),
-            len(tiles),
-            raster.georef,
+            len(scene.tiles),
+            scene.georef,
             timings,
         )
 
@@ -363,17 +435,6 @@ class ScenePipeline:
             image = preprocess(pixels, self.params, lo_hi, path)
             letterbox(image, self.input_size, out=out, align=align, fill=fill)
         return box
-
-    def _run_batch(self, inputs, boxes_back, per_tile: list, timings: dict, progress) -> None:
-        """The network and decode on one batch; detections back to tile pixels onto ``per_tile``."""
-        dets = self.run_inputs(inputs, timings)
-        t0 = time.perf_counter()
-        per_tile.extend(
-            (lb.to_image(b), s, lab) for (b, s, lab), lb in zip(dets, boxes_back, strict=True)
-        )
-        timings["decode"] += time.perf_counter() - t0
-        if progress is not None:
-            progress.update(len(boxes_back))
 
 
 def scene_settings(manifest: dict) -> dict:
@@ -526,22 +587,32 @@ class Detector(ScenePipeline):
             labels[keep].astype(np.int64),
         )
 
-    def run_inputs(self, inputs: np.ndarray, timings: dict | None = None) -> list:
-        out = []
+    def run_network(self, inputs: np.ndarray, timings: dict | None = None) -> list:
+        """The backend on ``inputs`` in chunks of the batch size, every view (plain, then
+        flips): per chunk, its size and each view's outputs (arrays the backend no longer uses)."""
+        raw, model_s = [], 0.0
         for start in range(0, len(inputs), self.batch_size):
             chunk = inputs[start : start + self.batch_size]
-            views, model_s = [], 0.0
+            views = []
             for flip in (None, *self.flips):
                 x = chunk if flip is None else flip_inputs(chunk, flip)
                 t0 = time.perf_counter()
                 views.append(self.backend.run(x))
                 model_s += time.perf_counter() - t0
-            t1 = time.perf_counter()
-            out.extend(self._decode(views, k) for k in range(len(chunk)))
-            if timings is not None:
-                timings["model"] += model_s
-                timings["decode"] += time.perf_counter() - t1
+            raw.append((len(chunk), views))
+        if timings is not None:
+            timings["model"] += model_s
+        return raw
+
+    def decode_outputs(self, raw: list, timings: dict | None = None) -> list:
+        t0 = time.perf_counter()
+        out = [self._decode(views, k) for n, views in raw for k in range(n)]
+        if timings is not None:
+            timings["decode"] += time.perf_counter() - t0
         return out
+
+    def run_inputs(self, inputs: np.ndarray, timings: dict | None = None) -> list:
+        return self.decode_outputs(self.run_network(inputs, timings), timings)
 
     def close(self) -> None:
         self.backend.close()

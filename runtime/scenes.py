@@ -10,9 +10,12 @@ When the detector is pipelined (a device backend, or ``--pipelined``), a worker 
 the next scene while the network runs the current one: it opens it (for PNG, JPEG and BMP the
 whole decode), finds its clip range and prepares its first batch of network inputs
 (:meth:`~sarbridge.runtime.detector.ScenePipeline.begin`). For a stream of chips that is all
-the host work before the network. Two decoded scenes are then in memory at once, so a board
-short of memory may need it off (``--no-pipelined``). A scene's reported seconds include its
-beginning, wherever it ran.
+the host work before the network. A second worker decodes the last batch of network outputs,
+merges the tiles and writes the files of the scene before, also while the network runs
+(:meth:`~sarbridge.runtime.detector.InferredScene.result`); its outcome is reported once the
+next scene's network has run. Two decoded scenes are then in memory at once, so a board short
+of memory may need it off (``--no-pipelined``). A scene's reported seconds include its
+beginning and its writing, wherever they ran.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from sarbridge.runtime.detector import BegunScene, Detector, SceneResult
+from sarbridge.runtime.detector import BegunScene, Detector, InferredScene, SceneResult
 from sarbridge.runtime.errors import DataError, SarbridgeError
 from sarbridge.runtime.fileio import atomic_group, writable_dir
 from sarbridge.runtime.imageio import IMAGE_SUFFIXES, image_size
@@ -157,84 +160,127 @@ def detect_scenes(
     }
     outcomes = []
     prefetch = detector.pipelined if prefetch is None else prefetch
-    pool = (
-        ThreadPoolExecutor(1, thread_name_prefix="sarbridge-read", initializer=_lower_priority)
-        if prefetch
-        else None
-    )
+    pool = writer = None
+    if prefetch:
+        pool = ThreadPoolExecutor(1, "sarbridge-read", initializer=_lower_priority)
+        writer = ThreadPoolExecutor(1, "sarbridge-write", initializer=_lower_priority)
     pending: Future | None = pool.submit(_begin_scene, detector, paths[0], True) if pool else None
     scenes = tqdm(paths, desc="scenes", unit="scene", disable=not progress or len(paths) < 2)
+    report = scenes if on_outcome is None else None
     opening: Future | None = None
+    writing: Future | None = None  # the previous scene's outputs, written meanwhile
+
+    def record(outcome: SceneOutcome) -> None:
+        if not outcome.ok and report is not None:
+            report.write(f"FAILED {outcome.path}: {outcome.message}")
+        outcomes.append(outcome)
+        if on_outcome is not None:
+            on_outcome(outcome)
+
     try:
         for k, (path, name) in enumerate(zip(scenes, output_names(paths), strict=True)):
             opening = pending
             if pool is not None:  # the next scene begins while this one runs
                 nxt = paths[k + 1] if k + 1 < len(paths) else None
                 pending = pool.submit(_begin_scene, detector, nxt, True) if nxt else None
-            outcome = _run_scene(detector, path, name, opening, out_dir, info, overlay, geojson,
-                                 progress, scenes if on_outcome is None else None)  # fmt: skip
+            scene = _SceneRun(path, name, detector, out_dir, info, overlay, geojson)
+            done = scene.detect(opening, progress)
             opening = None
-            outcomes.append(outcome)
-            if on_outcome is not None:
-                on_outcome(outcome)
+            if writing is not None:  # in order: the previous scene's outcome first
+                record(writing.result())
+                writing = None
+            if done is not None:  # failed
+                record(done)
+            elif writer is not None:
+                writing = writer.submit(scene.write)
+            else:
+                record(scene.write())
+        if writing is not None:
+            record(writing.result())
+            writing = None
     finally:
         if pool is not None:
             # interrupted: close what the worker opened (closing twice does nothing; a scene
-            # that failed to begin holds nothing)
+            # that failed to begin holds nothing), and let a write under way finish
             for begun in (opening, pending):
                 if begun is not None and not begun.cancel():
                     with contextlib.suppress(Exception):
                         begun.result()[0].close()
             pool.shutdown()
+            writer.shutdown()
     return outcomes
 
 
-def _run_scene(
-    detector: Detector, path: Path, name: str, opening: Future | None, out_dir: Path,
-    info: dict, overlay: bool, geojson: bool, progress: bool, report,
-) -> SceneOutcome:  # fmt: skip
-    """One scene: begin it (or take it from ``opening``), finish it, publish its outputs; a
-    failure becomes the outcome (printed through ``report`` when given)."""
-    from tqdm import tqdm
+class _SceneRun:
+    """One scene: begun (or taken from the worker that began it), the network run on it, its
+    detections decoded and its outputs published. :meth:`detect` (up to the network) and
+    :meth:`write` (the rest) run apart so that, when scenes are pipelined, a worker decodes and
+    writes this scene while the network runs the next one. A failure becomes the outcome."""
 
-    t0 = time.perf_counter()
-    renamed = f" (written as {name}: another scene of this run is called {path.stem})"
-    renamed = renamed if name != path.stem else ""
-    try:
-        begun, begin_s = (
-            opening.result() if opening is not None else _begin_scene(detector, path, False)
-        )
-        if opening is not None:  # begun on the worker, meanwhile: its time counts for this scene
-            t0 -= begin_s
-        with tqdm(
-            total=len(begun.tiles), desc=path.name, unit="tile", leave=False,
-            disable=not progress,
-        ) as bar:
-            result = detector.finish(begun, progress=bar)  # closes the scene
-        t1 = time.perf_counter()
-        written = _publish(result, detector, out_dir, name, info | {"source": str(path)},
-                           overlay=overlay, geojson=geojson)  # fmt: skip
-        result.timings["write"] = time.perf_counter() - t1
-        seconds = time.perf_counter() - t0
-        return SceneOutcome(
-            path,
-            True,
-            f"{len(result)} ships, {result.tiles} tiles, {seconds:.1f} s{renamed}",
-            written,
-            result,
-            seconds,
-            name,
-        )
-    except SCENE_ERRORS as exc:
-        if isinstance(exc, DataError) and exc.path == path:
+    def __init__(self, path: Path, name: str, detector: Detector, out_dir: Path, info: dict,
+                 overlay: bool, geojson: bool):  # fmt: skip
+        self.path, self.name, self.detector = path, name, detector
+        self.out_dir, self.info, self.overlay, self.geojson = out_dir, info, overlay, geojson
+        self.inferred: InferredScene | None = None
+        self.t0 = time.perf_counter()
+
+    def failed(self, exc: BaseException) -> SceneOutcome:
+        if isinstance(exc, DataError) and exc.path == self.path:
             message = exc.reason  # the line names the scene already
         elif isinstance(exc, MemoryError):
             message = f"{type(exc).__name__}: {exc}"
         else:
             message = str(exc)
-        if report is not None:
-            report.write(f"FAILED {path}: {message}")
-        return SceneOutcome(path, False, message, [], None, time.perf_counter() - t0, name)
+        return SceneOutcome(self.path, False, message, [], None, self.seconds(), self.name)
+
+    def seconds(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def detect(self, opening: Future | None, progress: bool) -> SceneOutcome | None:
+        """Detect; None when it worked, the failed outcome otherwise."""
+        from tqdm import tqdm
+
+        try:
+            begun, begin_s = (
+                opening.result()
+                if opening is not None
+                else _begin_scene(self.detector, self.path, False)
+            )
+            if opening is not None:  # begun on the worker, meanwhile: its time counts here
+                self.t0 -= begin_s
+            with tqdm(
+                total=len(begun.tiles), desc=self.path.name, unit="tile", leave=False,
+                disable=not progress,
+            ) as bar:
+                self.inferred = self.detector.infer(begun, progress=bar)  # closes the scene
+        except SCENE_ERRORS as exc:
+            return self.failed(exc)
+        return None
+
+    def write(self) -> SceneOutcome:
+        """Decode the detected scene's last batch, merge its tiles and publish its outputs: its
+        outcome."""
+        try:
+            result = self.inferred.result()
+            t1 = time.perf_counter()
+            written = _publish(result, self.detector, self.out_dir, self.name,
+                               self.info | {"source": str(self.path)},
+                               overlay=self.overlay, geojson=self.geojson)  # fmt: skip
+            result.timings["write"] = time.perf_counter() - t1
+        except SCENE_ERRORS as exc:
+            return self.failed(exc)
+        renamed = f" (written as {self.name}: another scene of this run is called {self.path.stem})"
+        renamed = renamed if self.name != self.path.stem else ""
+        seconds = self.seconds()
+        return SceneOutcome(
+            self.path,
+            True,
+            f"{len(result)} ships, {result.tiles} tiles, {seconds:.1f} s{renamed}",
+            written,
+            result,
+            seconds,
+            self.name,
+        )
 
 
 def _publish(

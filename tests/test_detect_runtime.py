@@ -107,6 +107,32 @@ def test_beginning_the_next_scene_meanwhile_writes_the_same_files(edge_artifact,
     assert files[True] == files[False] and len(files[True]) >= 4
 
 
+def test_a_scene_whose_files_cannot_be_written_is_reported_and_the_others_go_on(
+    edge_artifact, data, tmp_path
+):
+    """With scenes pipelined, a worker decodes and writes each scene while the network runs the
+    next: a write that fails is still that scene's outcome, in order, and nothing is lost."""
+    from sarbridge.runtime.detector import Detector
+    from sarbridge.runtime.scenes import detect_scenes
+
+    jpegs = sorted((data / "SSDD" / "JPEGImages").glob("*.jpg"))[:3]
+    detector = Detector.from_artifact(edge_artifact, threads=1, score_threshold=0.01)
+    for prefetch in (False, True):
+        out = tmp_path / f"out_{prefetch}"
+        blocker = out / f"{jpegs[1].stem}.json"  # a folder where the scene's JSON would go
+        blocker.mkdir(parents=True)
+        (blocker / "kept.txt").write_text("mine")
+        seen = []
+        outcomes = detect_scenes(
+            jpegs, detector, out, progress=False, prefetch=prefetch, on_outcome=seen.append
+        )
+        assert [o.path for o in outcomes] == jpegs and seen == outcomes
+        assert [o.ok for o in outcomes] == [True, False, True], [o.message for o in outcomes]
+        assert str(blocker) in outcomes[1].message
+        assert (blocker / "kept.txt").read_text() == "mine"
+        assert sorted(p.name for p in out.iterdir()) == sorted(f"{p.stem}.json" for p in jpegs)
+
+
 def test_manifest_hash_mismatch_is_refused(edge_artifact, tmp_path, data):
     art = tmp_path / "art"
     shutil.copytree(edge_artifact, art)

@@ -14,8 +14,10 @@ d. with ``--overlap``: each large scene run sequentially and ``pipelined`` again
    device: a backend that returns the real backend's recorded outputs after sleeping for the
    time the real one took (the CPU is free meanwhile, as when a GPU or NPU runs the network),
    so the host work the pipelined mode hides behind the network shows even on one core; and the
-   SSDD test images through ``detect_scenes`` (COCO JSON written, as ``sarbridge detect`` over a
-   folder) against the same stand-in, with and without beginning the next image meanwhile.
+   SSDD test images, then two copies of each large scene (tiles pipelined), through
+   ``detect_scenes`` (COCO JSON written, as ``sarbridge detect`` over a folder) against the same
+   stand-in, with and without the next scene begun (and the previous one decoded and written)
+   meanwhile.
 
 With ``--save-dets`` the detections of every image and scene go to an .npz; ``--check-dets``
 compares them with such a file (same count, boxes and scores within ``--atol``), the check that
@@ -193,13 +195,18 @@ def overlap_rows(det, scenes, reps: int = 3) -> list[dict]:
     return rows
 
 
-def overlap_ssdd_rows(det, images: list[Path], out_dir: Path, reps: int = 3) -> list[dict]:
-    """The SSDD images through ``detect_scenes`` against a :class:`StandInDevice`: wall time per
-    image with and without beginning the next image while the current one runs (``prefetch``)."""
+def overlap_folder_rows(
+    det, images: list[Path], out_dir: Path, label: str, reps: int = 3, tiles_pipelined=False
+) -> list[dict]:
+    """Images through ``detect_scenes`` (as ``sarbridge detect`` over a folder) against a
+    :class:`StandInDevice`: wall time per image with and without the next image begun, and the
+    previous one decoded and written, while the network runs the current one (``prefetch``).
+    ``tiles_pipelined``: the tile pipeline within a scene too (it has nothing to overlap in a
+    one-tile chip)."""
     from sarbridge.runtime.scenes import detect_scenes
 
     real, pipelined = det.backend, det.pipelined
-    det.pipelined = False  # one tile per chip: the tile pipeline has nothing to overlap
+    det.pipelined = tiles_pipelined
     recorder = Recorder(real)
     det.backend = recorder
     detect_scenes(images, det, out_dir / "recorded", progress=False, prefetch=False)
@@ -214,9 +221,23 @@ def overlap_ssdd_rows(det, images: list[Path], out_dir: Path, reps: int = 3) -> 
     det.backend, det.pipelined = real, pipelined
     n, device = len(images), sum(recorder.seconds)
     return [
-        _overlap_row(f"SSDD {n} img, {'next begun meanwhile' if p else 'sequential'}", w, device, n)
+        _overlap_row(f"{label}, {'next begun meanwhile' if p else 'sequential'}", w, device, n)
         for p, w in walls.items()
     ]
+
+
+def scene_copies(scenes: list[Path], copies: int, folder: Path) -> list[Path]:
+    """``copies`` copies of every scene in ``folder``, interleaved (a, b, a, b): one file given
+    twice is run once by ``detect_scenes``, and in a folder of scenes the first has no scene
+    before it to overlap with."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for k in range(copies):
+        for scene in scenes:
+            dest = folder / f"{k}_{scene.name}"
+            shutil.copyfile(scene, dest)
+            out.append(dest)
+    return out
 
 
 def compare(saved: dict, current: dict, atol: float) -> list[str]:
@@ -340,7 +361,12 @@ def main(argv: list[str] | None = None) -> int:
         pipelined = det.pipelined
         overlap = overlap_rows(det, args.scenes)
         det.pipelined = pipelined
-        overlap += overlap_ssdd_rows(det, images, out_dir)
+        overlap += overlap_folder_rows(det, images, out_dir / "ssdd", f"SSDD {len(images)} img")
+        if args.scenes:
+            folder = scene_copies(args.scenes, 2, out_dir / "scene_copies")
+            overlap += overlap_folder_rows(
+                det, folder, out_dir / "scenes", f"{len(folder)} large scenes", tiles_pipelined=True
+            )
         print("\nagainst a stand-in device (network time slept, CPU free), medians (SSDD: per image):")
         print(f"{'':<40}{'wall':>10}{'device':>10}{'not hidden':>12}{'share':>8}")
         for r in overlap:
