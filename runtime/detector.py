@@ -88,7 +88,7 @@ class BegunScene:
     """A scene :meth:`ScenePipeline.begin` opened, planned and prepared the first batch of."""
 
     raster: Raster
-    owned: bool  # opened by begin(): closed by finish()
+    owned: bool  # opened by begin(): closed by infer() (or finish())
     tiles: list
     whole: np.ndarray | None  # the scene's pixels when it is one tile
     lo_hi: tuple[float, float]
@@ -117,30 +117,35 @@ class InferredScene:
     tiles: list
     georef: GeoRef | None
     per_tile: list  # detections of the tiles decoded already, in tile pixels
-    last: tuple  # the last batch's raw network outputs and how each tile was fitted
+    last: tuple | None  # the last batch's raw network outputs and how each tile was fitted
     timings: dict[str, float]
+    _result: SceneResult | None = None
 
     def result(self) -> SceneResult:
-        """Decode the last batch and merge the tiles: the scene's detections."""
-        raw, boxes_back = self.last
-        self.pipeline._decode_batch(raw, boxes_back, self.per_tile, self.timings)
-        return self.pipeline._merge(self)
+        """Decode the last batch and merge the tiles: the scene's detections (made once)."""
+        if self._result is None:
+            raw, boxes_back = self.last
+            self.pipeline._decode_batch(raw, boxes_back, self.per_tile, self.timings)
+            self.last = None  # decoded: the raw outputs are not needed again
+            self._result = self.pipeline._merge(self)
+        return self._result
 
 
 class ScenePipeline:
     """Whole scenes through tiles: reads, one clip range per scene, tiles letterboxed into the
-    network input, :meth:`run_inputs` in batches, detections back to scene pixels, cross-tile
-    merge. The deployed :class:`Detector` and the training evaluation on large scenes are both
-    this pipeline; they differ only in how :meth:`run_inputs` runs the network.
+    network input, :meth:`run_network` in batches and :meth:`decode_outputs`, detections back to
+    scene pixels, cross-tile merge. The deployed :class:`Detector` and the training evaluation
+    on large scenes are both this pipeline; they differ only in how the network runs
+    (:meth:`run_inputs`: network and decode together, or the two apart).
 
     ``pipelined``: read and prepare the next batch of tiles on a worker thread while
-    :meth:`run_inputs` runs the current one (two batches of inputs in memory instead of one).
+    :meth:`run_network` runs the current one (two batches of inputs in memory instead of one).
     Worth it where the network runs on a device (GPU, NPU) or on other cores than the host work
     and releases the GIL; the detections are the same either way. The stage timings then
     overlap: read and preprocess run during model.
 
-    Tiles are preprocessed and letterboxed straight into the batch array :meth:`run_inputs`
-    gets. A subclass whose :meth:`run_inputs` does not keep that array past its return sets
+    Tiles are preprocessed and letterboxed straight into the batch array :meth:`run_network`
+    gets. A subclass whose :meth:`run_network` does not keep that array past its return sets
     ``reuse_inputs``: the batch arrays are then kept (per thread) and filled again for every
     batch and scene, instead of fresh memory (and its page faults) each time.
     """

@@ -13,8 +13,9 @@ whole decode), finds its clip range and prepares its first batch of network inpu
 the host work before the network. A second worker decodes the last batch of network outputs,
 merges the tiles and writes the files of the scene before, also while the network runs
 (:meth:`~sarbridge.runtime.detector.InferredScene.result`); its outcome is reported once the
-next scene's network has run. Two decoded scenes are then in memory at once, so a board short
-of memory may need it off (``--no-pipelined``). A scene's reported seconds include its
+next scene's network has run. Two decoded scenes are then in memory at once (three with an
+overlay, which reads its scene again), so a board short of memory may need it off
+(``--no-pipelined``). A scene's reported seconds include its
 beginning and its writing, wherever they ran.
 """
 
@@ -95,9 +96,9 @@ def _unique(paths: list[Path]) -> list[Path]:
 
 def _lower_priority() -> None:
     """Run this (worker) thread at a lower priority where the OS allows it (Linux: a thread's
-    nice value), so that beginning the next scene takes the CPU the current scene leaves idle
-    (while a device runs its network) rather than slowing the current scene on a board with
-    few cores."""
+    nice value), so that beginning the next scene and writing the one before take the CPU the
+    current scene leaves idle (while a device runs its network) rather than slowing the current
+    scene on a board with few cores."""
     import os
     import threading
 
@@ -136,10 +137,12 @@ def detect_scenes(
     others go on; results of finished scenes are already on disk (atomic writes).
 
     Args:
-        on_outcome: called with each scene's outcome as soon as it is known (the CLI prints
-            it); without it a failed scene is printed above the progress bar.
-        prefetch: open the next scene on a worker thread while the current one runs (see the
-            module docstring); None: when ``detector.pipelined``.
+        on_outcome: called with each scene's outcome, in order, as soon as it is known (the
+            CLI prints it): with ``prefetch``, once the network has run the next scene; without
+            it a failed scene is printed above the progress bar.
+        prefetch: while the network runs a scene, begin the next one and decode and write the
+            one before on two worker threads (see the module docstring); None: when
+            ``detector.pipelined``.
 
     Raises:
         SarbridgeError: no image files in ``inputs``, or ``out_dir`` cannot be written (checked
@@ -200,14 +203,20 @@ def detect_scenes(
             writing = None
     finally:
         if pool is not None:
-            # interrupted: close what the worker opened (closing twice does nothing; a scene
-            # that failed to begin holds nothing), and let a write under way finish
-            for begun in (opening, pending):
-                if begun is not None and not begun.cancel():
+            try:
+                # interrupted: a write under way finishes and its scene is reported
+                if writing is not None:
                     with contextlib.suppress(Exception):
-                        begun.result()[0].close()
-            pool.shutdown()
-            writer.shutdown()
+                        record(writing.result())
+                # close what the worker opened (closing twice does nothing; a scene that
+                # failed to begin holds nothing)
+                for begun in (opening, pending):
+                    if begun is not None and not begun.cancel():
+                        with contextlib.suppress(Exception):
+                            begun.result()[0].close()
+                pool.shutdown()
+            finally:
+                writer.shutdown()  # never left writing while the caller cleans up
     return outcomes
 
 

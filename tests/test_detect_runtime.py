@@ -133,6 +133,37 @@ def test_a_scene_whose_files_cannot_be_written_is_reported_and_the_others_go_on(
         assert sorted(p.name for p in out.iterdir()) == sorted(f"{p.stem}.json" for p in jpegs)
 
 
+def test_scenes_of_many_batches_with_flips_are_the_same_pipelined_or_not(edge_artifact, tmp_path):
+    """A scene's last batch is decoded after the network has run (on the writer worker when
+    scenes are pipelined): the detections of a many-batch scene with test-time flips are those
+    of a plain ``detect`` in every mode."""
+    import shutil
+
+    from PIL import Image
+
+    from sarbridge.runtime.detector import Detector
+    from sarbridge.runtime.scenes import detect_scenes
+
+    rng = np.random.default_rng(1)
+    img = rng.gamma(1.0, 40.0, (360, 400)).clip(0, 255).astype(np.uint8)
+    img[100:108, 150:190], img[250:262, 300:310] = 255, 250  # bright ship-like targets
+    scenes = [tmp_path / "a.png", tmp_path / "b.png"]
+    Image.fromarray(img).save(scenes[0])
+    shutil.copyfile(scenes[0], scenes[1])
+    kw = {"threads": 1, "score_threshold": 0.01, "batch_size": 4, "tta_flips": "h"}
+    plain = Detector.from_artifact(edge_artifact, pipelined=False, **kw)
+    piped = Detector.from_artifact(edge_artifact, pipelined=True, **kw)
+    ref = plain.detect(scenes[0])
+    assert ref.tiles > 2 * 4 and len(ref) > 0  # several batches, something detected
+    for k, (det, prefetch) in enumerate([(plain, False), (plain, True), (piped, True)]):
+        outcomes = detect_scenes(scenes, det, tmp_path / f"out{k}", progress=False,
+                                 prefetch=prefetch)  # fmt: skip
+        for o in outcomes:
+            assert o.ok and len(o.result) == len(ref), (k, o.message)
+            np.testing.assert_allclose(o.result.boxes, ref.boxes, rtol=0, atol=1e-4)
+            np.testing.assert_allclose(o.result.scores, ref.scores, rtol=0, atol=1e-6)
+
+
 def test_manifest_hash_mismatch_is_refused(edge_artifact, tmp_path, data):
     art = tmp_path / "art"
     shutil.copytree(edge_artifact, art)

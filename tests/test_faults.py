@@ -224,10 +224,11 @@ def test_out_that_cannot_be_written_is_refused_before_inference(tmp_path, data, 
     assert res.returncode == 2 and "cannot be written" in res.stderr, res.stderr
 
 
+@pytest.mark.parametrize("mode", ["--no-pipelined", "--pipelined"])
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_interrupted_detect_leaves_no_partial_file(tmp_path, data, zoo_model, sig, code):
+def test_interrupted_detect_leaves_no_partial_file(tmp_path, data, zoo_model, sig, code, mode):
     """Stopped mid-run: no temporary file left, and every JSON has its overlay (published
-    together)."""
+    together); pipelined, also while a worker writes the scene before."""
     scenes = tmp_path / "scenes"
     scenes.mkdir()
     for k in range(1, 41):
@@ -235,7 +236,7 @@ def test_interrupted_detect_leaves_no_partial_file(tmp_path, data, zoo_model, si
     out = tmp_path / "out"
     proc = subprocess.Popen(
         [sys.executable, "-m", "sarbridge", "detect", str(scenes), "--model", str(zoo_model),
-         "--out", str(out), "--overlay", "--threads", "1", "--no-progress"],
+         "--out", str(out), "--overlay", "--threads", "1", "--no-progress", mode],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     deadline = time.time() + 120

@@ -45,6 +45,10 @@ class Backend:
     description = ""
 
     def run(self, batch: np.ndarray) -> list[np.ndarray]:
+        """The network's outputs on ``batch``, as arrays the backend does not use again: they
+        may be decoded on another thread after later runs (a pipelined ``sarbridge detect``
+        decodes a scene while the network runs the next one), so a backend whose runtime
+        reuses output buffers returns copies."""
         raise NotImplementedError
 
     def model_io(self) -> tuple[list[TensorSpec], list[TensorSpec]] | None:
