@@ -221,7 +221,7 @@ def _greedy_to_macs(
             break
         new = count_macs(module, example)[0]
         per_step = max((macs - new) / done, 1)
-        bar.update((macs - new) / 1e6)
+        bar.update((macs - max(new, target)) / 1e6)  # the last step may pass the target
         macs = new
     bar.close()
     for p in pruned.parameters():
