@@ -17,6 +17,8 @@ taskset -c 0 sarbridge compress --method distill --teacher zoo:ssdd_edge_det --f
 # where the scores of a 30 % student lie, and whether re-estimating BatchNorm helps
 python benchmarks/results/prune_pareto/p30_lr/score_range.py runs/edge_p30_kd12_lr3e3_s0
 python benchmarks/results/prune_pareto/p30_lr/bn_reestimate.py runs/edge_p30_kd12_lr3e3_s0
+# why no score passes 0.27: the sign of the class-output weights (also run on the p50 and the zoo)
+python benchmarks/results/prune_pareto/p30_lr/score_ceiling.py runs/edge_p30_kd30_lr3e3_s0
 # started 2026-12-01 01:03 to complete the comparison at lr 3e-3 (finetune seed 0, distill seed 1);
 # if a session stops them, continue each with the same command + --resume
 taskset -c 0 sarbridge compress --method finetune --from runs/edge_p30 --epochs 30 --lr 0.003 \
