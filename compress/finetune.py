@@ -169,7 +169,7 @@ def compress_train_step(
     from sarbridge.train.config import config_hash
     from sarbridge.train.models.layers import input_channels
 
-    from .prune import PruneSettings, changed_layers, prune
+    from .prune import PruneSettings, changed_layers, class_score_ceilings, prune
 
     if method not in TRAINING_METHODS:
         raise CompressError(f"not a training step: {method!r}")
@@ -240,6 +240,14 @@ def compress_train_step(
                     f"({result.macs_kept:.1%}), parameters {result.params_before / 1e6:.2f} M -> "
                     f"{result.params_after / 1e6:.2f} M, {len(changed)} layers narrowed"
                 )
+                for level, top in class_score_ceilings(model).items():
+                    print(
+                        f"    warning: class head level {level} kept no channel with a positive "
+                        f"class weight: its scores cannot pass the sigmoid of its bias ({top:.3f} "
+                        "now) unless fine-tuning grows one back (none did in the runs of "
+                        "benchmarks/results/prune_pareto/p30_lr); choose the student's operating "
+                        "score from its validation precision and recall"
+                    )
                 step = lineage_step(
                     "prune", run_dir.name, parent_ref(loaded.name, loaded.path),
                     config_hash(cfg), tool="torch-pruning",

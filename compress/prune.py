@@ -314,6 +314,23 @@ def prune(
     return pruned.eval(), PruneResult(macs0, macs, params0, params, ratio)
 
 
+def class_score_ceilings(model: nn.Module) -> dict[int, float]:
+    """Levels of a dense detector's class head that can no longer score high: level -> the
+    highest score it can give, for every class-output convolution (``cls_out``, fed by ReLU
+    features, which are never negative) that has no positive weight left. Its logits are then
+    at most its bias, whatever the image. Magnitude pruning is blind to sign and can remove every
+    channel that fed a positive class weight (the zoo detector at 30 % of its MACs:
+    benchmarks/results/prune_pareto/p30_lr). Empty for models without such a head."""
+    heads = getattr(model, "cls_out", None)
+    if not isinstance(heads, nn.ModuleList):
+        return {}
+    capped = {}
+    for level, conv in enumerate(heads):
+        if isinstance(conv, nn.Conv2d) and conv.bias is not None and not (conv.weight > 0).any():
+            capped[level] = float(torch.sigmoid(conv.bias.detach().max()))
+    return capped
+
+
 def changed_layers(before: nn.Module, after: nn.Module) -> dict[str, tuple[int, int]]:
     """Convolutions whose output channels changed: name -> (before, after)."""
     old = {n: m.out_channels for n, m in before.named_modules() if isinstance(m, nn.Conv2d)}
@@ -326,6 +343,7 @@ def changed_layers(before: nn.Module, after: nn.Module) -> dict[str, tuple[int, 
 
 __all__ = [
     "IMPORTANCES",
+    "class_score_ceilings",
     "PruneResult",
     "PruneSettings",
     "changed_layers",

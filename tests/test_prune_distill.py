@@ -90,6 +90,31 @@ def test_pruning_reaches_the_mac_ratio_keeps_protected_layers_and_exports(name, 
         assert set(out[0]) == {"boxes", "scores", "labels"}
 
 
+def test_a_class_head_without_positive_weights_is_reported_with_its_ceiling():
+    """ReLU features are never negative: a class-output convolution with no positive weight
+    cannot score above the sigmoid of its bias, and that is what the check reports."""
+    import copy
+
+    from sarbridge.compress.prune import class_score_ceilings
+    from sarbridge.train.checkpoint import load_model
+
+    model = load_model("zoo:ssdd_edge_det").model
+    assert class_score_ceilings(model) == {}  # the parent keeps positive evidence at every level
+    capped = copy.deepcopy(model)
+    with torch.no_grad():
+        capped.cls_out[1].weight.copy_(-capped.cls_out[1].weight.abs())
+    ceilings = class_score_ceilings(capped)
+    assert list(ceilings) == [1]
+    assert ceilings[1] == pytest.approx(float(torch.sigmoid(capped.cls_out[1].bias.max())))
+    x = torch.rand(2, 1, 256, 256)
+    feats = {}
+    capped.cls_out[1].register_forward_hook(lambda m, i, o: feats.__setitem__("logits", o))
+    with torch.no_grad():
+        capped.eval()(x)
+    assert float(torch.sigmoid(feats["logits"]).max()) <= ceilings[1] + 1e-6
+    assert class_score_ceilings(nn.Conv2d(1, 1, 1)) == {}  # no class head: nothing to say
+
+
 @pytest.mark.parametrize("ratio", [0.75, 0.5, 0.3])
 def test_the_trained_zoo_detector_is_pruned_to_the_requested_macs(ratio):
     from sarbridge.train.checkpoint import load_model
