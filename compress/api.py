@@ -233,6 +233,7 @@ def compress(
     importance: str = "l2",
     global_pruning: bool = True,
     round_to: int = 16,
+    class_evidence: int = 4,
     teacher=None,
     data: str | None = None,
 ) -> dict:
@@ -264,7 +265,7 @@ def compress(
         if method == "prune":
             settings = PruneSettings(
                 ratio, ratio_of=ratio_of, importance=importance, global_pruning=global_pruning,
-                round_to=round_to,
+                round_to=round_to, class_evidence=class_evidence,
             )  # fmt: skip
         return compress_train_step(
             method, source, Path(out), settings=settings, teacher=teacher, epochs=epochs, lr=lr,

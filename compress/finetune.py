@@ -87,13 +87,25 @@ def _test_metrics(lineage: list[dict]) -> dict:
 
 def _finetune_config(cfg, run_name: str, epochs: int, lr: float, seed: int, teacher):
     """The fine-tuning config: the parent's data, model and loss, a short schedule."""
+    import torch
+
+    from sarbridge.train.engine import cpu_has_native_bf16
+
     o = cfg.optim
+    amp = o.amp
+    if amp == "bf16" and not torch.cuda.is_available() and cpu_has_native_bf16() is False:
+        # the parent's bfloat16 steps suited the CPU it trained on; emulated here, they run many
+        # times slower than float32 (one step of the zoo detector's distillation: 35 s on an
+        # AVX2-only CPU)
+        print("    the parent trained with optim.amp=bf16, which this CPU would emulate: "
+              "fine-tuning in float32")  # fmt: skip
+        amp = "fp32"
     return dataclasses.replace(
         cfg,
         name=run_name,
         seed=seed,
         init="random",  # the weights come with the model handed in
-        optim=dataclasses.replace(o, epochs=int(epochs), lr=float(lr),
+        optim=dataclasses.replace(o, epochs=int(epochs), lr=float(lr), amp=amp,
                                   warmup_steps=min(o.warmup_steps, 100)),  # fmt: skip
         augment=dataclasses.replace(
             cfg.augment, close_mosaic=min(cfg.augment.close_mosaic or 0, int(epochs))
@@ -105,7 +117,9 @@ def _finetune_config(cfg, run_name: str, epochs: int, lr: float, seed: int, teac
 def _same_pruning(step: dict, settings, parent: dict, path: Path) -> None:
     """A resumed prune run must be the one asked for: same settings, same parent weights."""
     asked = dataclasses.asdict(settings)
-    if step.get("kind") != "prune" or step.get("settings") != asked:
+    # a run pruned before class_evidence existed ranked by importance alone
+    recorded = {"class_evidence": 0, **(step.get("settings") or {})}
+    if step.get("kind") != "prune" or recorded != asked:
         raise CompressError(
             f"{path} was pruned with {step.get('settings')}, not {asked}: use another --out, "
             "or --overwrite without --resume to prune again"
@@ -229,7 +243,8 @@ def compress_train_step(
                     f"[2] channel pruning to {settings.ratio:.0%} of the {settings.ratio_of} "
                     f"({settings.importance} importance, "
                     f"{'global' if settings.global_pruning else 'per layer'}, "
-                    f"round to {settings.round_to})"
+                    f"round to {settings.round_to}, {settings.class_evidence} channels of each "
+                    "sign kept per class output)"
                 )
                 grads = _taylor_gradients(cfg, seed) if settings.importance == "taylor" else None
                 model, result = prune(loaded.model, x, settings, grads, progress)

@@ -43,6 +43,9 @@ class PruneSettings:
     global_pruning: bool = True
     round_to: int = 16
     max_layer_ratio: float = 0.9  # no layer loses more than this share of its channels
+    # channels of each sign kept per class at every class-output convolution (0: rank by
+    # importance alone); see _ClassEvidence
+    class_evidence: int = 4
 
     def __post_init__(self):
         if not 0 < self.ratio < 1:
@@ -60,6 +63,11 @@ class PruneSettings:
             raise CompressError(f"--round-to must be at least 1, not {self.round_to}")
         if not 0 < self.max_layer_ratio < 1:
             raise CompressError(f"max_layer_ratio must be in (0, 1), not {self.max_layer_ratio}")
+        if not 0 <= self.class_evidence <= self.round_to // 2:
+            raise CompressError(
+                f"--class-evidence must be between 0 and half of --round-to ({self.round_to // 2}), "
+                f"not {self.class_evidence}"
+            )
 
 
 @dataclass
@@ -108,14 +116,61 @@ def count_macs(model: nn.Module, example: torch.Tensor) -> tuple[int, int]:
     return int(macs), int(params)
 
 
-def _importance(name: str):
+def _importance(settings: PruneSettings, model: nn.Module):
+    """The channel importance of ``settings`` for pruning ``model`` (the copy being pruned)."""
     import torch_pruning as tp
 
-    if name == "l2":
-        return tp.importance.GroupMagnitudeImportance(p=2)
-    if name == "bn":
-        return tp.importance.BNScaleImportance()
-    return tp.importance.GroupTaylorImportance()
+    if settings.importance == "l2":
+        base = tp.importance.GroupMagnitudeImportance(p=2)
+    elif settings.importance == "bn":
+        base = tp.importance.BNScaleImportance()
+    else:
+        base = tp.importance.GroupTaylorImportance()
+    heads = class_outputs(model)
+    if settings.class_evidence and heads:
+        return _ClassEvidence(base, heads, settings.class_evidence)
+    return base
+
+
+class _ClassEvidence:
+    """An importance under which each class-output convolution keeps evidence for its class as
+    well as against it: for every class, the ``keep`` most important input channels with a
+    positive weight and the ``keep`` with a negative weight rank above every other channel.
+
+    The class outputs read ReLU features, which are never negative: a level whose remaining
+    weights for a class are all negative scores that class at most at the sigmoid of its bias,
+    on any image. Magnitude is blind to sign; at 30 % of the zoo detector's MACs it removed every
+    channel with a positive class weight at all three levels (0 of 16 left; the parent has 13-21
+    of 64), fine-tuning never brought one back, and no score of the student passed 0.27
+    (benchmarks/results/prune_pareto/p30_lr). Channels of one sign only would, the other way
+    round, put a floor under every score."""
+
+    BONUS = 1e4  # times the group's largest score: above any ranking, global or per layer
+
+    def __init__(self, base, heads: list[nn.Conv2d], keep: int):
+        self.base, self.keep = base, keep
+        self.heads = {id(conv) for conv in heads}
+
+    @torch.no_grad()
+    def __call__(self, group):
+        import torch_pruning as tp
+
+        scores = self.base(group)
+        if scores is None:
+            return None
+        bonus = self.BONUS * max(1.0, float(scores.abs().max()))
+        protected = torch.zeros(len(scores), dtype=torch.bool, device=scores.device)
+        for i, (dep, idxs) in enumerate(group):
+            if id(dep.layer) not in self.heads or dep.pruning_fn != tp.prune_conv_in_channels:
+                continue
+            roots = torch.as_tensor(group[i].root_idxs, device=scores.device)
+            weights = dep.layer.weight.detach()[:, list(map(int, idxs))].flatten(2).sum(2)
+            for row in weights.to(scores.device):  # one class
+                for side in (row > 0, row < 0):
+                    where = torch.nonzero(side).flatten()
+                    best = where[torch.argsort(scores[roots[where]], descending=True)[: self.keep]]
+                    protected[roots[best]] = True
+        return torch.where(protected, scores + bonus, scores)
 
 
 def _prune_copy(model: nn.Module, example, settings: PruneSettings, ratio: float) -> nn.Module:
@@ -128,7 +183,7 @@ def _prune_copy(model: nn.Module, example, settings: PruneSettings, ratio: float
     pruner = tp.pruner.MetaPruner(
         module,
         example,
-        importance=_importance(settings.importance),
+        importance=_importance(settings, pruned),
         pruning_ratio=ratio,
         max_pruning_ratio=settings.max_layer_ratio,
         global_pruning=settings.global_pruning,
@@ -171,7 +226,7 @@ def _greedy_to_macs(
     graph = tp.DependencyGraph().build_dependency(
         module, example, output_transform=_flat_outputs, verbose=False
     )
-    importance = _importance(settings.importance)
+    importance = _importance(settings, pruned)
     widths = dict(
         (name, m.out_channels)
         for name, m in pruning_scope(unpruned)[0].named_modules()
@@ -314,19 +369,26 @@ def prune(
     return pruned.eval(), PruneResult(macs0, macs, params0, params, ratio)
 
 
+def class_outputs(model: nn.Module) -> list[nn.Conv2d]:
+    """The class-output convolutions of a dense detector's head (``cls_out``, one per level,
+    reading ReLU features); empty for models without such a head."""
+    heads = getattr(model, "cls_out", None)
+    if not isinstance(heads, nn.ModuleList):
+        return []
+    return [conv for conv in heads if isinstance(conv, nn.Conv2d)]
+
+
 def class_score_ceilings(model: nn.Module) -> dict[int, float]:
     """Levels of a dense detector's class head that can no longer score high: level -> the
     highest score it can give, for every class-output convolution (``cls_out``, fed by ReLU
     features, which are never negative) that has no positive weight left. Its logits are then
     at most its bias, whatever the image. Magnitude pruning is blind to sign and can remove every
     channel that fed a positive class weight (the zoo detector at 30 % of its MACs:
-    benchmarks/results/prune_pareto/p30_lr). Empty for models without such a head."""
-    heads = getattr(model, "cls_out", None)
-    if not isinstance(heads, nn.ModuleList):
-        return {}
+    benchmarks/results/prune_pareto/p30_lr; PruneSettings.class_evidence prevents it). Empty for
+    models without such a head."""
     capped = {}
-    for level, conv in enumerate(heads):
-        if isinstance(conv, nn.Conv2d) and conv.bias is not None and not (conv.weight > 0).any():
+    for level, conv in enumerate(class_outputs(model)):
+        if conv.bias is not None and not (conv.weight > 0).any():
             capped[level] = float(torch.sigmoid(conv.bias.detach().max()))
     return capped
 
@@ -343,6 +405,7 @@ def changed_layers(before: nn.Module, after: nn.Module) -> dict[str, tuple[int, 
 
 __all__ = [
     "IMPORTANCES",
+    "class_outputs",
     "class_score_ceilings",
     "PruneResult",
     "PruneSettings",

@@ -30,8 +30,8 @@ from .targets import CompressError
 TRAINING = ("prune", "distill", "finetune")
 ARTIFACT = ("int8", "qat", "fp16")
 STEP_OPTIONS = {
-    "prune": {"ratio", "ratio_of", "importance", "global", "round_to", "teacher", "epochs", "lr",
-              "seed"},  # fmt: skip
+    "prune": {"ratio", "ratio_of", "importance", "global", "round_to", "class_evidence",
+              "teacher", "epochs", "lr", "seed"},  # fmt: skip
     "distill": {"teacher", "epochs", "lr", "seed"},
     "finetune": {"epochs", "lr", "seed"},
     "int8": {"target", "calibration_images", "guard_images", "max_ap_drop", "seed"},
@@ -150,6 +150,7 @@ def _check_values(path: Path, k: int, method: str, options: dict) -> None:
                 options["ratio"], ratio_of=options.get("ratio_of", "macs"),
                 importance=options.get("importance", "l2"),
                 global_pruning=options.get("global", True), round_to=options.get("round_to", 16),
+                class_evidence=options.get("class_evidence", 4),
             )  # fmt: skip
         if method in ("int8", "qat"):
             scheme_of(options.get("target", "onnxruntime"))

@@ -115,6 +115,37 @@ def test_a_class_head_without_positive_weights_is_reported_with_its_ceiling():
     assert class_score_ceilings(nn.Conv2d(1, 1, 1)) == {}  # no class head: nothing to say
 
 
+@pytest.mark.slow
+def test_pruning_keeps_evidence_for_and_against_the_class_at_every_level():
+    """Magnitude alone removes every channel with a positive class weight from the zoo detector
+    at 30 % of its MACs (each level then scores below the sigmoid of its bias, whatever the
+    image); class_evidence keeps that many channels of each sign per class output."""
+    from sarbridge.compress.prune import class_outputs, class_score_ceilings
+    from sarbridge.train.checkpoint import load_model
+
+    model = load_model("zoo:ssdd_edge_det").model
+    x = torch.rand(1, 1, 512, 512)
+    blind, _ = prune(model, x, PruneSettings(0.3, class_evidence=0), progress=False)
+    assert sorted(class_score_ceilings(blind)) == [0, 1, 2]
+    kept, result = prune(model, x, PruneSettings(0.3), progress=False)
+    assert abs(result.macs_kept - 0.3) < 0.02, result.as_dict()
+    assert class_score_ceilings(kept) == {}
+    for conv in class_outputs(kept):
+        w = conv.weight.flatten()
+        assert int((w > 0).sum()) >= 4 and int((w < 0).sum()) >= 4, w
+
+
+def test_a_prune_run_recorded_before_class_evidence_resumes_as_importance_alone(tmp_path):
+    from sarbridge.compress.finetune import _same_pruning
+
+    old = {"ratio": 0.3, "ratio_of": "macs", "importance": "l2", "global_pruning": True,
+           "round_to": 16, "max_layer_ratio": 0.9}  # fmt: skip
+    step, parent = {"kind": "prune", "settings": old, "parent": {"sha256": "a"}}, {"sha256": "a"}
+    _same_pruning(step, PruneSettings(0.3, class_evidence=0), parent, tmp_path)
+    with pytest.raises(CompressError, match="was pruned with"):
+        _same_pruning(step, PruneSettings(0.3), parent, tmp_path)
+
+
 @pytest.mark.parametrize("ratio", [0.75, 0.5, 0.3])
 def test_the_trained_zoo_detector_is_pruned_to_the_requested_macs(ratio):
     from sarbridge.train.checkpoint import load_model
@@ -151,6 +182,8 @@ def test_ratio_of_channels_and_per_layer_pruning():
         ({"ratio": 0.5, "importance": "random"}, "--importance"),
         ({"ratio": 0.5, "ratio_of": "flops"}, "--ratio-of"),
         ({"ratio": 0.5, "round_to": 0}, "--round-to"),
+        ({"ratio": 0.5, "class_evidence": -1}, "--class-evidence"),
+        ({"ratio": 0.5, "round_to": 8, "class_evidence": 5}, "--class-evidence"),
     ],
 )
 def test_bad_prune_settings_are_refused(kwargs, message):
@@ -474,3 +507,21 @@ def test_the_gpu_students_stage_runs_each_teacher_kind_and_refuses_bad_lists(tmp
     assert bad.returncode == 2 and "the teacher is m, parent or none" in bad.stderr
     many = _gpu_teachers(tmp_path, STAGE="students", STUDENTS="m:0 m:1 parent:0 parent:1 none:0")
     assert many.returncode == 2 and "at most 4" in many.stderr
+
+
+@pytest.mark.parametrize(("native", "expected"), [(True, "bf16"), (False, "fp32")])
+def test_fine_tuning_keeps_bf16_steps_only_where_the_cpu_has_them(monkeypatch, native, expected):
+    """The zoo detector trained with bfloat16 steps on a CPU with AVX512-BF16; on a CPU that
+    would emulate them (many times slower) its fine-tuning runs in float32."""
+    import dataclasses
+
+    from sarbridge.compress import finetune
+    from sarbridge.train import engine
+    from sarbridge.train.checkpoint import load_model
+
+    cfg = load_model("zoo:ssdd_edge_det").config
+    cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, amp="bf16"))
+    monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    tuned = finetune._finetune_config(cfg, "student", 2, 1e-3, 0, None)
+    assert tuned.optim.amp == expected and tuned.optim.epochs == 2

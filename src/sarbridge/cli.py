@@ -478,6 +478,14 @@ def _add_compress(sub: argparse._SubParsersAction) -> None:
         "at half the MACs, ONNX Runtime ran the 16 model in 13.9 ms, the 8 one in 17.7 ms)",
     )
     c.add_argument(
+        "--class-evidence",
+        type=int,
+        default=4,
+        help="prune: at every class output, this many channels with a positive and as many with "
+        "a negative class weight are kept before any other (default 4; 0: importance alone, "
+        "which can leave a level unable to score above the sigmoid of its bias)",
+    )
+    c.add_argument(
         "--teacher",
         help="distill (and prune's fine-tuning): the teacher, a run folder, checkpoint or "
         "zoo:<name>",
@@ -577,6 +585,7 @@ def _run_compress(args) -> int:
         importance=args.importance,
         global_pruning=args.global_pruning,
         round_to=args.round_to,
+        class_evidence=args.class_evidence,
         teacher=args.teacher,
         data=args.data,
     )
