@@ -85,21 +85,26 @@ def _test_metrics(lineage: list[dict]) -> dict:
     return {k[5:]: v for k, v in metrics.items() if k.startswith("test_")}
 
 
-def _finetune_config(cfg, run_name: str, epochs: int, lr: float, seed: int, teacher):
-    """The fine-tuning config: the parent's data, model and loss, a short schedule."""
+def _finetune_config(
+    cfg, run_name: str, epochs: int, lr: float, seed: int, teacher, amp: str | None = None
+):
+    """The fine-tuning config: the parent's data, model and loss, a short schedule. ``amp``: a
+    resumed run's own (it resumes with the config it started with); by default the parent's,
+    except bfloat16 steps on a CPU that would emulate them."""
     import torch
 
     from sarbridge.train.engine import cpu_has_native_bf16
 
     o = cfg.optim
-    amp = o.amp
-    if amp == "bf16" and not torch.cuda.is_available() and cpu_has_native_bf16() is False:
-        # the parent's bfloat16 steps suited the CPU it trained on; emulated here, they run many
-        # times slower than float32 (one step of the zoo detector's distillation: 35 s on an
-        # AVX2-only CPU)
-        print("    the parent trained with optim.amp=bf16, which this CPU would emulate: "
-              "fine-tuning in float32")  # fmt: skip
-        amp = "fp32"
+    if amp is None:
+        amp = o.amp
+        if amp == "bf16" and not torch.cuda.is_available() and cpu_has_native_bf16() is False:
+            # the parent's bfloat16 steps suited the CPU it trained on; emulated here, they run
+            # many times slower than float32 (one step of the zoo detector's distillation: 35 s
+            # against 5 s on an AVX2-only CPU)
+            print("    the parent trained with optim.amp=bf16, which this CPU would emulate: "
+                  "fine-tuning in float32")  # fmt: skip
+            amp = "fp32"
     return dataclasses.replace(
         cfg,
         name=run_name,
@@ -114,14 +119,28 @@ def _finetune_config(cfg, run_name: str, epochs: int, lr: float, seed: int, teac
     )
 
 
+def _resumed_amp(run_dir: Path) -> str | None:
+    """The ``optim.amp`` a fine-tuning run in ``run_dir`` started with (None: not started)."""
+    import json
+
+    try:
+        record = json.loads((run_dir / "run.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return ((record.get("config") or {}).get("optim") or {}).get("amp")
+
+
 def _same_pruning(step: dict, settings, parent: dict, path: Path) -> None:
     """A resumed prune run must be the one asked for: same settings, same parent weights."""
     asked = dataclasses.asdict(settings)
     # a run pruned before class_evidence existed ranked by importance alone
     recorded = {"class_evidence": 0, **(step.get("settings") or {})}
     if step.get("kind") != "prune" or recorded != asked:
+        hint = ""
+        if {**recorded, "class_evidence": asked.get("class_evidence")} == asked:
+            hint = f" (--class-evidence {recorded['class_evidence']} resumes it)"
         raise CompressError(
-            f"{path} was pruned with {step.get('settings')}, not {asked}: use another --out, "
+            f"{path} was pruned with {recorded}, not {asked}{hint}: use another --out, "
             "or --overwrite without --resume to prune again"
         )
     if (step.get("parent") or {}).get("sha256") != parent["sha256"]:
@@ -260,8 +279,9 @@ def compress_train_step(
                         f"    warning: class head level {level} kept no channel with a positive "
                         f"class weight: its scores cannot pass the sigmoid of its bias ({top:.3f} "
                         "now) unless fine-tuning grows one back (none did in the runs of "
-                        "benchmarks/results/prune_pareto/p30_lr); choose the student's operating "
-                        "score from its validation precision and recall"
+                        "benchmarks/results/prune_pareto/p30_lr); --class-evidence keeps "
+                        "channels of both signs, or choose the student's operating score from "
+                        "its validation precision and recall"
                     )
                 step = lineage_step(
                     "prune", run_dir.name, parent_ref(loaded.name, loaded.path),
@@ -275,7 +295,8 @@ def compress_train_step(
                     _prune_step_checkpoint(loaded, model, ckpt_cfg, lineage, result), pruned_path
                 )
         if epochs:
-            ft_cfg = _finetune_config(cfg, run_dir.name, epochs, lr, seed, teacher)
+            ft_cfg = _finetune_config(cfg, run_dir.name, epochs, lr, seed, teacher,
+                                      amp=_resumed_amp(run_dir) if resuming else None)  # fmt: skip
             how = f"distilled from {teacher}" if teacher else "no teacher"
             print(f"[3] fine-tuning {epochs} epoch(s) at lr {lr:g} ({how}) -> {run_dir}")
             from sarbridge.train.recipes.detect import train_detector

@@ -63,10 +63,11 @@ class PruneSettings:
             raise CompressError(f"--round-to must be at least 1, not {self.round_to}")
         if not 0 < self.max_layer_ratio < 1:
             raise CompressError(f"max_layer_ratio must be in (0, 1), not {self.max_layer_ratio}")
-        if not 0 <= self.class_evidence <= self.round_to // 2:
+        if not isinstance(self.class_evidence, int) or isinstance(self.class_evidence, bool) \
+                or self.class_evidence < 0:  # fmt: skip
             raise CompressError(
-                f"--class-evidence must be between 0 and half of --round-to ({self.round_to // 2}), "
-                f"not {self.class_evidence}"
+                f"--class-evidence must be a whole number of channels, 0 or more, not "
+                f"{self.class_evidence!r}"
             )
 
 
@@ -143,7 +144,8 @@ class _ClassEvidence:
     channel with a positive class weight at all three levels (0 of 16 left; the parent has 13-21
     of 64), fine-tuning never brought one back, and no score of the student passed 0.27
     (benchmarks/results/prune_pareto/p30_lr). Channels of one sign only would, the other way
-    round, put a floor under every score."""
+    round, put a floor under every score. Up to 2 x ``keep`` x classes channels rank first; a
+    layer narrowed below that keeps the most important of them."""
 
     BONUS = 1e4  # times the group's largest score: above any ranking, global or per layer
 
@@ -164,7 +166,8 @@ class _ClassEvidence:
             if id(dep.layer) not in self.heads or dep.pruning_fn != tp.prune_conv_in_channels:
                 continue
             roots = torch.as_tensor(group[i].root_idxs, device=scores.device)
-            weights = dep.layer.weight.detach()[:, list(map(int, idxs))].flatten(2).sum(2)
+            # idxs: the head's input channels, in the order of root_idxs (the group's channels)
+            weights = dep.layer.weight.detach()[:, list(idxs)].flatten(2).sum(2)
             for row in weights.to(scores.device):  # one class
                 for side in (row > 0, row < 0):
                     where = torch.nonzero(side).flatten()

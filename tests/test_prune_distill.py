@@ -135,6 +135,38 @@ def test_pruning_keeps_evidence_for_and_against_the_class_at_every_level():
         assert int((w > 0).sum()) >= 4 and int((w < 0).sum()) >= 4, w
 
 
+@pytest.mark.parametrize(
+    "how", [{"importance": "l2"}, {"importance": "bn"}, {"global_pruning": False},
+            {"ratio_of": "channels"}],  # fmt: skip
+)
+def test_channels_of_both_signs_survive_where_the_importance_would_drop_them(how):
+    """The channels feeding positive class weights made the weakest of their group (tower
+    weights and BatchNorm scales shrunk): importance alone drops them all at every level, and
+    class_evidence keeps that many of them, whatever the importance or ranking."""
+    from sarbridge.compress.prune import class_outputs
+    from sarbridge.train.models.registry import build_detector
+
+    torch.manual_seed(0)
+    model = build_detector("edge_det").eval()
+    with torch.no_grad():
+        for tower, head in zip(model.cls_towers, class_outputs(model), strict=True):
+            positive = head.weight[0, :, 0, 0] > 0
+            last = tower[-1]
+            conv = next(m for m in last.modules() if isinstance(m, nn.Conv2d))
+            bn = next(m for m in last.modules() if isinstance(m, nn.BatchNorm2d))
+            conv.weight[positive] *= 1e-3
+            bn.weight[positive] = 1e-3
+            head.weight[0, positive] = head.weight[0, positive].abs() * 1e-3
+    x = torch.rand(1, 1, 128, 128)
+
+    def positives(settings):
+        pruned, _ = prune(model, x, settings, progress=False)
+        return [int((h.weight[0] > 0).sum()) for h in class_outputs(pruned)]
+
+    assert positives(PruneSettings(0.4, class_evidence=0, **how)) == [0, 0, 0]
+    assert all(n >= 3 for n in positives(PruneSettings(0.4, class_evidence=3, **how)))
+
+
 def test_a_prune_run_recorded_before_class_evidence_resumes_as_importance_alone(tmp_path):
     from sarbridge.compress.finetune import _same_pruning
 
@@ -183,7 +215,8 @@ def test_ratio_of_channels_and_per_layer_pruning():
         ({"ratio": 0.5, "ratio_of": "flops"}, "--ratio-of"),
         ({"ratio": 0.5, "round_to": 0}, "--round-to"),
         ({"ratio": 0.5, "class_evidence": -1}, "--class-evidence"),
-        ({"ratio": 0.5, "round_to": 8, "class_evidence": 5}, "--class-evidence"),
+        ({"ratio": 0.5, "class_evidence": 2.5}, "--class-evidence"),
+        ({"ratio": 0.5, "class_evidence": True}, "--class-evidence"),
     ],
 )
 def test_bad_prune_settings_are_refused(kwargs, message):

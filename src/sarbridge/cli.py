@@ -481,9 +481,9 @@ def _add_compress(sub: argparse._SubParsersAction) -> None:
         "--class-evidence",
         type=int,
         default=4,
-        help="prune: at every class output, this many channels with a positive and as many with "
-        "a negative class weight are kept before any other (default 4; 0: importance alone, "
-        "which can leave a level unable to score above the sigmoid of its bias)",
+        help="prune: at every class output, per class, this many channels with a positive and "
+        "as many with a negative class weight rank above all others (default 4; 0: importance "
+        "alone, which can leave a level unable to score above the sigmoid of its bias)",
     )
     c.add_argument(
         "--teacher",
