@@ -309,6 +309,12 @@ def compress_train_step(
             )  # fmt: skip
             child = load_model(run_dir)
             model, child_metrics = child.model, dict(report.get("test") or {})
+            for level, top in class_score_ceilings(model).items():
+                # fine-tuning can remove positive class weights too (prune_pareto/p30_evidence)
+                print(
+                    f"    note: after fine-tuning, class head level {level} has no positive class "
+                    f"weight: it scores at most {top:.3f}; the other levels detect"
+                )
         else:
             child_metrics = _evaluate_and_record(loaded, model, run_dir, lineage)
         print("[4] footprint of the result")

@@ -13,6 +13,9 @@ size) or of its channels:
   ratio alone moves every layer at once, in jumps of several points of the MACs;
 * channels: one uniform ratio, directly.
 
+Both rank channels with the chosen importance, except that each class output keeps its
+``class_evidence`` strongest channels of each sign (:class:`_ClassEvidence`).
+
 Channel counts stay multiples of ``round_to`` (16 by default: AVX-512 registers hold 16
 floats; at half the MACs ONNX Runtime ran the zoo detector in 13.9 ms with 16, 17.7 ms with
 8: benchmarks/results/prune_pareto/round_to_latency.md).
@@ -144,7 +147,9 @@ class _ClassEvidence:
     channel with a positive class weight at all three levels (0 of 16 left; the parent has 13-21
     of 64), fine-tuning never brought one back, and no score of the student passed 0.27
     (benchmarks/results/prune_pareto/p30_lr). Channels of one sign only would, the other way
-    round, put a floor under every score. Up to 2 x ``keep`` x classes channels rank first; a
+    round, put a floor under every score. (What the fine-tuning does with them is its own
+    matter: it drove the positive weights of the coarser levels negative again, p30_evidence.)
+    Up to 2 x ``keep`` x classes channels rank first; a
     layer narrowed below that keeps the most important of them."""
 
     BONUS = 1e4  # times the group's largest score: above any ranking, global or per layer
@@ -387,8 +392,9 @@ def class_score_ceilings(model: nn.Module) -> dict[int, float]:
     features, which are never negative) that has no positive weight left. Its logits are then
     at most its bias, whatever the image. Magnitude pruning is blind to sign and can remove every
     channel that fed a positive class weight (the zoo detector at 30 % of its MACs:
-    benchmarks/results/prune_pareto/p30_lr; PruneSettings.class_evidence prevents it). Empty for
-    models without such a head."""
+    benchmarks/results/prune_pareto/p30_lr; PruneSettings.class_evidence prevents it), and
+    fine-tuning can remove them too (p30_evidence: the coarser levels). Empty for models without
+    such a head."""
     capped = {}
     for level, conv in enumerate(class_outputs(model)):
         if conv.bias is not None and not (conv.weight > 0).any():
