@@ -30,3 +30,4 @@ python -m sarbridge.benchmarks.research.latency_blocks zoo:ssdd_edge_det@onnxrun
   artifacts/ssdd_edge_det_int8_openvino@openvino artifacts/edge_p30e_kd12_lr3e3_s0@onnxruntime \
   artifacts/edge_p30e_kd12_lr3e3_s0_int8_openvino@openvino --threads 2 --rounds 7 \
   --json benchmarks/results/prune_pareto/p30_evidence/latency_blocks.json
+python benchmarks/results/prune_pareto/p30_lr/score_ceiling.py runs/edge_p30e_kd12_lr3e3_s1  # and the others
