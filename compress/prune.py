@@ -147,10 +147,9 @@ class _ClassEvidence:
     channel with a positive class weight at all three levels (0 of 16 left; the parent has 13-21
     of 64), fine-tuning never brought one back, and no score of the student passed 0.27
     (benchmarks/results/prune_pareto/p30_lr). Channels of one sign only would, the other way
-    round, put a floor under every score. (What the fine-tuning does with them is its own
-    matter: it drove the positive weights of the coarser levels negative again, p30_evidence.)
-    Up to 2 x ``keep`` x classes channels rank first; a
-    layer narrowed below that keeps the most important of them."""
+    round, put a floor under every score. Up to 2 x ``keep`` x classes channels rank first; a
+    layer narrowed below that keeps the most important of them. The fine-tuning that follows
+    may still drive them negative (it did at the coarser levels: p30_evidence)."""
 
     BONUS = 1e4  # times the group's largest score: above any ranking, global or per layer
 
