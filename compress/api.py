@@ -25,7 +25,8 @@ import numpy as np
 from sarbridge.runtime.fileio import sha256_file, tool_versions
 from sarbridge.runtime.manifest import load_manifest, save_manifest
 
-from .targets import SCHEMES, CompressError, scheme_of
+from .errors import CompressError
+from .targets import SCHEMES, scheme_of
 
 METHODS = ("int8", "qat", "fp16", "prune", "distill", "finetune")
 DEFAULT_EPOCHS = {"qat": 2, "prune": 10, "distill": 10, "finetune": 10}
@@ -229,12 +230,13 @@ def compress(
     runs_dir: str | Path = "runs",
     resume: bool = False,
     ratio: float | None = None,
-    ratio_of: str = "macs",
-    importance: str = "l2",
-    global_pruning: bool = True,
-    round_to: int = 16,
-    class_evidence: int = 4,
+    ratio_of: str | None = None,
+    importance: str | None = None,
+    global_pruning: bool | None = None,
+    round_to: int | None = None,
+    class_evidence: int | None = None,
     teacher=None,
+    teacher_flips=None,
     data: str | None = None,
 ) -> dict:
     """Compress the detector ``source`` (a run folder, checkpoint or ``zoo:<name>``) with
@@ -244,7 +246,9 @@ def compress(
     split of ``data`` (default SSDD) and scored on its test split. ``prune``,
     ``distill`` and ``finetune`` write a run folder at ``out`` instead (:mod:`.finetune`) and return its
     comparison with the parent; ``epochs`` and ``lr`` default per method (DEFAULT_EPOCHS,
-    DEFAULT_LR).
+    DEFAULT_LR), the prune options left None take PruneSettings' defaults (compress/settings.py),
+    and ``teacher_flips`` (h, v, hv) shows the teacher each batch flipped too, its targets
+    averaged over the views.
 
     Raises:
         CompressError: unknown method or target, a source that is not a detector, an empty or
@@ -257,19 +261,20 @@ def compress(
     lr = DEFAULT_LR.get(method, 0.0) if lr is None else float(lr)
     if method in ("prune", "distill", "finetune"):
         from .finetune import compress_train_step
-        from .prune import PruneSettings
+        from .settings import prune_settings
 
         if ratio is None and method == "prune":
             raise CompressError("--method prune needs --ratio (the share of the MACs kept)")
         settings = None
         if method == "prune":
-            settings = PruneSettings(
+            settings = prune_settings(
                 ratio, ratio_of=ratio_of, importance=importance, global_pruning=global_pruning,
                 round_to=round_to, class_evidence=class_evidence,
             )  # fmt: skip
         return compress_train_step(
-            method, source, Path(out), settings=settings, teacher=teacher, epochs=epochs, lr=lr,
-            seed=seed, threads=threads, resume=resume, overwrite=overwrite, progress=progress,
+            method, source, Path(out), settings=settings, teacher=teacher,
+            teacher_flips=teacher_flips, epochs=epochs, lr=lr, seed=seed, threads=threads,
+            resume=resume, overwrite=overwrite, progress=progress,
         )  # fmt: skip
     if method in ("int8", "qat"):
         scheme_of(target)

@@ -22,7 +22,7 @@ import numpy as np
 from sarbridge.runtime.detector import ScenePipeline, scene_settings
 from sarbridge.runtime.errors import DataError
 
-from .targets import CompressError
+from .errors import CompressError
 
 
 class InputCapture(ScenePipeline):

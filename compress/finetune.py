@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .targets import CompressError
+from .errors import CompressError
 
 TRAINING_METHODS = ("prune", "distill", "finetune")
 
@@ -86,11 +86,13 @@ def _test_metrics(lineage: list[dict]) -> dict:
 
 
 def _finetune_config(
-    cfg, run_name: str, epochs: int, lr: float, seed: int, teacher, amp: str | None = None
-):
-    """The fine-tuning config: the parent's data, model and loss, a short schedule. ``amp``: a
-    resumed run's own (it resumes with the config it started with); by default the parent's,
-    except bfloat16 steps on a CPU that would emulate them."""
+    cfg, run_name: str, epochs: int, lr: float, seed: int, teacher, amp: str | None = None,
+    teacher_flips: tuple[str, ...] = (),
+):  # fmt: skip
+    """The fine-tuning config: the parent's data, model and loss, a short schedule, the teacher
+    (seen under ``teacher_flips`` too). ``amp``: a resumed run's own (it resumes with the config
+    it started with); by default the parent's, except bfloat16 steps on a CPU that would
+    emulate them."""
     import torch
 
     from sarbridge.train.engine import cpu_has_native_bf16
@@ -115,7 +117,10 @@ def _finetune_config(
         augment=dataclasses.replace(
             cfg.augment, close_mosaic=min(cfg.augment.close_mosaic or 0, int(epochs))
         ),
-        distill=dataclasses.replace(cfg.distill, teacher=None if teacher is None else str(teacher)),
+        distill=dataclasses.replace(
+            cfg.distill, teacher=None if teacher is None else str(teacher),
+            teacher_flips=tuple(teacher_flips),
+        ),  # fmt: skip
     )
 
 
@@ -173,6 +178,7 @@ def compress_train_step(
     *,
     settings=None,
     teacher=None,
+    teacher_flips=None,
     epochs: int,
     lr: float,
     seed: int = 0,
@@ -191,6 +197,7 @@ def compress_train_step(
     """
     import torch
 
+    from sarbridge.runtime.decode import parse_flips
     from sarbridge.runtime.fileio import atomic_write_json
     from sarbridge.train.checkpoint import (
         atomic_torch_save,
@@ -214,6 +221,12 @@ def compress_train_step(
         raise CompressError("--method finetune trains without a teacher; use --method distill")
     if method == "prune" and not isinstance(settings, PruneSettings):
         raise CompressError("--method prune needs --ratio")
+    try:
+        teacher_flips = parse_flips(teacher_flips)
+    except ValueError as exc:
+        raise CompressError(f"--teacher-flips: {exc}") from None
+    if teacher_flips and teacher is None:
+        raise CompressError("--teacher-flips needs --teacher (the flips are the teacher's views)")
     run_dir = Path(run_dir)
     resuming = resume and run_dir.exists()
     if run_dir.exists() and not resume and not overwrite:
@@ -232,7 +245,9 @@ def compress_train_step(
         from sarbridge.runtime.errors import SarbridgeError
         from sarbridge.train.recipes.detect import load_teacher
 
-        cfg = _finetune_config(loaded.config, run_dir.name, epochs, lr, seed, teacher)
+        cfg = _finetune_config(loaded.config, run_dir.name, epochs, lr, seed, teacher,
+                               amp=loaded.config.optim.amp,  # no precision note: a check only
+                               teacher_flips=teacher_flips)  # fmt: skip
         try:
             load_teacher(cfg, loaded.model, list(loaded.classes))
         except SarbridgeError as exc:
@@ -296,8 +311,11 @@ def compress_train_step(
                 )
         if epochs:
             ft_cfg = _finetune_config(cfg, run_dir.name, epochs, lr, seed, teacher,
-                                      amp=_resumed_amp(run_dir) if resuming else None)  # fmt: skip
+                                      amp=_resumed_amp(run_dir) if resuming else None,
+                                      teacher_flips=teacher_flips)  # fmt: skip
             how = f"distilled from {teacher}" if teacher else "no teacher"
+            if teacher_flips:
+                how += f", seen plain and under flips {','.join(teacher_flips)}"
             print(f"[3] fine-tuning {epochs} epoch(s) at lr {lr:g} ({how}) -> {run_dir}")
             from sarbridge.train.recipes.detect import train_detector
 
@@ -327,6 +345,7 @@ def compress_train_step(
         "child": {"name": run_dir.name, "test": _numbers(child_metrics), **child_fp},
         "prune": prune_info,
         "teacher": None if teacher is None else str(teacher),
+        "teacher_flips": list(teacher_flips),
         "epochs": int(epochs),
         "lr": float(lr),
         "seed": int(seed),

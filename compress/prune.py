@@ -30,48 +30,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .targets import CompressError
-
-IMPORTANCES = ("l2", "bn", "taylor")
-RATIO_OF = ("macs", "channels")
-
-
-@dataclass(frozen=True)
-class PruneSettings:
-    """How to prune: ``ratio`` is the fraction of the parent's MACs (or channels) KEPT."""
-
-    ratio: float
-    ratio_of: str = "macs"
-    importance: str = "l2"
-    global_pruning: bool = True
-    round_to: int = 16
-    max_layer_ratio: float = 0.9  # no layer loses more than this share of its channels
-    # channels of each sign kept per class at every class-output convolution (0: rank by
-    # importance alone); see _ClassEvidence
-    class_evidence: int = 4
-
-    def __post_init__(self):
-        if not 0 < self.ratio < 1:
-            raise CompressError(
-                f"--ratio must be in (0, 1) (the share of the parent's {self.ratio_of} kept), "
-                f"not {self.ratio}"
-            )
-        if self.ratio_of not in RATIO_OF:
-            raise CompressError(f"--ratio-of must be one of {RATIO_OF}, not {self.ratio_of!r}")
-        if self.importance not in IMPORTANCES:
-            raise CompressError(
-                f"--importance must be one of {IMPORTANCES}, not {self.importance!r}"
-            )
-        if self.round_to < 1:
-            raise CompressError(f"--round-to must be at least 1, not {self.round_to}")
-        if not 0 < self.max_layer_ratio < 1:
-            raise CompressError(f"max_layer_ratio must be in (0, 1), not {self.max_layer_ratio}")
-        if not isinstance(self.class_evidence, int) or isinstance(self.class_evidence, bool) \
-                or self.class_evidence < 0:  # fmt: skip
-            raise CompressError(
-                f"--class-evidence must be a whole number of channels, 0 or more, not "
-                f"{self.class_evidence!r}"
-            )
+from .errors import CompressError
+from .settings import IMPORTANCES, PruneSettings
 
 
 @dataclass

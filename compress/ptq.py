@@ -30,7 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .targets import CompressError, QuantScheme
+from .errors import CompressError
+from .targets import QuantScheme
 
 
 @contextlib.contextmanager

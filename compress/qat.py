@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .targets import CompressError
+from .errors import CompressError
 
 # the decode ops kept in float (torch function names NNCF's torch backend reports)
 _DECODE_TYPES = ["exp", "sum", "amax", "sub", "div", "mul", "log", "clamp"]

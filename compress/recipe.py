@@ -25,14 +25,16 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .targets import CompressError
+from sarbridge.runtime.decode import parse_flips
+
+from .errors import CompressError
 
 TRAINING = ("prune", "distill", "finetune")
 ARTIFACT = ("int8", "qat", "fp16")
 STEP_OPTIONS = {
     "prune": {"ratio", "ratio_of", "importance", "global", "round_to", "class_evidence",
-              "teacher", "epochs", "lr", "seed"},  # fmt: skip
-    "distill": {"teacher", "epochs", "lr", "seed"},
+              "teacher", "teacher_flips", "epochs", "lr", "seed"},  # fmt: skip
+    "distill": {"teacher", "teacher_flips", "epochs", "lr", "seed"},
     "finetune": {"epochs", "lr", "seed"},
     "int8": {"target", "calibration_images", "guard_images", "max_ap_drop", "seed"},
     "qat": {"target", "calibration_images", "guard_images", "max_ap_drop", "seed", "epochs", "lr"},
@@ -134,6 +136,8 @@ def load_recipe(path: str | Path, source: str | None = None) -> Recipe:
         _check_values(path, k, method, options)
         if method == "distill" and "teacher" not in options:
             raise CompressError(f"{path}: step {k} (distill) needs a teacher")
+        if parse_flips(options.get("teacher_flips")) and "teacher" not in options:
+            raise CompressError(f"{path}: step {k} ({method}): teacher_flips needs a teacher")
         steps.append(Step(k, method, options))
         before = method
     return Recipe(name, src, steps, path)
@@ -141,19 +145,23 @@ def load_recipe(path: str | Path, source: str | None = None) -> Recipe:
 
 def _check_values(path: Path, k: int, method: str, options: dict) -> None:
     """Option values a step would refuse, found before the first step runs."""
-    from .prune import PruneSettings
+    from .settings import prune_settings
     from .targets import scheme_of
 
     try:
         if method == "prune":
-            PruneSettings(
-                options["ratio"], ratio_of=options.get("ratio_of", "macs"),
-                importance=options.get("importance", "l2"),
-                global_pruning=options.get("global", True), round_to=options.get("round_to", 16),
-                class_evidence=options.get("class_evidence", 4),
+            prune_settings(
+                options["ratio"], ratio_of=options.get("ratio_of"),
+                importance=options.get("importance"), global_pruning=options.get("global"),
+                round_to=options.get("round_to"), class_evidence=options.get("class_evidence"),
             )  # fmt: skip
         if method in ("int8", "qat"):
             scheme_of(options.get("target", "onnxruntime"))
+        if "teacher_flips" in options:
+            try:
+                parse_flips(options["teacher_flips"])
+            except ValueError as exc:
+                raise CompressError(f"teacher_flips: {exc}") from None
         epochs = options.get("epochs")
         if epochs is not None and (not isinstance(epochs, int) or epochs < (method != "prune")):
             raise CompressError(f"epochs must be a whole number of at least {int(method != 'prune')}")

@@ -16,11 +16,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from sarbridge.runtime.errors import SarbridgeError
-
-
-class CompressError(SarbridgeError):
-    """Compression refused or failed: the message says what was asked and what was tried."""
+from .errors import CompressError
 
 
 @dataclass(frozen=True)

@@ -401,18 +401,22 @@ FLIP_AXES = {"h": (-1,), "v": (-2,), "hv": (-2, -1)}
 
 def parse_flips(value) -> tuple[str, ...]:
     """Test-time flips as a tuple of :data:`FLIP_AXES` names, from a list or from text
-    (``"h,v,hv"``; ``"off"``, ``"none"`` or empty: none); ValueError on anything else."""
-    if value is None:
+    (``"h,v,hv"``; ``"off"``, ``"none"``, empty, or False as YAML reads a bare ``off``: none);
+    ValueError on anything else."""
+    if value is None or value is False:
         return ()
     if isinstance(value, str):
         text = value.strip().lower()
         value = () if text in ("", "off", "none") else [t.strip() for t in text.split(",")]
-    flips = tuple(value)
+    try:
+        flips = tuple(value)
+    except TypeError:
+        flips = (value,)
     bad = [f for f in flips if f not in FLIP_AXES]
     if bad or len(set(flips)) != len(flips):
         raise ValueError(
             f"test-time flips are distinct names among {sorted(FLIP_AXES)} ('h' mirrors left-"
-            f"right, 'v' top-bottom, 'hv' both), not {list(value)!r}"
+            f"right, 'v' top-bottom, 'hv' both), not {value!r}"
         )
     return flips
 

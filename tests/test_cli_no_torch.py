@@ -172,6 +172,16 @@ def test_train_help_does_not_import_torch():
     assert res.returncode == 0 and "--resume" in res.stdout
 
 
+def test_compress_help_shows_the_prune_defaults_without_torch():
+    """The compress options' defaults come from compress/settings.py, which needs no torch."""
+    res = _cli("compress", "--help")
+    text = " ".join(res.stdout.split())
+    assert res.returncode == 0, res.stderr
+    for default in ("what --ratio counts (default macs)", "Taylor (default l2)",
+                    "multiple of this (default 16;", "all others (default 4;"):  # fmt: skip
+        assert default in text, default
+
+
 def test_bench_onnxruntime_end_to_end_never_imports_torch(edge_artifact, data, tmp_path):
     """`sarbridge bench --backends onnxruntime` on an exported artifact with torch blocked in the
     CLI and in the per-model process it spawns: results.json holds the accuracy of every image,

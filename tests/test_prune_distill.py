@@ -224,6 +224,19 @@ def test_bad_prune_settings_are_refused(kwargs, message):
         PruneSettings(**kwargs)
 
 
+def test_options_left_unset_take_the_settings_defaults_and_unknown_ones_are_refused():
+    """The command line, recipes and compress() pass None for what the user did not set: the
+    defaults come from PruneSettings alone."""
+    from sarbridge.compress.settings import prune_default, prune_settings
+
+    got = prune_settings(0.3, round_to=None, class_evidence=None, importance="bn")
+    assert got == PruneSettings(0.3, importance="bn")
+    assert (got.round_to, got.class_evidence) == (prune_default("round_to"), prune_default("class_evidence"))
+    assert got.class_evidence > 0 and got.global_pruning is True
+    with pytest.raises(CompressError, match="unknown prune settings \\['bits'\\]"):
+        prune_settings(0.3, bits=4)
+
+
 def test_a_model_without_a_pruning_scope_is_refused():
     with pytest.raises(CompressError, match="does not declare what may be pruned"):
         prune(nn.Sequential(nn.Conv2d(1, 8, 3)), torch.rand(1, 1, 16, 16), PruneSettings(0.5))
@@ -308,6 +321,132 @@ def test_a_wider_teacher_scale_teaches_the_board_detector(data, tmp_path):
     assert kd[-1] < 0.95 * kd[0], kd  # an untrained teacher, far from the student: slowly
 
 
+@pytest.mark.parametrize("flip", ["h", "v", "hv"])
+@pytest.mark.parametrize("bins", [0, 16])
+def test_a_flipped_views_outputs_map_back_onto_the_plain_grid(flip, bins):
+    """unflip_raw puts a flipped view's raw output in the plain view's layout: every grid
+    point's boxes (decoded at the plain grid's centres) and scores are the ones the flipped view
+    found at the mirrored point, mapped back as test-time flips map boxes (unflip_boxes)."""
+    from sarbridge.runtime.decode import FLIP_AXES, unflip_boxes
+    from sarbridge.train.losses.distill import unflip_raw
+    from sarbridge.train.models.edge_det import box_distributions, decode_boxes, grid
+    from sarbridge.train.models.registry import build_detector
+
+    torch.manual_seed(0)
+    model = build_detector("edge_det", box_bins=bins).eval()
+    for conv in [*model.reg_out, *model.cls_out]:  # sides and cells that differ from each other
+        nn.init.normal_(conv.weight, std=0.5)
+        nn.init.normal_(conv.bias, std=1.0)
+    size = 96
+    x = torch.rand(2, 1, size, size)
+    with torch.no_grad():
+        raw_f = model(x.flip(FLIP_AXES[flip]))  # log-distances, C logits
+        with box_distributions(model):
+            bins_f = model(x.flip(FLIP_AXES[flip])) if bins else raw_f
+    points, strides = grid(size, model.strides, "cpu")
+    mapped = unflip_raw(raw_f, flip, (size, size), model.strides, 4)
+    boxes = decode_boxes(mapped[..., :4], points, strides)  # [B, N, 4] at the plain grid
+    found = decode_boxes(raw_f[..., :4], points, strides)  # where the flipped view put them
+    # the point of the flipped view that each plain grid point mirrors (row-major levels)
+    source, offset = [], 0
+    for stride in model.strides:
+        n = size // stride
+        rows, cols = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+        rows = n - 1 - rows if "v" in flip else rows
+        cols = n - 1 - cols if "h" in flip else cols
+        source.append(offset + rows.ravel() * n + cols.ravel())
+        offset += n * n
+    source = np.concatenate(source)
+    assert sorted(source) == list(range(offset)) and (source != np.arange(offset)).any()
+    for b in range(2):
+        expected = unflip_boxes(found[b].numpy()[source], flip, size)
+        np.testing.assert_allclose(boxes[b].numpy(), expected, atol=1e-3)
+    np.testing.assert_array_equal(mapped[..., 4:].numpy(), raw_f[:, source, 4:].numpy())
+    if bins:  # bin logits follow their box sides
+        width = 4 * bins
+        mapped_bins = unflip_raw(bins_f, flip, (size, size), model.strides, width)
+        sides = model.expected_distance(
+            mapped_bins[..., :width].unflatten(-1, (4, bins)).permute(0, 2, 3, 1)[..., None]
+        )[..., 0].permute(0, 2, 1)  # [B, N, 4] distances in strides
+        np.testing.assert_allclose(sides.log().numpy(), mapped[..., :4].numpy(), atol=1e-4)
+    with pytest.raises(ValueError, match="does not divide"):
+        unflip_raw(raw_f, flip, (size + 4, size), model.strides, 4)
+
+
+def test_a_flip_ensemble_teacher_averages_its_views_and_teaches(data):
+    """With teacher_flips the targets are the mean over the plain and flipped views (class
+    probabilities averaged, then as logits; DFL bin logits averaged): the distiller's class and
+    box-distribution terms are the ones of those averaged targets, which differ from the plain
+    view's, and the distillation terms still fall."""
+    from sarbridge.runtime.decode import FLIP_AXES
+    from sarbridge.train.checkpoint import load_model
+    from sarbridge.train.losses.distill import (
+        Distiller,
+        flip_ensemble,
+        localization_loss,
+        soft_class_loss,
+        unflip_raw,
+    )
+    from sarbridge.train.models.edge_det import box_distributions
+
+    teacher = load_model("zoo:ssdd_edge_det").model
+    x, targets = _real_batch(data)
+    student, _ = prune(teacher, x[:1], PruneSettings(0.5), progress=False)
+    plain = Distiller(teacher, student, 256)
+    flips = Distiller(teacher, student, 256, teacher_flips=("h", "v", "hv"))
+    assert "flips h,v,hv" in flips.describe() and flips.use_ld
+    views = [torch.randn(2, 10, 6) for _ in range(3)]
+    mean = flip_ensemble(views, 4)
+    torch.testing.assert_close(mean[..., :4], torch.stack(views)[..., :4].mean(0))
+    probs = torch.stack(views)[..., 4:].sigmoid()
+    torch.testing.assert_close(mean[..., 4:].sigmoid(), probs.mean(0), atol=1e-5, rtol=0)
+    # the targets the distiller uses, computed here view by view (bin logits, as LD reads them)
+    bins = teacher.box_bins
+    width = 4 * bins
+    student.eval()  # BatchNorm on running statistics: the same student outputs every call
+    with torch.no_grad(), box_distributions(student), box_distributions(teacher):
+        s_raw = student(x)
+        t_views = [teacher(x)] + [
+            unflip_raw(teacher(x.flip(FLIP_AXES[f])), f, (256, 256), teacher.strides, width)
+            for f in ("h", "v", "hv")
+        ]
+    t_mean = flip_ensemble(t_views, width)
+    assert (t_mean[..., width:].sigmoid() - t_views[0][..., width:].sigmoid()).abs().max() > 0.05
+
+    def expected(t_raw):
+        t_logits = t_raw[..., width:]
+        cls = soft_class_loss(s_raw[..., width:], t_logits)
+        box = localization_loss(
+            s_raw[..., :width].unflatten(-1, (4, bins)), t_raw[..., :width].unflatten(-1, (4, bins)),
+            t_logits.sigmoid().amax(-1), plain.temperature,
+        )  # fmt: skip
+        return float(cls), float(box)
+
+    for distiller, t_raw in ((flips, t_mean), (plain, t_views[0])):
+        _, logs = distiller.loss(student, x, targets, 256)
+        cls, box = expected(t_raw)
+        assert logs["kd_cls"] == pytest.approx(cls, rel=1e-4)
+        assert logs["kd_box"] == pytest.approx(box, rel=1e-4)
+    assert expected(t_mean)[1] != pytest.approx(expected(t_views[0])[1], rel=1e-3)
+    student.train()
+    kd = _distil_steps(flips, student, x, targets, 256, 6)
+    assert kd[-1] < 0.8 * kd[0], kd
+
+
+def test_teacher_flips_are_refused_without_a_teacher_or_off_the_stride_grid(tmp_path):
+    from sarbridge.runtime.errors import SarbridgeError
+    from sarbridge.train.config import ConfigError, from_dict
+    from sarbridge.train.models.registry import build_detector
+    from sarbridge.train.recipes.detect import DetConfig, load_teacher
+
+    with pytest.raises(ConfigError, match="teacher_flips needs distill.teacher"):
+        from_dict(DetConfig, {"distill": {"teacher_flips": ["h"]}})
+    cfg = from_dict(DetConfig, {"data": {"input_size": 200},
+                                "distill": {"teacher": "zoo:ssdd_edge_det", "teacher_flips": ["v"]}})  # fmt: skip
+    with pytest.raises(SarbridgeError, match="multiple of the largest stride \\(32\\)"):
+        load_teacher(cfg, build_detector("edge_det", box_bins=16), ["ship"])
+
+
 def test_a_teacher_that_is_not_an_edge_detector_is_refused():
     from sarbridge.runtime.errors import SarbridgeError
     from sarbridge.train.losses.distill import Distiller
@@ -340,6 +479,9 @@ def _tiny_run(edge_artifact):
         (["--method", "prune", "--ratio", "0.5", "--epochs", "0", "--teacher", "zoo:ssdd_edge_det"],
          "--teacher needs --epochs"),
         (["--method", "prune", "--ratio", "0.5", "--from", "zoo:bnn_edge_sar"], "--epochs 0"),
+        (["--method", "finetune", "--teacher-flips", "h"], "needs --teacher"),
+        (["--method", "distill", "--teacher", "zoo:ssdd_edge_det", "--teacher-flips", "x"],
+         "test-time flips are distinct names"),
     ],
 )
 def test_bad_prune_and_distill_requests_write_nothing(tmp_path, capsys, args, message):
@@ -386,6 +528,10 @@ def _write_recipe(path, source, steps):
          "step 2 \\(prune\\): --ratio must be in"),
         ([{"method": "finetune", "epochs": 0}], "at least 1"),
         ([{"method": "int8", "target": "coreml"}], "unknown INT8 target"),
+        ([{"method": "distill", "teacher": "source", "teacher_flips": ["h", "r90"]}],
+         "step 1 \\(distill\\): teacher_flips: test-time flips"),
+        ([{"method": "finetune", "teacher_flips": "h"}], "unknown options \\['teacher_flips'\\]"),
+        ([{"method": "prune", "ratio": 0.5, "teacher_flips": "h"}], "teacher_flips needs a teacher"),
         ([], "non-empty list"),
     ],
 )

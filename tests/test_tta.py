@@ -41,7 +41,8 @@ def test_parse_flips():
     assert parse_flips(" H , v ") == ("h", "v")
     assert parse_flips("off") == parse_flips("") == parse_flips(None) == parse_flips([]) == ()
     assert parse_flips(["hv"]) == ("hv",)
-    for bad in ("x", "h,h", ["h", "r90"]):
+    assert parse_flips(False) == ()  # YAML reads a bare `off` as False
+    for bad in ("x", "h,h", ["h", "r90"], True, 3):
         with pytest.raises(ValueError, match="test-time flips"):
             parse_flips(bad)
 
@@ -88,6 +89,10 @@ def test_config_and_manifest_refuse_unknown_flips(tmp_path, edge_artifact):
     assert from_dict(DetConfig, {"eval": {"tta_flips": ["h", "v"]}}).eval.tta_flips == ("h", "v")
     with pytest.raises(ConfigError, match="eval.tta_flips"):
         from_dict(DetConfig, {"eval": {"tta_flips": ["rot90"]}})
+    cfg = from_dict(DetConfig, {"distill": {"teacher": "zoo:x", "teacher_flips": ["h", "hv"]}})
+    assert cfg.distill.teacher_flips == ("h", "hv")
+    with pytest.raises(ConfigError, match="distill.teacher_flips"):
+        from_dict(DetConfig, {"distill": {"teacher": "zoo:x", "teacher_flips": ["h", "h"]}})
     manifest = load_manifest(edge_artifact)
     manifest["postprocessing"]["tta_flips"] = ["h", "sideways"]
     (tmp_path / "bad").mkdir()

@@ -401,6 +401,8 @@ def _run_export_onnx(args) -> int:
 
 
 def _add_compress(sub: argparse._SubParsersAction) -> None:
+    from sarbridge.compress.settings import IMPORTANCES, RATIO_OF, prune_default
+
     c = sub.add_parser(
         "compress",
         help="a run or zoo detector -> a compressed, deployable artifact (INT8 per target, QAT, FP16)",
@@ -455,40 +457,49 @@ def _add_compress(sub: argparse._SubParsersAction) -> None:
         help="prune: the share of the parent's MACs (or channels, --ratio-of) KEPT, in (0, 1)",
     )
     c.add_argument(
-        "--ratio-of", default="macs", choices=["macs", "channels"], help="prune: what --ratio counts"
-    )
+        "--ratio-of", default=prune_default("ratio_of"), choices=RATIO_OF,
+        help="prune: what --ratio counts (default %(default)s)",
+    )  # fmt: skip
     c.add_argument(
         "--importance",
-        default="l2",
-        choices=["l2", "bn", "taylor"],
-        help="prune: channel importance: L2 magnitude (default), BatchNorm scale, Taylor",
+        default=prune_default("importance"),
+        choices=IMPORTANCES,
+        help="prune: channel importance: L2 magnitude (l2), BatchNorm scale (bn), Taylor "
+        "(default %(default)s)",
     )
     c.add_argument(
         "--global",
         dest="global_pruning",
         action=argparse.BooleanOptionalAction,
-        default=True,
-        help="prune: rank channels across layers (default) or prune each layer alike",
+        default=prune_default("global_pruning"),
+        help="prune: rank channels across layers (the default) or prune each layer alike",
     )
     c.add_argument(
         "--round-to",
         type=int,
-        default=16,
-        help="prune: channel counts a multiple of this (default 16: AVX-512 holds 16 floats; "
-        "at half the MACs, ONNX Runtime ran the 16 model in 13.9 ms, the 8 one in 17.7 ms)",
+        default=prune_default("round_to"),
+        help="prune: channel counts a multiple of this (default %(default)s; AVX-512 holds 16 "
+        "floats; at half the MACs, ONNX Runtime ran the 16 model in 13.9 ms, the 8 one in 17.7 ms)",
     )
     c.add_argument(
         "--class-evidence",
         type=int,
-        default=4,
+        default=prune_default("class_evidence"),
         help="prune: at every class output, per class, this many channels with a positive and "
-        "as many with a negative class weight rank above all others (default 4; 0: importance "
-        "alone, which can leave a level unable to score above the sigmoid of its bias)",
+        "as many with a negative class weight rank above all others (default %(default)s; 0: "
+        "importance alone, which can leave a level unable to score above the sigmoid of its bias)",
     )
     c.add_argument(
         "--teacher",
         help="distill (and prune's fine-tuning): the teacher, a run folder, checkpoint or "
         "zoo:<name>",
+    )
+    c.add_argument(
+        "--teacher-flips",
+        default=None,
+        help="with --teacher: flips the teacher also sees each batch under (h, v, hv; comma-"
+        "separated), its targets averaged over the views: its test-time flips distilled into "
+        "a single-view student (default: the plain view only)",
     )
     c.add_argument(
         "--calibration-images",
@@ -587,6 +598,7 @@ def _run_compress(args) -> int:
         round_to=args.round_to,
         class_evidence=args.class_evidence,
         teacher=args.teacher,
+        teacher_flips=args.teacher_flips,
         data=args.data,
     )
     return 0

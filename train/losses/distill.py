@@ -14,7 +14,11 @@ Three terms, each weighted in the config (``distill.*``):
   per channel to zero mean and unit variance, i.e. one minus their Pearson correlation. It does
   not need the two networks to share an architecture or feature scale.
 
-The teacher runs in eval mode under ``no_grad``, once per batch, on the same augmented images.
+The teacher runs in eval mode under ``no_grad``, once per batch, on the same augmented images;
+with ``teacher_flips`` also on each flipped view of them, and its outputs (class probabilities,
+DFL bin logits) are averaged over the views (:func:`flip_ensemble`; the neck features stay the
+plain view's): the targets of its test-time flips, at the cost of one teacher pass per flip and
+none in the deployed student (self-distillation when the teacher is the student's own parent).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sarbridge.runtime.decode import FLIP_AXES
 from sarbridge.runtime.errors import SarbridgeError
 from sarbridge.train.models.layers import input_channels
 
@@ -64,6 +69,46 @@ def localization_loss(
     return (kl * weight).sum() / weight.sum().clamp(min=1e-6) * t * t
 
 
+def unflip_raw(
+    raw: torch.Tensor, flip: str, image_size: tuple[int, int], strides, box_width: int
+) -> torch.Tensor:
+    """A dense head's raw output [B, N, box_width + C] for the ``flip`` view of the inputs, in the
+    plain view's layout: each level's grid reversed along the flipped axes, and the box sides
+    (left, top, right, bottom; 4 log-distances or 4 x R bin logits) swapped left <-> right for
+    a mirror left-right, top <-> bottom for one top-bottom. Exact for inputs whose sides the
+    strides divide (cell centres at (i + 1/2) * stride map onto each other)."""
+    height, width = image_size
+    if any(height % s or width % s for s in strides):
+        raise ValueError(f"a {height}x{width} input does not divide into strides {tuple(strides)}")
+    axes = tuple(a - 1 for a in FLIP_AXES[flip])  # [B, h, w, K]: image axes -2, -1 -> -3, -2
+    levels, start = [], 0
+    for s in strides:
+        h, w = height // s, width // s
+        level = raw[:, start : start + h * w].unflatten(1, (h, w))
+        levels.append(level.flip(axes).flatten(1, 2))
+        start += h * w
+    if start != raw.shape[1]:
+        raise ValueError(f"{raw.shape[1]} grid points for {start} of a {height}x{width} input")
+    out = torch.cat(levels, 1)
+    sides = [0, 1, 2, 3]
+    if "h" in flip:
+        sides[0], sides[2] = 2, 0
+    if "v" in flip:
+        sides[1], sides[3] = 3, 1
+    box = out[..., :box_width].unflatten(-1, (4, box_width // 4))[..., sides, :]
+    return torch.cat([box.flatten(-2), out[..., box_width:]], -1)
+
+
+def flip_ensemble(views: list[torch.Tensor], box_width: int) -> torch.Tensor:
+    """Raw outputs of one batch under several views, each in the plain layout, as one: box
+    parts (log-distances or bin logits) averaged, class logits replaced by the logit of the
+    mean probability."""
+    stack = torch.stack(views)
+    box = stack[..., :box_width].mean(0)
+    prob = stack[..., box_width:].sigmoid().mean(0)
+    return torch.cat([box, torch.logit(prob, eps=1e-6)], -1)
+
+
 class Distiller(nn.Module):
     """The teacher, the feature adapters and the distillation loss of one training run.
 
@@ -80,6 +125,7 @@ class Distiller(nn.Module):
         box_weight: float = 1.0,
         feature_weight: float = 1.0,
         temperature: float = 2.0,
+        teacher_flips: tuple[str, ...] = (),
     ):
         super().__init__()
         check_pair(teacher, student)
@@ -88,6 +134,7 @@ class Distiller(nn.Module):
         self.teacher = [teacher.eval()]  # a list: not a submodule (not saved, not trained)
         self.cls_weight, self.box_weight = cls_weight, box_weight
         self.feature_weight, self.temperature = feature_weight, temperature
+        self.teacher_flips = tuple(teacher_flips)
         self.bins = student.box_bins
         self.use_ld = box_weight > 0 and student.box_bins > 0 and teacher.box_bins == student.box_bins
         s_ch = _neck_channels(student, input_size)
@@ -100,6 +147,8 @@ class Distiller(nn.Module):
 
     def describe(self) -> str:
         terms = [f"classes x{self.cls_weight:g}"]
+        if self.teacher_flips:
+            terms.insert(0, f"teacher averaged over the plain view and flips {','.join(self.teacher_flips)}")
         if self.use_ld:
             terms.append(f"box distributions (LD, T={self.temperature:g}) x{self.box_weight:g}")
         elif self.box_weight > 0:
@@ -121,6 +170,14 @@ class Distiller(nn.Module):
                 stack.enter_context(box_distributions(teacher))
             stack.enter_context(neck_features(teacher))
             t_raw, t_feats = teacher(images)
+            if self.teacher_flips:
+                t_width = 4 * max(self.bins, 1) if self.use_ld else 4
+                views = [t_raw.float()]
+                for flip in self.teacher_flips:
+                    flipped = teacher(images.flip(FLIP_AXES[flip]))[0].float()
+                    views.append(unflip_raw(flipped, flip, tuple(images.shape[-2:]),
+                                            teacher.strides, t_width))  # fmt: skip
+                t_raw = flip_ensemble(views, t_width)
         with ExitStack() as stack:
             if self.bins:
                 stack.enter_context(box_distributions(inner))

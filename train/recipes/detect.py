@@ -146,8 +146,12 @@ class DetDistill:
     box_weight: float = 1.0  # localization distillation of the DFL box distributions
     feature_weight: float = 1.0  # PKD on the neck levels through 1x1 adapters
     temperature: float = 2.0  # of the box distributions
+    # flips ("h", "v", "hv") the teacher also sees each batch under; its targets are averaged
+    # over the views (train/losses/distill.py flip_ensemble); () for the plain view only
+    teacher_flips: tuple[str, ...] = ()
 
     def __post_init__(self):
+        from sarbridge.runtime.decode import parse_flips
         from sarbridge.train.config import ConfigError
 
         for key in ("cls_weight", "box_weight", "feature_weight"):
@@ -155,6 +159,12 @@ class DetDistill:
                 raise ConfigError(f"distill.{key} must be at least 0, not {getattr(self, key)}")
         if self.temperature <= 0:
             raise ConfigError(f"distill.temperature must be above 0, not {self.temperature}")
+        try:
+            flips = parse_flips(self.teacher_flips)
+        except ValueError as exc:
+            raise ConfigError(f"distill.teacher_flips: {exc}") from None
+        if flips and self.teacher is None:
+            raise ConfigError("distill.teacher_flips needs distill.teacher (the teacher's views)")
 
 
 @dataclass(frozen=True)
@@ -301,11 +311,20 @@ def load_teacher(cfg: DetConfig, student: torch.nn.Module, classes: list[str]):
             f"distill.teacher {d.teacher}: detects {loaded.classes}, the student {list(classes)}"
             ": a teacher must share the student's class set"
         )
+    if d.teacher_flips and cfg.data.input_size % max(loaded.model.strides):
+        raise SarbridgeError(
+            f"distill.teacher_flips: the training input ({cfg.data.input_size} px) must be a "
+            f"multiple of the largest stride ({max(loaded.model.strides)}) for a flipped view's "
+            "grid to map onto the plain one"
+        )
     distiller = Distiller(
         loaded.model, student, cfg.data.input_size, d.cls_weight, d.box_weight,
-        d.feature_weight, d.temperature,
+        d.feature_weight, d.temperature, d.teacher_flips,
     )  # fmt: skip
-    return distiller, {**parent_ref(loaded.name, loaded.path), "source": str(d.teacher)}
+    ref = {**parent_ref(loaded.name, loaded.path), "source": str(d.teacher)}
+    if d.teacher_flips:
+        ref["flips"] = list(d.teacher_flips)
+    return distiller, ref
 
 
 def _structure_changed(a: torch.nn.Module, b: torch.nn.Module) -> bool:
