@@ -25,8 +25,6 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sarbridge.runtime.decode import parse_flips
-
 from .errors import CompressError
 
 TRAINING = ("prune", "distill", "finetune")
@@ -136,8 +134,6 @@ def load_recipe(path: str | Path, source: str | None = None) -> Recipe:
         _check_values(path, k, method, options)
         if method == "distill" and "teacher" not in options:
             raise CompressError(f"{path}: step {k} (distill) needs a teacher")
-        if parse_flips(options.get("teacher_flips")) and "teacher" not in options:
-            raise CompressError(f"{path}: step {k} ({method}): teacher_flips needs a teacher")
         steps.append(Step(k, method, options))
         before = method
     return Recipe(name, src, steps, path)
@@ -145,6 +141,8 @@ def load_recipe(path: str | Path, source: str | None = None) -> Recipe:
 
 def _check_values(path: Path, k: int, method: str, options: dict) -> None:
     """Option values a step would refuse, found before the first step runs."""
+    from sarbridge.runtime.decode import parse_flips
+
     from .settings import prune_settings
     from .targets import scheme_of
 
@@ -157,11 +155,12 @@ def _check_values(path: Path, k: int, method: str, options: dict) -> None:
             )  # fmt: skip
         if method in ("int8", "qat"):
             scheme_of(options.get("target", "onnxruntime"))
-        if "teacher_flips" in options:
-            try:
-                parse_flips(options["teacher_flips"])
-            except ValueError as exc:
-                raise CompressError(f"teacher_flips: {exc}") from None
+        try:
+            flips = parse_flips(options.get("teacher_flips"))
+        except ValueError as exc:
+            raise CompressError(f"teacher_flips: {exc}") from None
+        if flips and "teacher" not in options:
+            raise CompressError("teacher_flips needs a teacher")
         epochs = options.get("epochs")
         if epochs is not None and (not isinstance(epochs, int) or epochs < (method != "prune")):
             raise CompressError(f"epochs must be a whole number of at least {int(method != 'prune')}")

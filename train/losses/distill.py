@@ -148,7 +148,8 @@ class Distiller(nn.Module):
     def describe(self) -> str:
         terms = [f"classes x{self.cls_weight:g}"]
         if self.teacher_flips:
-            terms.insert(0, f"teacher averaged over the plain view and flips {','.join(self.teacher_flips)}")
+            flips = ",".join(self.teacher_flips)
+            terms.insert(0, f"teacher averaged over the plain view and flips {flips}")
         if self.use_ld:
             terms.append(f"box distributions (LD, T={self.temperature:g}) x{self.box_weight:g}")
         elif self.box_weight > 0:
@@ -165,19 +166,20 @@ class Distiller(nn.Module):
 
         inner = net.module if isinstance(net, nn.parallel.DistributedDataParallel) else net
         teacher = self.teacher_model
+        s_box = 4 * max(self.bins, 1)  # the box part of a raw output: bin logits or 4 distances
+        t_box = s_box if self.use_ld else 4
         with torch.no_grad(), ExitStack() as stack:
             if self.use_ld:
                 stack.enter_context(box_distributions(teacher))
             stack.enter_context(neck_features(teacher))
             t_raw, t_feats = teacher(images)
             if self.teacher_flips:
-                t_width = 4 * max(self.bins, 1) if self.use_ld else 4
                 views = [t_raw.float()]
                 for flip in self.teacher_flips:
                     flipped = teacher(images.flip(FLIP_AXES[flip]))[0].float()
                     views.append(unflip_raw(flipped, flip, tuple(images.shape[-2:]),
-                                            teacher.strides, t_width))  # fmt: skip
-                t_raw = flip_ensemble(views, t_width)
+                                            teacher.strides, t_box))  # fmt: skip
+                t_raw = flip_ensemble(views, t_box)
         with ExitStack() as stack:
             if self.bins:
                 stack.enter_context(box_distributions(inner))
@@ -188,8 +190,6 @@ class Distiller(nn.Module):
         loss, logs = detection_loss(
             raw, targets, input_size, tuple(inner.strides), box_bins=self.bins, **weights
         )
-        s_box = 4 * max(self.bins, 1)
-        t_box = 4 * max(self.bins, 1) if self.use_ld else 4
         t_logits = t_raw[..., t_box:]
         kd_cls = soft_class_loss(raw[..., s_box:], t_logits)
         total = loss + self.cls_weight * kd_cls

@@ -17,4 +17,5 @@ sarbridge compress --method distill --from zoo:ssdd_edge_det --teacher zoo:ssdd_
 for run in ssdd_edge_det_selfkd_flips_e4 ssdd_edge_det_ft_e4 ssdd_edge_det_selfkd_e4; do
   cp runs/$run/run.json $OUT/$run.json
 done
-# the logs: each command's output with the progress bars stripped
+# the logs: each command's output (nohup ... > LOG 2>&1) with the progress bars stripped:
+#   tr '\r' '\n' < LOG | grep -av "step, items\|step/s\]\|it/s\]\|s/it\]\|^ *$" > $OUT/<run>.log
