@@ -206,6 +206,7 @@ class Trainer:
         scheduler_per_step: bool = False,
         extra_state: tuple[Callable[[], dict], Callable[[dict], None]] | None = None,
         after_step: Callable[[], None] | None = None,
+        after_epoch: Callable[[int], None] | None = None,
         lineage: list[dict] | None = None,
         normalize_config: Callable[[dict], dict] | None = None,
     ):
@@ -223,6 +224,7 @@ class Trainer:
         self.scheduler_per_step = scheduler_per_step
         self.extra_state = extra_state  # (get, set) of state beyond model/optimizer, e.g. an EMA
         self.after_step = after_step
+        self.after_epoch = after_epoch  # epoch -> None, before its checkpoint is written
         self.history: list[dict] = []
         self.best_value = -math.inf
         self.start_epoch = 0
@@ -305,6 +307,8 @@ class Trainer:
         self._write_run_json("running", data_summary)
         for epoch in range(self.start_epoch, self.epochs):
             logs = self._train_epoch(plan, epoch)
+            if self.after_epoch:
+                self.after_epoch(epoch)
             metrics = plan.evaluate(epoch) if plan.evaluate else {}
             record = {"epoch": epoch, **logs, **metrics}
             self.history.append(record)
@@ -411,22 +415,81 @@ class ModelEMA:
                 v.copy_(src[k])
 
 
+SCHEDULES = ("cosine", "step", "cyclic")
+
+
 def warmup_schedule(
-    total_steps: int, warmup_steps: int, schedule: str = "cosine", milestones=(0.7, 0.9)
+    total_steps: int,
+    warmup_steps: int,
+    schedule: str = "cosine",
+    milestones=(0.7, 0.9),
+    cycle_steps: int | None = None,
 ) -> Callable[[int], float]:
     """Learning-rate factor per step: linear warm-up over ``warmup_steps``, then a cosine decay
-    to 5 % of the rate (``"cosine"``) or x0.1 at each milestone (fractions of training, ``"step"``)."""
-    if schedule not in ("cosine", "step"):
-        raise SarbridgeError(f"optim.schedule must be 'cosine' or 'step', not {schedule!r}")
+    to 5 % of the rate (``"cosine"``), x0.1 at each milestone (fractions of training, ``"step"``),
+    or the cosine decay restarted every ``cycle_steps`` (``"cyclic"``: each cycle ends at 5 %,
+    where :class:`WeightAverage` takes its snapshots)."""
+    if schedule not in SCHEDULES:
+        raise SarbridgeError(
+            f"optim.schedule must be one of {', '.join(SCHEDULES)}, not {schedule!r}"
+        )
+    if schedule == "cyclic" and not (cycle_steps and cycle_steps > 0):
+        raise SarbridgeError("the cyclic schedule needs the steps of one cycle (an epoch)")
+
+    def cosine(t: float) -> float:
+        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
 
     def f(step: int) -> float:
         warm = min(1.0, (step + 1) / max(warmup_steps, 1))
         t = step / max(total_steps, 1)
         if schedule == "cosine":
-            return warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
+            return warm * cosine(t)
+        if schedule == "cyclic":
+            return warm * cosine((step % cycle_steps + 1) / cycle_steps)
         return warm * (0.1 ** sum(t >= m for m in milestones))
 
     return f
+
+
+class WeightAverage:
+    """The equal-weight average of a model's weights taken at several points of training
+    (stochastic weight averaging, Izmailov et al. 2018): ``add`` at the end of each cycle,
+    ``average()`` the state dict. Floating-point tensors are averaged (in float64, so the order
+    of snapshots does not matter to rounding), the others (counters) kept from the last snapshot.
+    BatchNorm statistics of averaged weights must be measured again (``update_bn`` of
+    torch.optim.swa_utils) before the average is used."""
+
+    def __init__(self):
+        self.sums: dict[str, torch.Tensor] = {}
+        self.count = 0
+
+    @torch.no_grad()
+    def add(self, model: torch.nn.Module) -> None:
+        for k, v in unwrap(model).state_dict().items():
+            v = v.detach().to("cpu")
+            if v.dtype.is_floating_point:
+                v = v.to(torch.float64)
+                self.sums[k] = self.sums[k] + v if k in self.sums else v.clone()
+            else:
+                self.sums[k] = v.clone()
+        self.count += 1
+
+    def average(self, like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The averaged state dict, each tensor in the dtype and on the device of ``like``'s."""
+        if not self.count:
+            raise SarbridgeError("no weights were averaged")
+        return {
+            k: ((v / self.count) if v.dtype.is_floating_point else v).to(like[k].dtype).to(
+                like[k].device
+            )
+            for k, v in self.sums.items()
+        }
+
+    def state_dict(self) -> dict:
+        return {"sums": self.sums, "count": self.count}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sums, self.count = dict(state["sums"]), int(state["count"])
 
 
 def cpu_has_native_bf16() -> bool | None:

@@ -3,7 +3,8 @@ checkpoint, test, record.
 
 A recipe supplies two functions: ``prepare(run_dir, info) -> Job`` (data, the model it was
 handed or built, optimizer, schedule, lineage) and ``finish(job, best) -> report`` (the test
-evaluation of the best checkpoint). Everything else (refusing to overwrite a run, seeding,
+evaluation of the best checkpoint; it may replace the weights ``best`` holds, which are then
+written back to best.pt). Everything else (refusing to overwrite a run, seeding,
 threads, resume, checkpoints, NaN guard, run.json, the final record) happens here once.
 """
 
@@ -44,6 +45,7 @@ class Job:
     extra: dict = field(default_factory=dict)  # stored in every checkpoint (e.g. classes)
     extra_state: tuple[Callable[[], dict], Callable[[dict], None]] | None = None
     after_step: Callable[[], None] | None = None
+    after_epoch: Callable[[int], None] | None = None  # epoch -> None, before its checkpoint
     scheduler_per_step: bool = False
     context: dict[str, Any] = field(default_factory=dict)  # what finish() needs from prepare()
 
@@ -78,6 +80,7 @@ def run_recipe(
             scheduler_per_step=job.scheduler_per_step,
             extra_state=job.extra_state,
             after_step=job.after_step,
+            after_epoch=job.after_epoch,
             lineage=job.lineage,
             normalize_config=lambda stored: to_dict(from_dict(type(cfg), stored)),
         )
@@ -87,9 +90,11 @@ def run_recipe(
         best = load_checkpoint(run_dir / "best.pt")
         report = finish(job, best, info)
         record_final(run_dir, report, info)
-        if info.is_main and best.get("lineage") and isinstance(report.get("test"), dict):
-            # the kept checkpoint carries its own test metrics, as run.json does
-            best["lineage"][-1]["metrics"] = metrics_of_test(report["test"])
+        if info.is_main:
+            if best.get("lineage") and isinstance(report.get("test"), dict):
+                # the kept checkpoint carries its own test metrics, as run.json does
+                best["lineage"][-1]["metrics"] = metrics_of_test(report["test"])
+            # and the weights finish() kept (e.g. a weight average)
             atomic_torch_save(best, run_dir / "best.pt")
         return report
     finally:

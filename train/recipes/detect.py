@@ -36,6 +36,7 @@ from sarbridge.train.engine import (
     DistInfo,
     EpochPlan,
     ModelEMA,
+    WeightAverage,
     autocast_dtype,
     make_optimizer,
     warmup_schedule,
@@ -96,8 +97,13 @@ class DetOptim:
     weight_decay: float = 0.05
     momentum: float = 0.9
     warmup_steps: int = 200
-    schedule: str = "cosine"  # "cosine" or "step"
+    # "cosine", "step", or "cyclic" (the cosine decay restarted every epoch, for swa_epochs)
+    schedule: str = "cosine"
     milestones: tuple[float, ...] = (0.7, 0.9)  # step schedule: fractions of training
+    # stochastic weight averaging: the model kept is the mean of the trained weights at the end
+    # of each of the last swa_epochs epochs (with the "cyclic" schedule: each at the low point of
+    # its cycle), its BatchNorm statistics measured again on one pass of the training batches;
+    # it replaces the EMA and the best-epoch choice. 0: off
     ema: bool = True
     ema_decay: float = 0.999
     # the EMA's decay ramps up as decay * (1 - exp(-step / ema_ramp_steps)); a ramp much longer
@@ -111,6 +117,21 @@ class DetOptim:
     # channels-last memory layout for model and batches: the same numbers up to float rounding,
     # faster convolutions on the CPU (measured in benchmarks/results/det_edge_long)
     channels_last: bool = True
+    swa_epochs: int = 0
+
+    def __post_init__(self):
+        from sarbridge.train.config import ConfigError
+        from sarbridge.train.engine import SCHEDULES
+
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(
+                f"optim.schedule must be one of {', '.join(SCHEDULES)}, not {self.schedule!r}"
+            )
+        if not 0 <= self.swa_epochs <= self.epochs:
+            raise ConfigError(
+                f"optim.swa_epochs must be between 0 and optim.epochs ({self.epochs}), "
+                f"not {self.swa_epochs}"
+            )
 
 
 @dataclass(frozen=True)
@@ -395,16 +416,27 @@ def train_detector(
         steps_per_epoch = len(train.records) // o.batch_size
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer,
-            warmup_schedule(steps_per_epoch * o.epochs, o.warmup_steps, o.schedule, o.milestones),
-        )
+            warmup_schedule(
+                steps_per_epoch * o.epochs, o.warmup_steps, o.schedule, o.milestones,
+                cycle_steps=steps_per_epoch,
+            ),
+        )  # fmt: skip
         ema = ModelEMA(net_model, o.ema_decay, o.ema_ramp_steps) if o.ema else None
         eval_model = (lambda: ema.module) if ema else (lambda: net_model)  # noqa: E731
+        swa = WeightAverage() if o.swa_epochs else None
+
+        def add_to_average(epoch: int) -> None:
+            if epoch >= o.epochs - o.swa_epochs:
+                swa.add(net_model)
+
         def get_state() -> dict:
             state = {}
             if ema:
                 state |= {"ema": ema.module.state_dict(), "ema_updates": ema.updates}
             if distiller is not None:
                 state["distill_adapters"] = distiller.adapters.state_dict()
+            if swa is not None:
+                state["swa"] = swa.state_dict()
             return state
 
         def set_state(state: dict) -> None:
@@ -413,8 +445,12 @@ def train_detector(
                 ema.updates = int(state["ema_updates"])
             if distiller is not None:
                 distiller.adapters.load_state_dict(state["distill_adapters"])
+            if swa is not None:
+                swa.load_state_dict(state["swa"])
 
-        extra_state = (get_state, set_state) if ema or distiller is not None else None
+        extra_state = (
+            (get_state, set_state) if ema or distiller is not None or swa is not None else None
+        )
         if info.is_main:
             n_params = sum(p.numel() for p in net_model.parameters())
             print(
@@ -424,7 +460,12 @@ def train_detector(
             )
             if distiller is not None:
                 print(f"distilled from {cfg.distill.teacher}: {distiller.describe()}")
-            if not len(val.records):
+            if swa is not None:
+                print(
+                    f"weight averaging: the model kept is the mean of the weights after each of "
+                    f"the last {o.swa_epochs} epochs (schedule {o.schedule})"
+                )
+            elif not len(val.records):
                 print(
                     f"no validation images (data.val_fraction {cfg.data.val_fraction:g}): "
                     "the last epoch is the one kept"
@@ -450,7 +491,8 @@ def train_detector(
             batches=lambda epoch: epoch_batches(cfg, train, epoch, info, info.device),
             step=step,
             batch_items=lambda batch: len(batch[0]),
-            evaluate=evaluate_epoch if len(val.records) else None,
+            # with weight averaging the average is kept, not a best epoch
+            evaluate=evaluate_epoch if len(val.records) and swa is None else None,
             steps_per_epoch=steps_per_epoch,
         )
         return Job(
@@ -465,14 +507,25 @@ def train_detector(
             extra={"classes": list(classes)},
             extra_state=extra_state,
             after_step=(lambda: ema.update(net)) if ema else None,
+            after_epoch=add_to_average if swa is not None else None,
             scheduler_per_step=True,
-            context={"model": net_model, "test": test, "classes": classes, "summary": summary},
-        )
+            context={
+                "model": net_model, "train": train, "test": test, "classes": classes,
+                "summary": summary, "swa": swa,
+            },
+        )  # fmt: skip
 
     def finish(job: Job, best: dict, info: DistInfo) -> dict:
         # the best weights in the trained module, laid out as load_model gives them (contiguous)
         final_model = job.context["model"].to(memory_format=torch.contiguous_format)
         final_model.load_state_dict(deployed_weights(best))
+        swa = job.context["swa"]
+        if swa is not None:
+            # the kept checkpoint becomes the average (run_recipe writes ``best`` back)
+            averaged = average_with_bn(final_model, swa, job.context["train"], info)
+            best["model"] = averaged
+            best.pop("ema", None)
+            best["swa_snapshots"] = swa.count
         test_metrics = evaluate(final_model, job.context["test"], cfg, info.device, job.context["classes"])
         if info.is_main:
             t, n = test_metrics, job.context["summary"]["images"]["test"]
@@ -482,9 +535,27 @@ def train_detector(
                 f"{t['recall']:.3f} at score {cfg.eval.operating_threshold}"
             )
         return {
+            **({"swa_snapshots": swa.count} if swa is not None else {}),
             "best_epoch": int(best["epoch"]) + 1,
             "test": test_metrics,
             "parameters": sum(p.numel() for p in final_model.parameters()),
         }
+
+    def average_with_bn(model, swa: WeightAverage, train, info: DistInfo) -> dict:
+        """``model`` loaded with the average of ``swa``, its BatchNorm statistics measured on one
+        pass of the training batches (augmented as in the last epoch); the state dict."""
+        from torch.optim.swa_utils import update_bn
+
+        model.load_state_dict(swa.average(model.state_dict()))
+        batches = (x for x, _ in epoch_batches(cfg, train, cfg.optim.epochs - 1, info, info.device))
+        with torch.no_grad():
+            update_bn(batches, model)
+        model.eval()
+        if info.is_main:
+            print(
+                f"weight average of {swa.count} snapshots; BatchNorm statistics measured on "
+                "one pass of the training batches"
+            )
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     return run_recipe("detect", cfg, runs_dir, resume, progress, prepare, finish)

@@ -1,0 +1,103 @@
+"""Stochastic weight averaging of detector runs: the cyclic schedule, the running average, and a
+run whose kept model is the mean of its last epochs' weights with BatchNorm measured again."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from sarbridge.runtime.errors import SarbridgeError
+from sarbridge.train.checkpoint import deployed_weights, load_checkpoint, load_model
+from sarbridge.train.config import ConfigError, from_dict
+from sarbridge.train.engine import WeightAverage, warmup_schedule
+from sarbridge.train.recipes.detect import DetConfig, train_detector
+
+
+def test_cyclic_schedule_restarts_every_cycle_and_ends_each_at_its_floor():
+    f = warmup_schedule(total_steps=30, warmup_steps=1, schedule="cyclic", cycle_steps=10)
+    for cycle in range(3):
+        first, last = f(cycle * 10), f(cycle * 10 + 9)
+        assert first == pytest.approx(0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * 0.1)))
+        assert last == pytest.approx(0.05)  # the snapshot of each epoch is taken here
+        steps = [f(cycle * 10 + i) for i in range(10)]
+        assert steps == sorted(steps, reverse=True)
+    # the plain cosine decays once over the whole run
+    g = warmup_schedule(total_steps=30, warmup_steps=1, schedule="cosine")
+    assert g(10) < g(9) and g(29) < g(10)
+
+
+def test_schedules_refuse_unknown_names_and_a_cycle_without_length():
+    with pytest.raises(SarbridgeError, match="cosine, step, cyclic"):
+        warmup_schedule(10, 1, "linear")
+    with pytest.raises(SarbridgeError, match="steps of one cycle"):
+        warmup_schedule(10, 1, "cyclic")
+
+
+def test_weight_average_is_the_mean_and_survives_a_checkpoint():
+    torch.manual_seed(0)
+    models = [nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4)) for _ in range(3)]
+    for i, m in enumerate(models):
+        m[1].num_batches_tracked.fill_(10 * (i + 1))
+    avg = WeightAverage()
+    avg.add(models[0])
+    restored = WeightAverage()
+    restored.load_state_dict(avg.state_dict())  # as set_state after --resume
+    for m in models[1:]:
+        restored.add(m)
+    out = restored.average(models[0].state_dict())
+    assert restored.count == 3
+    expected = torch.stack([m[0].weight.detach() for m in models]).mean(0)
+    torch.testing.assert_close(out["0.weight"], expected)
+    torch.testing.assert_close(
+        out["1.running_var"], torch.stack([m[1].running_var for m in models]).mean(0)
+    )
+    assert out["0.weight"].dtype == torch.float32
+    assert int(out["1.num_batches_tracked"]) == 30  # counters: the last snapshot's
+    with pytest.raises(SarbridgeError, match="no weights"):
+        WeightAverage().average(models[0].state_dict())
+
+
+def test_swa_epochs_is_checked_against_the_schedule():
+    with pytest.raises(ConfigError, match="swa_epochs must be between 0 and optim.epochs"):
+        from_dict(DetConfig, {"optim": {"epochs": 2, "swa_epochs": 3}})
+    with pytest.raises(ConfigError, match="optim.schedule must be one of"):
+        from_dict(DetConfig, {"optim": {"schedule": "linear"}})
+
+
+def test_a_weight_averaged_run_keeps_the_mean_of_its_last_epochs(tmp_path, data):
+    cfg = from_dict(
+        DetConfig,
+        {
+            "name": "swa",
+            "threads": 1,
+            "data": {"input_size": 64, "max_train_images": 8, "val_fraction": 0.0},
+            "optim": {
+                "epochs": 3, "batch_size": 4, "warmup_steps": 1, "lr": 0.01,
+                "schedule": "cyclic", "swa_epochs": 2,
+            },
+        },
+    )  # fmt: skip
+    report = train_detector(cfg, tmp_path, progress=False)
+    run = tmp_path / "swa"
+    assert report["swa_snapshots"] == 2
+    last, best = load_checkpoint(run / "checkpoint.pt"), load_checkpoint(run / "best.pt")
+    assert last["swa"]["count"] == 2  # epochs 2 and 3
+    assert "ema" not in best  # the average replaces the EMA
+    kept = deployed_weights(best)
+    sums, n = last["swa"]["sums"], last["swa"]["count"]
+    conv = next(k for k, v in kept.items() if k.endswith("weight") and v.dim() == 4)
+    torch.testing.assert_close(kept[conv], (sums[conv] / n).float())
+    assert not torch.equal(kept[conv], last["model"][conv])  # not the last epoch's weights
+    # BatchNorm statistics were measured again for the averaged weights, not averaged
+    bn = next(k for k in kept if k.endswith("running_mean"))
+    assert not torch.allclose(kept[bn], (sums[bn] / n).float())
+    # the one loader restores the average, and the run's test figures are of it
+    loaded = load_model(run)
+    for k, v in loaded.model.state_dict().items():
+        torch.testing.assert_close(v, kept[k])
+    assert best["lineage"][-1]["metrics"]["test_AP50_95"] == pytest.approx(
+        report["test"]["AP50_95"]
+    )
