@@ -43,6 +43,23 @@ TOOL_PACKAGES = (
 )
 
 
+def refuse_inapplicable(method: str, given: dict) -> None:
+    """Refuse the options in ``given`` (name -> value, None meaning not given) that ``method``
+    does not take (settings.STEP_OPTIONS), instead of ignoring them."""
+    from .settings import STEP_OPTIONS
+
+    def key(option: str) -> str:  # compress()'s argument -> the recipe key
+        return "global" if option == "global_pruning" else option
+
+    wrong = [k for k, v in given.items() if v is not None and key(k) not in STEP_OPTIONS[method]]
+    if wrong:
+        takes = {k: ", ".join(m for m, o in STEP_OPTIONS.items() if key(k) in o) for k in wrong}
+        raise CompressError(
+            f"--method {method} does not take "
+            + "; ".join(f"--{key(k).replace('_', '-')} (taken by {takes[k]})" for k in wrong)
+        )
+
+
 @dataclass
 class Scored:
     """AP of one model on one set of images through the deployed pipeline."""
@@ -251,12 +268,21 @@ def compress(
     averaged over the views.
 
     Raises:
-        CompressError: unknown method or target, a source that is not a detector, an empty or
+        CompressError: unknown method or target, an option the method does not take
+            (settings.STEP_OPTIONS), a source that is not a detector, an empty or
             unreadable calibration set, an accuracy budget that cannot be met, an existing
             ``out`` without ``overwrite``. Nothing is written in any of these cases.
     """
     if method not in METHODS:
         raise CompressError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
+    refuse_inapplicable(
+        method,
+        {
+            "epochs": epochs, "lr": lr, "ratio": ratio, "ratio_of": ratio_of,
+            "importance": importance, "global_pruning": global_pruning, "round_to": round_to,
+            "class_evidence": class_evidence, "teacher": teacher, "teacher_flips": teacher_flips,
+        },
+    )  # fmt: skip
     epochs = DEFAULT_EPOCHS.get(method, 0) if epochs is None else int(epochs)
     lr = DEFAULT_LR.get(method, 0.0) if lr is None else float(lr)
     if method in ("prune", "distill", "finetune"):

@@ -26,18 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import CompressError
+from .settings import STEP_OPTIONS
 
 TRAINING = ("prune", "distill", "finetune")
 ARTIFACT = ("int8", "qat", "fp16")
-STEP_OPTIONS = {
-    "prune": {"ratio", "ratio_of", "importance", "global", "round_to", "class_evidence",
-              "teacher", "teacher_flips", "epochs", "lr", "seed"},  # fmt: skip
-    "distill": {"teacher", "teacher_flips", "epochs", "lr", "seed"},
-    "finetune": {"epochs", "lr", "seed"},
-    "int8": {"target", "calibration_images", "guard_images", "max_ap_drop", "seed"},
-    "qat": {"target", "calibration_images", "guard_images", "max_ap_drop", "seed", "epochs", "lr"},
-    "fp16": set(),
-}
 # (step before, step) -> why it is refused; "source" is the recipe's source
 CHAIN_RULES = {
     **{(q, "prune"): "pruning after quantization: an INT8/FP16 artifact is an ONNX graph; "

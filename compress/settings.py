@@ -2,6 +2,7 @@
 
 Torch-free, so that the command line, recipes and the compress API read the defaults from this
 one place without importing torch (:func:`prune_default`); :mod:`.prune` does the pruning.
+Also which options each compress method takes (:data:`STEP_OPTIONS`), for the same readers.
 """
 
 from __future__ import annotations
@@ -11,6 +12,16 @@ from dataclasses import dataclass
 
 from .errors import CompressError
 
+# the options each compress method takes (recipe steps' keys; compress() refuses the others)
+STEP_OPTIONS = {
+    "prune": {"ratio", "ratio_of", "importance", "global", "round_to", "class_evidence",
+              "teacher", "teacher_flips", "epochs", "lr", "seed"},  # fmt: skip
+    "distill": {"teacher", "teacher_flips", "epochs", "lr", "seed"},
+    "finetune": {"epochs", "lr", "seed"},
+    "int8": {"target", "calibration_images", "guard_images", "max_ap_drop", "seed"},
+    "qat": {"target", "calibration_images", "guard_images", "max_ap_drop", "seed", "epochs", "lr"},
+    "fp16": set(),
+}
 IMPORTANCES = ("l2", "bn", "taylor")
 RATIO_OF = ("macs", "channels")
 

@@ -229,9 +229,15 @@ def export_detector(
     vote_iou: float | str | None = None,
     tta_flips=None,
     source_label: str | None = None,
+    whole_scene_max: int | str | None = None,
 ) -> dict:
     """Export a detector (a run folder, a checkpoint or ``zoo:<name>``) to ``out`` (model.onnx +
     manifest.json); returns the manifest.
+
+    ``whole_scene_max``: scenes up to this long side are letterboxed whole into the network
+    input, longer ones tiled (default: for a detector trained on whole images,
+    :func:`training_whole_scene_max`, so that scenes like the ones it learned from are seen as
+    it learned them; for one trained on tiles, none; ``"off"``: none).
 
     ``nms_iou`` sets the deployed NMS IoU (default: the run's ``eval.iou_threshold``),
     ``vote_iou`` the deployed box voting after NMS (default: the run's ``eval.vote_iou``;
@@ -266,10 +272,15 @@ def export_detector(
     ds = read_dataset(resolve_data_path(cfg.data.root))
     records = ds.split(cfg.data.test_split) or ds.records
     x = parity_inputs(records, params, cfg.data.input_size, parity_images)
+    train_records = ds.split(cfg.data.train_split) or ds.records
     if tile_size is None:  # the tiles training saw, else the scale training saw
-        tile_size = cfg.data.tile_size or training_scale_tile(
-            ds.split(cfg.data.train_split) or ds.records
-        )
+        tile_size = cfg.data.tile_size or training_scale_tile(train_records)
+    if whole_scene_max is None and not cfg.data.tile_size:  # trained on whole images
+        whole_scene_max = training_whole_scene_max(train_records, cfg.augment.scale_min)
+    if whole_scene_max == "off":
+        whole_scene_max = None
+    if whole_scene_max is not None and int(whole_scene_max) <= int(tile_size):
+        whole_scene_max = None  # a scene no larger than a tile is one tile anyway
     trained = loaded.lineage[-1] if loaded.lineage else {}
     export_step = {
         "name": name or Path(out).name,
@@ -301,6 +312,7 @@ def export_detector(
         ),
         tile_size=tile_size,
         overlap=overlap,
+        whole_scene_max=whole_scene_max,
         score_threshold=cfg.eval.operating_threshold,
         iou_threshold=iou,
         vote_iou=vote,
@@ -383,6 +395,21 @@ def training_scale_tile(records, multiple: int = 32) -> int:
     return max(multiple, int(round(float(np.median(sides)) / multiple)) * multiple)
 
 
+def training_whole_scene_max(records, scale_min: float, limit: int = 4096) -> int:
+    """The longest scene that, letterboxed whole into the network input, shrinks its ships no
+    more than training shrank them.
+
+    Training letterboxes each image whole and then jitters its scale down to ``scale_min``, so
+    its smallest scale was ``input / L_max * scale_min`` (L_max: the long side of its largest
+    image); a scene of long side ``L_max / scale_min`` letterboxed whole is at that scale.
+    Longer scenes are tiled instead. (At most ``limit``, the manifest's bound.)
+    """
+    sides = [max(r.height, r.width) for r in records]
+    if not sides:
+        raise ExportError("no training images to derive whole_scene_max from; pass --whole-scene-max")
+    return min(limit, int(max(sides) / min(1.0, float(scale_min))))
+
+
 def _publish(manifest: dict, tmp: Path, out: Path) -> dict:
     """Validate and write the manifest into the finished temporary folder, then move it to ``out``."""
     save_manifest(manifest, tmp)
@@ -405,6 +432,7 @@ def export_detector_model(
     predict,
     tile_size: int | None = None,
     overlap: float = 0.5,
+    whole_scene_max: int | None = None,
     score_threshold: float = 0.3,
     iou_threshold: float = 0.5,
     max_detections: int = 300,
@@ -559,7 +587,11 @@ def export_detector_model(
             "inputs": inputs,
             "outputs": outputs,
             "preprocessing": {**dataclasses.asdict(params), "input_size": int(input_size)},
-            "tiling": {"size": int(tile_size or input_size), "overlap": float(overlap)},
+            "tiling": {
+                "size": int(tile_size or input_size),
+                "overlap": float(overlap),
+                **({} if whole_scene_max is None else {"whole_scene_max": int(whole_scene_max)}),
+            },
             "postprocessing": {
                 "score_threshold": float(score_threshold),
                 "iou_threshold": float(iou_threshold),
@@ -690,6 +722,7 @@ def export_run(
     tta_flips=None,
     name: str | None = None,
     source_label: str | None = None,
+    whole_scene_max: int | str | None = None,
 ) -> dict:
     """Export whichever model ``source`` holds (a run folder, a checkpoint or ``zoo:<name>``):
     a BNN (its SAR encoder) or a detector, told by the checkpoint's task. ``source_label``
@@ -702,10 +735,15 @@ def export_run(
     if name is None and is_zoo_ref(source):  # a zoo model keeps its zoo name
         name = str(source).split(":", 1)[1]
     if task == "bnn":
-        if nms_iou is not None or vote_iou is not None or tta_flips is not None:
+        if (
+            nms_iou is not None
+            or vote_iou is not None
+            or tta_flips is not None
+            or whole_scene_max is not None
+        ):
             raise ExportError(
-                f"{source} is a BNN (an embedder): NMS, box voting and test-time flips do not "
-                "apply"
+                f"{source} is a BNN (an embedder): NMS, box voting, test-time flips and whole "
+                "scenes do not apply"
             )
         return export_embedder(
             source, out, parity_patches=parity_images, name=name, source_label=source_label
@@ -721,4 +759,5 @@ def export_run(
         nms_iou=nms_iou,
         vote_iou=vote_iou,
         tta_flips=tta_flips,
+        whole_scene_max=whole_scene_max,
     )

@@ -7,8 +7,10 @@
 A scene goes: windowed reads -> the manifest's preprocessing (one clip range per
 scene) -> tiles of ``tiling.size`` with ``tiling.overlap``, each fitted into the
 network input (letterbox) -> backend in batches -> decode (the numpy code the
-training evaluation uses) -> cross-tile merge. A scene no larger than a tile is
-one tile, letterboxed exactly as in training evaluation. Memory is bounded by the
+training evaluation uses) -> cross-tile merge. A scene no larger than a tile, or
+no longer than ``tiling.whole_scene_max`` (the largest image a detector trained
+on whole images saw), is one tile, letterboxed whole exactly as in training
+evaluation. Memory is bounded by the
 tile batch (plus the scene sample for the clip range), not by the scene.
 """
 
@@ -124,10 +126,7 @@ class InferredScene:
     def result(self) -> SceneResult:
         """Decode the last batch and merge the tiles: the scene's detections (made once)."""
         if self._result is None:
-            raw, boxes_back = self.last
-            self.pipeline._decode_batch(raw, boxes_back, self.per_tile, self.timings)
-            self.last = None  # decoded: the raw outputs are not needed again
-            self._result = self.pipeline._merge(self)
+            self._result = self.pipeline.conclude(self)
         return self._result
 
 
@@ -166,10 +165,13 @@ class ScenePipeline:
         pipelined: bool = False,
         letterbox_align: str = "corner",
         letterbox_fill: float = 0.0,
+        whole_scene_max: int | None = None,
     ):
         self.params, self.input_size = params, int(input_size)
         self.letterbox_align, self.letterbox_fill = letterbox_align, float(letterbox_fill)
         self.tile_size, self.overlap = int(tile_size), float(overlap)
+        # scenes up to this long side are one tile, letterboxed whole (None: the tile size)
+        self.whole_scene_max = max(self.tile_size, int(whole_scene_max or 0))
         self.iou_threshold, self.max_detections = float(iou_threshold), int(max_detections)
         self.vote_iou = None if vote_iou is None else float(vote_iou)  # box voting after NMS
         self.flips = parse_flips(flips)  # test-time flips, merged with the plain view before NMS
@@ -242,11 +244,14 @@ class ScenePipeline:
             begun.close()
 
     def plan(self, height: int, width: int, path=None) -> list[Tile]:
-        """The tiles a height x width scene is cut into.
+        """The tiles a height x width scene is cut into: the whole scene when its long side is
+        at most ``whole_scene_max``, else tiles of ``tile_size`` at ``overlap``.
 
         Raises:
             DataError: (naming ``path``) more tiles than the limit ``max_tiles`` allows.
         """
+        if max(height, width) <= self.whole_scene_max:
+            return [Tile(0, 0, height, width)]
         count = tile_count(height, width, self.tile_size, self.overlap)
         lim = get_limits()
         if count > lim.max_tiles:
@@ -358,6 +363,14 @@ class ScenePipeline:
         )
         timings["decode"] += time.perf_counter() - t0
 
+    def conclude(self, scene: InferredScene) -> SceneResult:
+        """Decode the last batch of a scene :meth:`infer` ran and merge its tiles (use
+        :meth:`InferredScene.result`, which does this once)."""
+        raw, boxes_back = scene.last
+        self._decode_batch(raw, boxes_back, scene.per_tile, scene.timings)
+        scene.last = None  # decoded: the raw outputs are not needed again
+        return self._merge(scene)
+
     def _merge(self, scene: InferredScene) -> SceneResult:
         """The tiles' detections merged into the scene's."""
         t0, per_tile, timings = time.perf_counter(), scene.per_tile, scene.timings
@@ -444,7 +457,7 @@ class ScenePipeline:
 
 def scene_settings(manifest: dict) -> dict:
     """:class:`ScenePipeline` arguments from a manifest: preprocessing, input and tile size,
-    overlap, NMS IoU, detection cap, box voting."""
+    overlap, the longest scene letterboxed whole, NMS IoU, detection cap, box voting."""
     params, input_size = preprocess_of(manifest)
     align, fill = letterbox_of(manifest)
     post = manifest["postprocessing"]
@@ -455,6 +468,7 @@ def scene_settings(manifest: dict) -> dict:
         "letterbox_fill": fill,
         "tile_size": int(manifest["tiling"]["size"]),
         "overlap": float(manifest["tiling"]["overlap"]),
+        "whole_scene_max": manifest["tiling"].get("whole_scene_max"),
         "iou_threshold": float(post["iou_threshold"]),
         "max_detections": int(post["max_detections"]),
         "vote_iou": post.get("vote_iou"),

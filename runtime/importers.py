@@ -131,7 +131,9 @@ def onnx_size_metrics(model: Path) -> dict:
     return {"parameters": parameters, "gmacs_per_image": macs / 1e9}
 
 
-def ultralytics_manifest(model: Path, name: str, overlap: float = 0.25) -> dict:
+def ultralytics_manifest(
+    model: Path, name: str, overlap: float = 0.25, whole_scene_max: int | None = None
+) -> dict:
     """The manifest of an Ultralytics detection export (the files are only read): an ONNX file
     (``format=onnx``) or an OpenVINO folder (``format=openvino``, FP32 or ``int8=True``).
 
@@ -197,7 +199,11 @@ def ultralytics_manifest(model: Path, name: str, overlap: float = 0.25) -> dict:
         ],
         "preprocessing": pre
         | {"input_size": size, "letterbox_align": "center", "letterbox_fill": ULTRALYTICS_FILL},
-        "tiling": {"size": size, "overlap": float(overlap)},
+        "tiling": {
+            "size": size,
+            "overlap": float(overlap),
+            **({"whole_scene_max": int(whole_scene_max)} if whole_scene_max else {}),
+        },
         "postprocessing": {  # Ultralytics' predict defaults
             "score_threshold": 0.25,
             "iou_threshold": 0.7,
@@ -239,6 +245,7 @@ def import_ultralytics(
     overlap: float = 0.25,
     check=None,
     unchecked: str | None = None,
+    whole_scene_max: int | None = None,
 ) -> Path:
     """Write ``out/`` (model.onnx, or model.xml + model.bin, + manifest.json) for an Ultralytics
     detection export, then
@@ -251,6 +258,8 @@ def import_ultralytics(
             import step of the lineage and its agreement into the metrics; when it raises,
             nothing is left.
         unchecked: why there is no check (recorded in the lineage instead).
+        whole_scene_max: scenes up to this long side are letterboxed whole (None: the input
+            size; tiling.whole_scene_max of the manifest).
 
     Raises:
         SarbridgeError: see :func:`ultralytics_manifest`; ``out`` exists already; the check
@@ -263,7 +272,7 @@ def import_ultralytics(
         raise SarbridgeError(f"{model}: no such file or folder")
     if out.exists():
         raise SarbridgeError(f"{out}: exists already; choose another --out")
-    manifest = ultralytics_manifest(model, name or out.name, overlap)
+    manifest = ultralytics_manifest(model, name or out.name, overlap, whole_scene_max)
     out.mkdir(parents=True)
     try:
         backend = "onnxruntime"

@@ -18,7 +18,10 @@ Schema version 2 (all keys required unless marked optional)::
     preprocessing   SarPreprocess fields + input_size: int in [16, 4096]
                     + letterbox_align?: "corner" (default) | "center",
                       letterbox_fill?: number (default 0.0, in network-input units)
-    tiling          {size: int in [16, 4096], overlap: float in [0, 0.9]}
+    tiling          {size: int in [16, 4096], overlap: float in [0, 0.9],
+                     whole_scene_max?: int in [size, 4096] (a scene whose long side is at most
+                     this is letterboxed whole into the input, as training saw its images;
+                     default size)}
     postprocessing  {score_threshold, iou_threshold: float in [0, 1],
                      max_detections: int in [1, 100000],
                      vote_iou?: float in (0, 1] or null (box voting after NMS),
@@ -536,6 +539,13 @@ def validate(manifest: dict, path: str | Path = "<manifest>") -> dict:
     overlap = _need(tiling, "overlap", float, "tiling.", path)
     if not 0 <= overlap <= MAX_OVERLAP:
         _fail(path, f"field 'tiling.overlap' must be in [0, {MAX_OVERLAP}], got {overlap}")
+    whole = tiling.get("whole_scene_max")
+    if whole is not None and (not _is_kind(whole, int) or not tiling["size"] <= whole <= hi):
+        _fail(
+            path,
+            f"field 'tiling.whole_scene_max' must be an int in [tiling.size ({tiling['size']}), "
+            f"{hi}], got {whole!r}",
+        )
     _check_postprocessing(manifest["postprocessing"], version, path, size)
     if not manifest["classes"] or not all(isinstance(c, str) for c in manifest["classes"]):
         _fail(path, "field 'classes' must be a non-empty list of names")

@@ -124,6 +124,8 @@ def edge_artifact(tmp_path_factory, data) -> Path:
                 "128",
                 "--overlap",
                 "0.25",
+                "--whole-scene-max",  # the runtime tests cut their scenes into many tiles
+                "off",
                 "--parity-images",
                 "6",
             ]

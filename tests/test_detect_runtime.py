@@ -226,6 +226,21 @@ def test_detector_api(edge_artifact, data):
 
     path = data / "SSDD" / "JPEGImages" / "000001.jpg"
     chip = read_image(path)
+    # a scene no longer than tiling.whole_scene_max (an export's default for a run trained on
+    # whole chips) is one tile, letterboxed whole (416 px scaled to 128) as training saw it
+    manifest = load_manifest(edge_artifact)
+    manifest["tiling"]["whole_scene_max"] = 640
+    whole = Detector(manifest, edge_artifact, score_threshold=0.001, threads=2)
+    assert whole.tile_size == 128 and whole.whole_scene_max >= max(chip.shape) > 128
+    res_whole = whole.detect(chip)
+    x, lb = letterbox(preprocess(chip, whole.params), whole.input_size)
+    boxes, scores, _ = whole.run_inputs(x[None])[0]
+    order = np.argsort(-scores, kind="stable")[: whole.max_detections]
+    assert res_whole.tiles == 1 and len(res_whole) > 0
+    np.testing.assert_allclose(res_whole.boxes, lb.to_image(boxes)[order], rtol=1e-6)
+    np.testing.assert_allclose(res_whole.scores, scores[order])
+
+    # the fixture is exported with --whole-scene-max off: a scene longer than a tile is tiled
     det = Detector.from_artifact(edge_artifact, score_threshold=0.001, threads=2)
     res = det.detect(chip)  # 416 x 323 with 128 px tiles: several tiles, merged
     assert res.tiles == len(det.plan(*chip.shape[:2])) > 1 and res.map_boxes is None

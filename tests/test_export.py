@@ -29,14 +29,14 @@ from sarbridge.train.models.registry import (  # noqa: E402
 )
 
 
-def test_exported_run_manifest_and_graph(edge_artifact):
+def test_exported_run_manifest_and_graph(edge_artifact, data):
     manifest = load_manifest(edge_artifact)  # validates and checks the model hash
     assert manifest["task"] == "detect" and manifest["model"]["format"] == "onnx"
     assert manifest["metrics"]["parity_max_abs_diff"] <= 1e-3
     assert manifest["metrics"]["parity_detection_agreement"] >= 0.98
     assert "test_AP50" in manifest["metrics"]
     assert manifest["postprocessing"]["decode"] == "dense_ltrb"
-    assert manifest["tiling"] == {"size": 128, "overlap": 0.25}
+    assert manifest["tiling"] == {"size": 128, "overlap": 0.25}  # exported --whole-scene-max off
     train, export = manifest["lineage"]
     assert (train["kind"], export["kind"]) == ("train", "export")
     run = edge_artifact.parents[1] / "runs" / train["name"]
@@ -51,6 +51,35 @@ def test_exported_run_manifest_and_graph(edge_artifact):
     assert "BatchNormalization" not in ops
     assert graph.opset_import[0].version >= 17
     assert graph.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+
+
+def test_whole_scene_max_is_set_off_or_dropped(edge_artifact, data, tmp_path):
+    from sarbridge.export.onnx_export import export_run
+
+    run = edge_artifact.parents[1] / "runs" / load_manifest(edge_artifact)["lineage"][0]["name"]
+    # trained on whole chips: by default a scene is letterboxed whole while that shrinks it no
+    # more than training did (the largest training chip, 653 px, at the scale jitter floor 0.6)
+    train = read_dataset(data / "SSDD").split("train")
+    assert max(max(r.height, r.width) for r in train) == 653
+    cases = ((None, 1088), ("off", None), (96, None), (700, 700))  # 96: not above the 128 tile
+    for value, expected in cases:
+        out = tmp_path / f"art_{value}"
+        tiling = export_run(run, out, tile_size=128, whole_scene_max=value, parity_images=2)["tiling"]
+        assert tiling.get("whole_scene_max") == expected
+        assert load_manifest(out)["tiling"] == tiling
+
+
+def test_training_whole_scene_max_rule():
+    from types import SimpleNamespace
+
+    from sarbridge.export.onnx_export import training_whole_scene_max
+
+    records = [SimpleNamespace(height=h, width=w) for h, w in ((400, 600), (500, 300))]
+    assert training_whole_scene_max(records, 0.6) == 1000  # 600 / 0.6
+    assert training_whole_scene_max(records, 1.5) == 600  # no jitter below 1: the largest image
+    assert training_whole_scene_max(records, 0.1) == 4096  # the manifest's bound
+    with pytest.raises(ExportError, match="--whole-scene-max"):
+        training_whole_scene_max([], 0.6)
 
 
 @pytest.mark.parametrize(
@@ -230,6 +259,6 @@ def test_bnn_encoder_exports_as_embed(tmp_path, data):
     assert manifest["outputs"][0]["shape"] == ["batch", 50]
     assert manifest["metrics"]["parity_max_abs_diff"] <= 1e-4
     assert json.loads((tmp_path / "bnn_art" / "manifest.json").read_text())["task"] == "embed"
-    for option in ({"nms_iou": 0.7}, {"vote_iou": 0.7}, {"tta_flips": "h"}):
-        with pytest.raises(ExportError, match="test-time flips do not apply"):
+    for option in ({"nms_iou": 0.7}, {"vote_iou": 0.7}, {"tta_flips": "h"}, {"whole_scene_max": 700}):
+        with pytest.raises(ExportError, match="an embedder.*whole scenes do not apply"):
             export_run(tmp_path / "tiny_bnn", tmp_path / "bnn_nms", parity_images=4, **option)

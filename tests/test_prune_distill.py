@@ -474,12 +474,23 @@ def _tiny_run(edge_artifact):
         (["--method", "prune"], "needs --ratio"),
         (["--method", "distill"], "needs --teacher"),
         (["--method", "distill", "--teacher", "zoo:bnn_edge_sar"], "holds a bnn model"),
-        (["--method", "finetune", "--teacher", "zoo:ssdd_edge_det"], "without a teacher"),
+        (["--method", "finetune", "--teacher", "zoo:ssdd_edge_det"],
+         "--method finetune does not take --teacher (taken by prune, distill)"),
         (["--method", "finetune", "--epochs", "0"], "--epochs must be at least 1"),
         (["--method", "prune", "--ratio", "0.5", "--epochs", "0", "--teacher", "zoo:ssdd_edge_det"],
          "--teacher needs --epochs"),
         (["--method", "prune", "--ratio", "0.5", "--from", "zoo:bnn_edge_sar"], "--epochs 0"),
-        (["--method", "finetune", "--teacher-flips", "h"], "needs --teacher"),
+        (["--method", "finetune", "--teacher-flips", "h"], "does not take --teacher-flips"),
+        (["--method", "distill", "--teacher-flips", "h"], "needs --teacher"),
+        # an option of another method is refused, not ignored
+        (["--method", "int8", "--teacher", "zoo:ssdd_edge_det"],
+         "--method int8 does not take --teacher (taken by prune, distill)"),
+        (["--method", "fp16", "--epochs", "3", "--no-global"],
+         "--method fp16 does not take --epochs (taken by prune, distill, finetune, qat); "
+         "--global (taken by prune)"),
+        (["--method", "distill", "--teacher", "zoo:ssdd_edge_det", "--ratio", "0.5"],
+         "does not take --ratio (taken by prune)"),
+        (["--method", "qat", "--round-to", "8"], "--method qat does not take --round-to"),
         (["--method", "distill", "--teacher", "zoo:ssdd_edge_det", "--teacher-flips", "x"],
          "test-time flips are distinct names"),
     ],
@@ -491,6 +502,30 @@ def test_bad_prune_and_distill_requests_write_nothing(tmp_path, capsys, args, me
     assert main(["compress", *args, "--out", str(out), "--runs-dir", str(tmp_path / "runs")]) == 2
     assert message in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_options_of_a_single_command_are_refused_with_a_recipe(tmp_path, capsys, monkeypatch):
+    """A recipe's steps carry their options: --teacher, --method, --ratio ... beside --recipe are
+    refused, not ignored; --from replaces the recipe's source."""
+    import yaml
+
+    from sarbridge.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "r.yaml"
+    steps = [{"method": "int8"}, {"method": "prune", "ratio": 0.5}]
+    path.write_text(yaml.safe_dump({"name": "chain", "steps": steps}))  # no source
+    for extra in (["--teacher", "zoo:ssdd_edge_det"], ["--method", "int8"], ["--ratio", "0.5"]):
+        with pytest.raises(SystemExit) as exit_:
+            main(["compress", "--recipe", str(path), *extra])
+        assert exit_.value.code == 2
+        assert f"{extra[0]}: not with --recipe" in capsys.readouterr().err
+    assert main(["compress", "--recipe", str(path)]) == 2
+    assert "no source" in capsys.readouterr().err
+    # the source given on the command line is the recipe's: its chain is checked next
+    assert main(["compress", "--recipe", str(path), "--from", "zoo:ssdd_edge_det"]) == 2
+    assert "pruning after quantization" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.yaml"]
 
 
 def test_a_teacher_of_another_class_set_is_refused(edge_artifact, tmp_path, capsys):

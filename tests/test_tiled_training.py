@@ -68,6 +68,7 @@ def test_tiled_training_and_whole_scene_evaluation(tmp_path):
     # the training evaluation of a whole scene is the deployed path: same tiles, same merge
     manifest = export_run(run, tmp_path / "artifact", parity_images=2)
     assert manifest["tiling"]["size"] == 224
+    assert "whole_scene_max" not in manifest["tiling"]  # trained on tiles: scenes are tiled
     loaded = load_model(run)
     model, cfg_loaded = loaded.model, loaded.config
     rec = test.records[0]

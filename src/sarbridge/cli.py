@@ -319,6 +319,14 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
         "--overlap", type=_overlap, default=0.5, help="tile overlap fraction (default 0.5)"
     )
     onnx.add_argument(
+        "--whole-scene-max",
+        type=_whole_scene_max_arg,
+        help="scenes up to this long side (pixels) are letterboxed whole into the network input, "
+        "longer ones tiled; or 'off' (default: for a detector trained on whole images, the "
+        "longest scene that letterboxed whole shrinks ships no more than training did: its "
+        "largest training image's long side / augment.scale_min; for one trained on tiles, none)",
+    )
+    onnx.add_argument(
         "--parity-images", type=_positive, default=16, help="real test images for the check"
     )
     onnx.add_argument(
@@ -338,6 +346,13 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
         "'off' (default: the run's eval.tta_flips); each flip is one more network run per tile",
     )
     onnx.set_defaults(func=_run_export_onnx)
+
+
+def _whole_scene_max_arg(text: str) -> int | str:
+    """--whole-scene-max: "off" or a positive number of pixels."""
+    if text.strip().lower() == "off":
+        return "off"
+    return _positive(text)
 
 
 def _vote_iou_arg(text: str | None) -> float | str | None:
@@ -395,9 +410,21 @@ def _run_export_onnx(args) -> int:
         nms_iou=args.nms_iou,
         vote_iou=_vote_iou_arg(args.vote_iou),
         tta_flips=args.tta_flips,
+        whole_scene_max=args.whole_scene_max,
     )
     print(f"{manifest['task']} artifact written: {args.out} (model.onnx, manifest.json)")
     return 0
+
+
+DEFAULT_COMPRESS_SOURCE = "zoo:ssdd_edge_det"
+# (flag, dest) of compress options that a recipe file sets per step instead
+_STEP_FLAGS = (
+    ("--method", "method"), ("--out", "out"), ("--name", "name"),
+    ("--data", "data"), ("--ratio", "ratio"), ("--ratio-of", "ratio_of"),
+    ("--importance", "importance"), ("--global", "global_pruning"), ("--round-to", "round_to"),
+    ("--class-evidence", "class_evidence"), ("--teacher", "teacher"),
+    ("--teacher-flips", "teacher_flips"), ("--epochs", "epochs"), ("--lr", "lr"),
+)  # fmt: skip
 
 
 def _add_compress(sub: argparse._SubParsersAction) -> None:
@@ -429,10 +456,9 @@ def _add_compress(sub: argparse._SubParsersAction) -> None:
     c.add_argument(
         "--from",
         dest="source",
-        default="zoo:ssdd_edge_det",
-        help="run directory, checkpoint or zoo:<name> (default zoo:ssdd_edge_det); --method "
-        "int8 also takes an exported FP32 artifact without its run (e.g. sarbridge import "
-        "ultralytics), with --data",
+        help=f"run directory, checkpoint or zoo:<name> (default {DEFAULT_COMPRESS_SOURCE}; with "
+        "--recipe, the recipe's source); --method int8 also takes an exported FP32 artifact "
+        "without its run (e.g. sarbridge import ultralytics), with --data",
     )
     c.add_argument(
         "--data",
@@ -457,36 +483,34 @@ def _add_compress(sub: argparse._SubParsersAction) -> None:
         help="prune: the share of the parent's MACs (or channels, --ratio-of) KEPT, in (0, 1)",
     )
     c.add_argument(
-        "--ratio-of", default=prune_default("ratio_of"), choices=RATIO_OF,
-        help="prune: what --ratio counts (default %(default)s)",
+        "--ratio-of", choices=RATIO_OF,
+        help=f"prune: what --ratio counts (default {prune_default('ratio_of')})",
     )  # fmt: skip
     c.add_argument(
         "--importance",
-        default=prune_default("importance"),
         choices=IMPORTANCES,
         help="prune: channel importance: L2 magnitude (l2), BatchNorm scale (bn), Taylor "
-        "(default %(default)s)",
+        f"(default {prune_default('importance')})",
     )
     c.add_argument(
         "--global",
         dest="global_pruning",
         action=argparse.BooleanOptionalAction,
-        default=prune_default("global_pruning"),
         help="prune: rank channels across layers (the default) or prune each layer alike",
     )
     c.add_argument(
         "--round-to",
         type=int,
-        default=prune_default("round_to"),
-        help="prune: channel counts a multiple of this (default %(default)s; AVX-512 holds 16 "
+        help=f"prune: channel counts a multiple of this (default {prune_default('round_to')}; "
+        "AVX-512 holds 16 "
         "floats; at half the MACs, ONNX Runtime ran the 16 model in 13.9 ms, the 8 one in 17.7 ms)",
     )
     c.add_argument(
         "--class-evidence",
         type=int,
-        default=prune_default("class_evidence"),
         help="prune: at every class output, per class, this many channels with a positive and "
-        "as many with a negative class weight rank above all others (default %(default)s; 0: "
+        "as many with a negative class weight rank above all others (default "
+        f"{prune_default('class_evidence')}; 0: "
         "importance alone, which can leave a level unable to score above the sigmoid of its bias)",
     )
     c.add_argument(
@@ -556,13 +580,22 @@ def _run_compress(args) -> int:
     if args.recipe:
         from sarbridge.compress.recipe import run_recipe_file
 
+        given = [flag for flag, dest in _STEP_FLAGS if getattr(args, dest) is not None]
+        if given:  # a recipe's steps carry their own options; refused rather than ignored
+            args.parser.error(
+                f"{', '.join(given)}: not with --recipe (its source and each step's options are "
+                f"in {args.recipe}; copy the preset and edit it)"
+            )
+
         run_recipe_file(args.recipe, resume=args.resume, threads=args.threads,
-                        runs_dir=args.runs_dir)  # fmt: skip
+                        runs_dir=args.runs_dir, source=args.source)  # fmt: skip
         return 0
     if not args.method:
         args.parser.error(
             "--method is required (int8, qat, fp16, prune, distill or finetune) or --recipe"
         )
+    if args.source is None:
+        args.source = DEFAULT_COMPRESS_SOURCE
     out = args.out
     if out is None:
         stem = str(args.source).rstrip("/").split(":")[-1]
@@ -878,6 +911,14 @@ def _add_import(sub: argparse._SubParsersAction) -> None:
         "--overlap", type=_overlap, default=0.25, help="scene tile overlap (default 0.25)"
     )
     ul.add_argument(
+        "--whole-scene-max",
+        type=_positive,
+        help="scenes up to this long side (pixels) are letterboxed whole into the input, as "
+        "Ultralytics trains and validates on whole images; longer ones tiled (default: the "
+        "input size; for a comparison with a sarbridge detector, give the whole_scene_max of "
+        "its manifest)",
+    )
+    ul.add_argument(
         "--parity-images",
         type=int,
         default=16,
@@ -908,8 +949,9 @@ def _run_import_ultralytics(args) -> int:
     if unchecked:
         print(f"parity with Ultralytics' own predictions not checked: {unchecked}")
     out = import_ultralytics(
-        args.model, args.out, args.name, args.overlap, check=check, unchecked=unchecked
-    )
+        args.model, args.out, args.name, args.overlap, check=check, unchecked=unchecked,
+        whole_scene_max=args.whole_scene_max,
+    )  # fmt: skip
     print(f"detect artifact written: {out} ({', '.join(sorted(p.name for p in out.iterdir()))})")
     return 0
 
