@@ -88,7 +88,7 @@ compress: setup
 ifneq ($(RECIPE),)
 	$(BIN)/sarbridge compress --recipe $(RECIPE) --resume $(COMPRESS_ARGS)
 else
-	$(BIN)/sarbridge compress --method $(METHOD) --target $(TARGET) --from $(FROM) --out $(COMPRESS_OUT) $(COMPRESS_ARGS)
+	$(BIN)/sarbridge compress --method $(METHOD) $(if $(filter int8 qat,$(METHOD)),--target $(TARGET)) --from $(FROM) --out $(COMPRESS_OUT) $(COMPRESS_ARGS)
 endif
 
 detect: setup

@@ -233,11 +233,11 @@ def compress(
     source,
     out,
     *,
-    target: str = "onnxruntime",
-    calibration_images: int = 300,
-    guard_images: int = 200,
-    seed: int = 0,
-    max_ap_drop: float = 0.01,
+    target: str | None = None,
+    calibration_images: int | None = None,
+    guard_images: int | None = None,
+    seed: int | None = None,
+    max_ap_drop: float | None = None,
     threads: int | None = None,
     name: str | None = None,
     overwrite: bool = False,
@@ -281,8 +281,17 @@ def compress(
             "epochs": epochs, "lr": lr, "ratio": ratio, "ratio_of": ratio_of,
             "importance": importance, "global_pruning": global_pruning, "round_to": round_to,
             "class_evidence": class_evidence, "teacher": teacher, "teacher_flips": teacher_flips,
+            "target": target, "calibration_images": calibration_images,
+            "guard_images": guard_images, "max_ap_drop": max_ap_drop, "seed": seed,
         },
     )  # fmt: skip
+    from .settings import STEP_DEFAULTS
+
+    given = {"target": target, "calibration_images": calibration_images,
+             "guard_images": guard_images, "max_ap_drop": max_ap_drop, "seed": seed}  # fmt: skip
+    target, calibration_images, guard_images, max_ap_drop, seed = (
+        STEP_DEFAULTS[k] if v is None else v for k, v in given.items()
+    )
     epochs = DEFAULT_EPOCHS.get(method, 0) if epochs is None else int(epochs)
     lr = DEFAULT_LR.get(method, 0.0) if lr is None else float(lr)
     if method in ("prune", "distill", "finetune"):

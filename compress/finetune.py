@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import CompressError
+from .settings import STEP_SCHEDULE
 
 TRAINING_METHODS = ("prune", "distill", "finetune")
 
@@ -113,7 +114,7 @@ def _finetune_config(
         seed=seed,
         init="random",  # the weights come with the model handed in
         optim=dataclasses.replace(o, epochs=int(epochs), lr=float(lr), amp=amp,
-                                  warmup_steps=min(o.warmup_steps, 100)),  # fmt: skip
+                                  warmup_steps=min(o.warmup_steps, 100), **STEP_SCHEDULE),  # fmt: skip
         augment=dataclasses.replace(
             cfg.augment, close_mosaic=min(cfg.augment.close_mosaic or 0, int(epochs))
         ),

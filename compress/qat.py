@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import CompressError
+from .settings import STEP_SCHEDULE
 
 # the decode ops kept in float (torch function names NNCF's torch backend reports)
 _DECODE_TYPES = ["exp", "sum", "amax", "sub", "div", "mul", "log", "clamp"]
@@ -277,6 +278,22 @@ def prepare_qat_run(
     return run_dir
 
 
+def qat_config(cfg, run_name: str, epochs: int, lr: float):
+    """The QAT fine-tuning config: the parent's data, model and loss; ``epochs`` at ``lr``
+    without warm-up, float32 steps in the contiguous layout, no mosaic, and a compress step's
+    schedule (``STEP_SCHEDULE``) whatever the parent's run used."""
+    return dataclasses.replace(
+        cfg,
+        name=run_name,
+        init="random",  # the weights come with the model handed in
+        optim=dataclasses.replace(
+            cfg.optim, epochs=int(epochs), lr=float(lr), warmup_steps=0, amp="fp32",
+            channels_last=False, **STEP_SCHEDULE,
+        ),
+        augment=dataclasses.replace(cfg.augment, close_mosaic=int(epochs)),
+    )  # fmt: skip
+
+
 def compress_qat(
     loaded,
     parent: dict,
@@ -317,16 +334,7 @@ def compress_qat(
     cal = collect_inputs(parent, train, calibration_images, seed, "train", ds.root,
                          progress=progress)  # fmt: skip
     qmodel = quantized_model(loaded, target, cal.inputs)
-    qat_cfg = dataclasses.replace(
-        cfg,
-        name=run_name,
-        init="random",  # the weights come with the model handed in
-        optim=dataclasses.replace(
-            cfg.optim, epochs=int(epochs), lr=float(lr), warmup_steps=0, amp="fp32",
-            channels_last=False,
-        ),
-        augment=dataclasses.replace(cfg.augment, close_mosaic=int(epochs)),
-    )  # fmt: skip
+    qat_cfg = qat_config(cfg, run_name, epochs, lr)
     print(f"[3] quantization-aware fine-tuning: {epochs} epoch(s) at lr {lr:g} -> {run_dir}")
     report = train_detector(
         qat_cfg, run_dir.parent, resume=resume, progress=progress, model=qmodel,

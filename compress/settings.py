@@ -12,6 +12,12 @@ from dataclasses import dataclass
 
 from .errors import CompressError
 
+# A compress step's fine-tuning schedule, whatever the parent's run used: one cosine decay, an
+# EMA of the weights, the best epoch kept. A parent may have ended its own run otherwise (e.g.
+# the zoo detector's weight averaging: cyclic, swa_epochs, no EMA), which is not a schedule
+# for a few epochs of recovery after pruning or of quantization-aware training.
+STEP_SCHEDULE = {"schedule": "cosine", "swa_epochs": 0, "ema": True}
+
 # the options each compress method takes (recipe steps' keys; compress() refuses the others)
 STEP_OPTIONS = {
     "prune": {"ratio", "ratio_of", "importance", "global", "round_to", "class_evidence",
@@ -21,6 +27,14 @@ STEP_OPTIONS = {
     "int8": {"target", "calibration_images", "guard_images", "max_ap_drop", "seed"},
     "qat": {"target", "calibration_images", "guard_images", "max_ap_drop", "seed", "epochs", "lr"},
     "fp16": set(),
+}
+# the defaults of the quantizing methods' options (None in compress() means "not given")
+STEP_DEFAULTS = {
+    "target": "onnxruntime",
+    "calibration_images": 300,
+    "guard_images": 200,
+    "max_ap_drop": 0.01,
+    "seed": 0,
 }
 IMPORTANCES = ("l2", "bn", "taylor")
 RATIO_OF = ("macs", "channels")

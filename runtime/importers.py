@@ -181,6 +181,11 @@ def ultralytics_manifest(
 
     classes = [str(names[k]) for k in range(len(names))]
     pre = SarPreprocess(channels=3, eight_bit_passthrough=True).to_dict()
+    if whole_scene_max and int(whole_scene_max) < size:
+        raise SarbridgeError(
+            f"{model}: --whole-scene-max {whole_scene_max} is under the model's input size "
+            f"({size} px), the tile every scene is cut into: give at least {size}, or leave it out"
+        )
     return {
         "schema_version": SCHEMA_VERSION,
         "name": name,

@@ -532,7 +532,7 @@ def validate(manifest: dict, path: str | Path = "<manifest>") -> dict:
     except (TypeError, ValueError) as exc:
         _fail(path, f"invalid 'preprocessing': {exc}")
     _check_input_shape(manifest["inputs"][0], params.channels, size, path)
-    tiling = manifest["tiling"]
+    tiling = _object(manifest["tiling"], "tiling", path, ("size", "overlap", "whole_scene_max"))
     lo, hi = TILE_SIZE_RANGE
     if not lo <= _need(tiling, "size", int, "tiling.", path) <= hi:
         _fail(path, f"field 'tiling.size' must be in [{lo}, {hi}], got {tiling['size']}")

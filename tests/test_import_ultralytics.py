@@ -83,6 +83,21 @@ def test_what_is_not_an_ultralytics_detection_export_is_refused(tmp_path, kwargs
     assert not (tmp_path / "art").exists()
 
 
+def test_whole_scene_max_is_written_or_refused_under_the_input_size(tmp_path, capsys):
+    from sarbridge.cli import main
+
+    out = import_ultralytics(_export(tmp_path / "best.onnx"), tmp_path / "art", whole_scene_max=150)
+    assert json.loads((out / "manifest.json").read_text())["tiling"]["whole_scene_max"] == 150
+    with pytest.raises(SarbridgeError, match=r"--whole-scene-max 32 is under .* \(64 px\)"):
+        import_ultralytics(tmp_path / "best.onnx", tmp_path / "art2", whole_scene_max=32)
+    assert not (tmp_path / "art2").exists()
+    # over the manifest's bound: refused by the command line before any work
+    argv = ["import", "ultralytics", str(tmp_path / "best.onnx"), "--out", str(tmp_path / "art3")]
+    assert main([*argv, "--whole-scene-max", "5000"]) == 2
+    assert "at most 4096 pixels" in capsys.readouterr().err
+    assert not (tmp_path / "art3").exists()
+
+
 def test_an_existing_out_is_not_replaced(tmp_path):
     (tmp_path / "art").mkdir()
     (tmp_path / "art" / "keep.txt").write_text("mine")

@@ -276,6 +276,7 @@ def test_wrong_version_names_file_and_field(artifact):
         (lambda m: m["tiling"].update(whole_scene_max=256), "tiling.whole_scene_max"),  # < size
         (lambda m: m["tiling"].update(whole_scene_max=640.0), "tiling.whole_scene_max"),
         (lambda m: m["tiling"].update(whole_scene_max=10_000), "tiling.whole_scene_max"),
+        (lambda m: m["tiling"].update(whole_scene=640), "unknown fields ['whole_scene'] in 'tiling'"),
         (lambda m: m["model"].update(sha256="xyz"), "model.sha256"),
         (lambda m: m.update(color="red"), "unknown fields"),
         (lambda m: m["preprocessing"].update(clip="sometimes"), "invalid 'preprocessing'"),

@@ -119,7 +119,8 @@ def test_a_class_head_without_positive_weights_is_reported_with_its_ceiling():
 def test_pruning_keeps_evidence_for_and_against_the_class_at_every_level():
     """Magnitude alone removes every channel with a positive class weight from the zoo detector
     at 30 % of its MACs (each level then scores below the sigmoid of its bias, whatever the
-    image); class_evidence keeps that many channels of each sign per class output."""
+    image); class_evidence keeps that many channels of each sign per class output (all of a
+    sign where the parent has fewer: the zoo detector's third level has 2 positive weights)."""
     from sarbridge.compress.prune import class_outputs, class_score_ceilings
     from sarbridge.train.checkpoint import load_model
 
@@ -130,9 +131,13 @@ def test_pruning_keeps_evidence_for_and_against_the_class_at_every_level():
     kept, result = prune(model, x, PruneSettings(0.3), progress=False)
     assert abs(result.macs_kept - 0.3) < 0.02, result.as_dict()
     assert class_score_ceilings(kept) == {}
-    for conv in class_outputs(kept):
-        w = conv.weight.flatten()
-        assert int((w > 0).sum()) >= 4 and int((w < 0).sum()) >= 4, w
+    evidence = PruneSettings(0.3).class_evidence
+    for parent, conv in zip(class_outputs(model), class_outputs(kept), strict=True):
+        p, w = parent.weight.flatten(), conv.weight.flatten()
+        assert conv.weight.shape[1] < parent.weight.shape[1]  # the level was pruned
+        for sign in (1, -1):
+            had, has = int((sign * p > 0).sum()), int((sign * w > 0).sum())
+            assert has >= min(evidence, had), (sign, had, w)
 
 
 @pytest.mark.parametrize(
@@ -491,6 +496,10 @@ def _tiny_run(edge_artifact):
         (["--method", "distill", "--teacher", "zoo:ssdd_edge_det", "--ratio", "0.5"],
          "does not take --ratio (taken by prune)"),
         (["--method", "qat", "--round-to", "8"], "--method qat does not take --round-to"),
+        (["--method", "prune", "--ratio", "0.5", "--target", "tensorrt", "--max-ap-drop", "0.02"],
+         "--method prune does not take --target (taken by int8, qat); --max-ap-drop (taken by "
+         "int8, qat)"),
+        (["--method", "fp16", "--seed", "1"], "--method fp16 does not take --seed"),
         (["--method", "distill", "--teacher", "zoo:ssdd_edge_det", "--teacher-flips", "x"],
          "test-time flips are distinct names"),
     ],
@@ -515,7 +524,10 @@ def test_options_of_a_single_command_are_refused_with_a_recipe(tmp_path, capsys,
     path = tmp_path / "r.yaml"
     steps = [{"method": "int8"}, {"method": "prune", "ratio": 0.5}]
     path.write_text(yaml.safe_dump({"name": "chain", "steps": steps}))  # no source
-    for extra in (["--teacher", "zoo:ssdd_edge_det"], ["--method", "int8"], ["--ratio", "0.5"]):
+    for extra in (
+        ["--teacher", "zoo:ssdd_edge_det"], ["--method", "int8"], ["--ratio", "0.5"],
+        ["--target", "openvino"], ["--calibration-images", "64"], ["--seed", "1"],
+    ):  # fmt: skip
         with pytest.raises(SystemExit) as exit_:
             main(["compress", "--recipe", str(path), *extra])
         assert exit_.value.code == 2

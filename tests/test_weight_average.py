@@ -101,3 +101,26 @@ def test_a_weight_averaged_run_keeps_the_mean_of_its_last_epochs(tmp_path, data)
     assert best["lineage"][-1]["metrics"]["test_AP50_95"] == pytest.approx(
         report["test"]["AP50_95"]
     )
+
+
+def test_compress_steps_do_not_inherit_a_parents_weight_averaging():
+    """A parent that ended its run with weight averaging (the zoo detector) hands its config to
+    compress: its fine-tuning and QAT steps get their own schedule (one cosine, EMA, the best
+    epoch), for any number of epochs, not the parent's cyclic schedule and swa_epochs."""
+    from sarbridge.compress.finetune import _finetune_config
+    from sarbridge.compress.qat import qat_config
+    from sarbridge.compress.settings import STEP_SCHEDULE
+
+    parent = from_dict(
+        DetConfig,
+        {"optim": {"epochs": 12, "schedule": "cyclic", "swa_epochs": 12, "ema": False}},
+    )
+    for epochs in (1, 10, 30):  # fewer and more epochs than the parent averaged
+        configs = (
+            _finetune_config(parent, "ft", epochs, 1e-3, 0, teacher=None, amp="fp32"),
+            qat_config(parent, "qat", epochs, 1e-4),
+        )
+        for cfg in configs:
+            o = cfg.optim
+            assert (o.epochs, o.schedule, o.swa_epochs, o.ema) == (epochs, "cosine", 0, True)
+    assert set(STEP_SCHEDULE) <= set(DetConfig().optim.__dataclass_fields__)

@@ -349,10 +349,23 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
 
 def _whole_scene_max_arg(text: str) -> int | str:
-    """--whole-scene-max: "off" or a positive number of pixels."""
+    """--whole-scene-max: "off" or a number of pixels (see :func:`_whole_scene_px`)."""
     if text.strip().lower() == "off":
         return "off"
-    return _positive(text)
+    return _whole_scene_px(text)
+
+
+def _whole_scene_px(text: str) -> int:
+    """--whole-scene-max in pixels: positive and within the manifest's bound on a tile, checked
+    here so that a bad value is refused before any work."""
+    from sarbridge.runtime.manifest import TILE_SIZE_RANGE
+
+    value = _positive(text)
+    if value > TILE_SIZE_RANGE[1]:
+        raise argparse.ArgumentTypeError(
+            f"at most {TILE_SIZE_RANGE[1]} pixels (one tile is one read), not {value}"
+        )
+    return value
 
 
 def _vote_iou_arg(text: str | None) -> float | str | None:
@@ -424,6 +437,8 @@ _STEP_FLAGS = (
     ("--importance", "importance"), ("--global", "global_pruning"), ("--round-to", "round_to"),
     ("--class-evidence", "class_evidence"), ("--teacher", "teacher"),
     ("--teacher-flips", "teacher_flips"), ("--epochs", "epochs"), ("--lr", "lr"),
+    ("--target", "target"), ("--calibration-images", "calibration_images"),
+    ("--guard-images", "guard_images"), ("--max-ap-drop", "max_ap_drop"), ("--seed", "seed"),
 )  # fmt: skip
 
 
@@ -467,7 +482,6 @@ def _add_compress(sub: argparse._SubParsersAction) -> None:
     )
     c.add_argument(
         "--target",
-        default="onnxruntime",
         help="deployment target of an INT8 model: onnxruntime (x86, uint8 x int8), "
         "openvino (NNCF preset), tensorrt (symmetric int8 Q/DQ); default onnxruntime",
     )
@@ -528,23 +542,22 @@ def _add_compress(sub: argparse._SubParsersAction) -> None:
     c.add_argument(
         "--calibration-images",
         type=_positive,
-        default=300,
         help="network inputs (images or scene tiles) of the train split to calibrate "
         "on (default 300)",
     )
     c.add_argument(
         "--guard-images",
         type=_positive,
-        default=200,
         help="validation images the accuracy guard scores (default 200)",
     )
     c.add_argument(
         "--max-ap-drop",
         type=_fraction,
-        default=0.01,
         help="largest AP50 drop the guard accepts before keeping layers in float (default 0.01)",
     )
-    c.add_argument("--seed", type=int, default=0, help="calibration sampling seed")
+    c.add_argument(
+        "--seed", type=int, help="calibration sampling seed; training steps' seed (default 0)"
+    )
     c.add_argument("--threads", type=_positive, help="inference threads while scoring")
     c.add_argument("--name", help="the artifact's name in its manifest (default: the folder)")
     c.add_argument(
@@ -605,7 +618,7 @@ def _run_compress(args) -> int:
         elif args.method in ("fp16", "distill", "finetune"):
             suffix = args.method
         else:
-            suffix = f"{args.method}_{args.target}"
+            suffix = f"{args.method}_{args.target or 'onnxruntime'}"
         folder = args.runs_dir if args.method in ("prune", "distill", "finetune") else Path("artifacts")
         out = folder / f"{stem}_{suffix}"
     compress(
@@ -912,7 +925,7 @@ def _add_import(sub: argparse._SubParsersAction) -> None:
     )
     ul.add_argument(
         "--whole-scene-max",
-        type=_positive,
+        type=_whole_scene_px,
         help="scenes up to this long side (pixels) are letterboxed whole into the input, as "
         "Ultralytics trains and validates on whole images; longer ones tiled (default: the "
         "input size; for a comparison with a sarbridge detector, give the whole_scene_max of "

@@ -421,7 +421,8 @@ def train_detector(
                 cycle_steps=steps_per_epoch,
             ),
         )  # fmt: skip
-        ema = ModelEMA(net_model, o.ema_decay, o.ema_ramp_steps) if o.ema else None
+        # weight averaging replaces the EMA: none is kept beside it
+        ema = ModelEMA(net_model, o.ema_decay, o.ema_ramp_steps) if o.ema and not o.swa_epochs else None
         eval_model = (lambda: ema.module) if ema else (lambda: net_model)  # noqa: E731
         swa = WeightAverage() if o.swa_epochs else None
 
@@ -525,6 +526,7 @@ def train_detector(
             averaged = average_with_bn(final_model, swa, job.context["train"], info)
             best["model"] = averaged
             best.pop("ema", None)
+            best.pop("swa", None)  # the running sums stay in checkpoint.pt (resume reads them)
             best["swa_snapshots"] = swa.count
         test_metrics = evaluate(final_model, job.context["test"], cfg, info.device, job.context["classes"])
         if info.is_main:
@@ -550,6 +552,12 @@ def train_detector(
         batches = (x for x, _ in epoch_batches(cfg, train, cfg.optim.epochs - 1, info, info.device))
         with torch.no_grad():
             update_bn(batches, model)
+            if info.distributed:  # each rank saw its share of the batches: their mean
+                for m in model.modules():
+                    if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
+                        for buf in (m.running_mean, m.running_var):
+                            torch.distributed.all_reduce(buf)
+                            buf.div_(info.world_size)
         model.eval()
         if info.is_main:
             print(
