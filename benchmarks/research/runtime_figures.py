@@ -140,10 +140,11 @@ def big_scene_memory(model: Path, size: int, threads: int, workdir: Path) -> dic
     )
     doc = json.loads((out / f"{scene.stem}.json").read_text())
     geo = (out / f"{scene.stem}.geojson").is_file()
-    from sarbridge.runtime.tiling import tile_grid
+    from sarbridge.runtime.detector import ScenePipeline, scene_settings
+    from sarbridge.runtime.manifest import load_manifest
 
-    manifest = json.loads((model / "manifest.json").read_text())
-    tiles = len(tile_grid(size, size, manifest["tiling"]["size"], manifest["tiling"]["overlap"]))
+    # the runtime's own plan: tiles, or one whole-scene letterbox up to tiling.whole_scene_max
+    tiles = len(ScenePipeline(**scene_settings(load_manifest(model))).plan(size, size))
     wall = float(vals["WALL"])
     return {
         "scene": f"{size} x {size} uint16 GeoTIFF (zlib tiles), synthetic speckle",
