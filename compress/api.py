@@ -275,22 +275,21 @@ def compress(
     """
     if method not in METHODS:
         raise CompressError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
+    from .settings import STEP_DEFAULTS
+
+    quantizing = {"target": target, "calibration_images": calibration_images,
+                  "guard_images": guard_images, "max_ap_drop": max_ap_drop, "seed": seed}  # fmt: skip
     refuse_inapplicable(
         method,
         {
             "epochs": epochs, "lr": lr, "ratio": ratio, "ratio_of": ratio_of,
             "importance": importance, "global_pruning": global_pruning, "round_to": round_to,
             "class_evidence": class_evidence, "teacher": teacher, "teacher_flips": teacher_flips,
-            "target": target, "calibration_images": calibration_images,
-            "guard_images": guard_images, "max_ap_drop": max_ap_drop, "seed": seed,
+            **quantizing,
         },
     )  # fmt: skip
-    from .settings import STEP_DEFAULTS
-
-    given = {"target": target, "calibration_images": calibration_images,
-             "guard_images": guard_images, "max_ap_drop": max_ap_drop, "seed": seed}  # fmt: skip
     target, calibration_images, guard_images, max_ap_drop, seed = (
-        STEP_DEFAULTS[k] if v is None else v for k, v in given.items()
+        STEP_DEFAULTS[k] if v is None else v for k, v in quantizing.items()
     )
     epochs = DEFAULT_EPOCHS.get(method, 0) if epochs is None else int(epochs)
     lr = DEFAULT_LR.get(method, 0.0) if lr is None else float(lr)

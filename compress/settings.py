@@ -28,7 +28,7 @@ STEP_OPTIONS = {
     "qat": {"target", "calibration_images", "guard_images", "max_ap_drop", "seed", "epochs", "lr"},
     "fp16": set(),
 }
-# the defaults of the quantizing methods' options (None in compress() means "not given")
+# defaults of the options compress() takes as None when not given (int8 and qat; seed: all)
 STEP_DEFAULTS = {
     "target": "onnxruntime",
     "calibration_images": 300,

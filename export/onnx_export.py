@@ -31,7 +31,7 @@ from torch import nn
 from sarbridge.runtime.decode import letterbox, parse_flips
 from sarbridge.runtime.errors import SarbridgeError
 from sarbridge.runtime.fileio import sha256_file, tool_versions
-from sarbridge.runtime.manifest import SCHEMA_VERSION, save_manifest
+from sarbridge.runtime.manifest import SCHEMA_VERSION, TILE_SIZE_RANGE, save_manifest
 from sarbridge.runtime.metrics import (  # noqa: F401 - parity helpers, importable from here too
     match_detections,
     matched_max_abs,
@@ -395,7 +395,9 @@ def training_scale_tile(records, multiple: int = 32) -> int:
     return max(multiple, int(round(float(np.median(sides)) / multiple)) * multiple)
 
 
-def training_whole_scene_max(records, scale_min: float, limit: int = 4096) -> int:
+def training_whole_scene_max(
+    records, scale_min: float, limit: int = TILE_SIZE_RANGE[1]
+) -> int:
     """The longest scene that, letterboxed whole into the network input, shrinks its ships no
     more than training shrank them.
 

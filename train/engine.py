@@ -479,8 +479,8 @@ class WeightAverage:
         if not self.count:
             raise SarbridgeError("no weights were averaged")
         return {
-            k: ((v / self.count) if v.dtype.is_floating_point else v).to(like[k].dtype).to(
-                like[k].device
+            k: ((v / self.count) if v.dtype.is_floating_point else v).to(
+                device=like[k].device, dtype=like[k].dtype
             )
             for k, v in self.sums.items()
         }

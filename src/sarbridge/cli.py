@@ -443,7 +443,7 @@ _STEP_FLAGS = (
 
 
 def _add_compress(sub: argparse._SubParsersAction) -> None:
-    from sarbridge.compress.settings import IMPORTANCES, RATIO_OF, prune_default
+    from sarbridge.compress.settings import IMPORTANCES, RATIO_OF, STEP_DEFAULTS, prune_default
 
     c = sub.add_parser(
         "compress",
@@ -483,7 +483,7 @@ def _add_compress(sub: argparse._SubParsersAction) -> None:
     c.add_argument(
         "--target",
         help="deployment target of an INT8 model: onnxruntime (x86, uint8 x int8), "
-        "openvino (NNCF preset), tensorrt (symmetric int8 Q/DQ); default onnxruntime",
+        f"openvino (NNCF preset), tensorrt (symmetric int8 Q/DQ); default {STEP_DEFAULTS['target']}",
     )
     c.add_argument(
         "--out",
@@ -543,20 +543,23 @@ def _add_compress(sub: argparse._SubParsersAction) -> None:
         "--calibration-images",
         type=_positive,
         help="network inputs (images or scene tiles) of the train split to calibrate "
-        "on (default 300)",
+        f"on (default {STEP_DEFAULTS['calibration_images']})",
     )
     c.add_argument(
         "--guard-images",
         type=_positive,
-        help="validation images the accuracy guard scores (default 200)",
+        help=f"validation images the accuracy guard scores (default {STEP_DEFAULTS['guard_images']})",
     )
     c.add_argument(
         "--max-ap-drop",
         type=_fraction,
-        help="largest AP50 drop the guard accepts before keeping layers in float (default 0.01)",
+        help="largest AP50 drop the guard accepts before keeping layers in float (default "
+        f"{STEP_DEFAULTS['max_ap_drop']})",
     )
     c.add_argument(
-        "--seed", type=int, help="calibration sampling seed; training steps' seed (default 0)"
+        "--seed",
+        type=int,
+        help=f"calibration sampling seed; training steps' seed (default {STEP_DEFAULTS['seed']})",
     )
     c.add_argument("--threads", type=_positive, help="inference threads while scoring")
     c.add_argument("--name", help="the artifact's name in its manifest (default: the folder)")
@@ -618,7 +621,9 @@ def _run_compress(args) -> int:
         elif args.method in ("fp16", "distill", "finetune"):
             suffix = args.method
         else:
-            suffix = f"{args.method}_{args.target or 'onnxruntime'}"
+            from sarbridge.compress.settings import STEP_DEFAULTS
+
+            suffix = f"{args.method}_{args.target or STEP_DEFAULTS['target']}"
         folder = args.runs_dir if args.method in ("prune", "distill", "finetune") else Path("artifacts")
         out = folder / f"{stem}_{suffix}"
     compress(

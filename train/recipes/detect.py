@@ -554,7 +554,7 @@ def train_detector(
             update_bn(batches, model)
             if info.distributed:  # each rank saw its share of the batches: their mean
                 for m in model.modules():
-                    if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
+                    if getattr(m, "running_mean", None) is not None:  # BatchNorm that tracks
                         for buf in (m.running_mean, m.running_var):
                             torch.distributed.all_reduce(buf)
                             buf.div_(info.world_size)
