@@ -634,7 +634,8 @@ def test_the_shipped_recipes_are_valid():
 
     shipped = sorted(Path(__file__).parents[1].glob("configs/compress_*.yaml"))
     assert {p.stem for p in shipped} >= {
-        "compress_edge_int8", "compress_edge_prune50_kd_int8", "compress_edge_prune30_steps_kd"
+        "compress_edge_int8", "compress_edge_prune50_kd_int8", "compress_edge_prune30_steps_kd",
+        "compress_edge_prune20_kd_int8",
     }
     for path in shipped:
         assert load_recipe(path).steps
