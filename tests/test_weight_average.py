@@ -124,3 +124,52 @@ def test_compress_steps_do_not_inherit_a_parents_weight_averaging():
             o = cfg.optim
             assert (o.epochs, o.schedule, o.swa_epochs, o.ema) == (epochs, "cosine", 0, True)
     assert set(STEP_SCHEDULE) <= set(DetConfig().optim.__dataclass_fields__)
+
+
+@pytest.mark.slow
+def test_a_weight_averaged_run_under_ddp_keeps_the_mean_and_measures_batchnorm_on_every_rank(
+    tmp_path, data
+):
+    """Two gloo processes: the average is the mean of the epochs' weights (the same on both
+    ranks), BatchNorm is measured on each rank's share and all-reduced, and rank 0's best.pt
+    holds the result."""
+    import json
+    import subprocess
+    import sys
+
+    import yaml
+
+    (tmp_path / "tiny.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "name": "ddp_swa",
+                "threads": 1,
+                "data": {"input_size": 64, "max_train_images": 16, "val_fraction": 0.0},
+                "optim": {
+                    "epochs": 2, "batch_size": 4, "warmup_steps": 1, "lr": 0.01,
+                    "schedule": "cyclic", "swa_epochs": 2, "ema": False,
+                },
+            }
+        )
+    )  # fmt: skip
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+        "--master_port", "29537", "-m", "sarbridge", "train", "detect",
+        "--config", str(tmp_path / "tiny.yaml"), "--runs-dir", str(tmp_path), "--no-progress",
+    ]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    run = tmp_path / "ddp_swa"
+    record = json.loads((run / "run.json").read_text())
+    assert record["world_size"] == 2 and record["final"]["swa_snapshots"] == 2
+    last, best = load_checkpoint(run / "checkpoint.pt"), load_checkpoint(run / "best.pt")
+    kept = deployed_weights(best)
+    sums, n = last["swa"]["sums"], last["swa"]["count"]
+    conv = next(k for k, v in kept.items() if k.endswith("weight") and v.dim() == 4)
+    torch.testing.assert_close(kept[conv], (sums[conv] / n).float())
+    bn = next(k for k in kept if k.endswith("running_var"))
+    assert torch.isfinite(kept[bn]).all() and (kept[bn] > 0).all()
+    assert not torch.allclose(kept[bn], (sums[bn] / n).float())  # measured, not averaged
+    assert record["lineage"][-1]["metrics"]["test_AP50_95"] == pytest.approx(
+        record["final"]["test"]["AP50_95"]
+    )
