@@ -67,6 +67,19 @@ def run_without_torch(
     )
 
 
+def train_under_ddp(
+    task: str, config: Path, runs_dir: Path, port: int
+) -> subprocess.CompletedProcess:
+    """``sarbridge train <task> --config <config>`` in 2 gloo processes (torch.distributed.run),
+    the runs under ``runs_dir``; ``port``: the rendezvous port, one per test."""
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+        "--master_port", str(port), "-m", "sarbridge", "train", task,
+        "--config", str(config), "--runs-dir", str(runs_dir), "--no-progress",
+    ]  # fmt: skip
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+
+
 def torch_tripwire(folder: Path) -> tuple[dict[str, str], Path]:
     """An environment in which importing torch or torchvision raises in every process, spawned
     children included, and each attempt is logged (with its stack) to the returned file.

@@ -493,10 +493,9 @@ def test_training_without_validation_keeps_the_last_epoch(tmp_path, data):
 def test_detector_trainer_under_ddp_two_gloo_processes(tmp_path, data):
     """The shared engine's DDP path through the detector trainer: 2 processes, one run directory."""
     import json
-    import subprocess
-    import sys
 
     import yaml
+    from conftest import train_under_ddp
 
     (tmp_path / "tiny.yaml").write_text(
         yaml.safe_dump(
@@ -508,12 +507,7 @@ def test_detector_trainer_under_ddp_two_gloo_processes(tmp_path, data):
             }
         )
     )
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-        "--master_port", "29534", "-m", "sarbridge", "train", "detect",
-        "--config", str(tmp_path / "tiny.yaml"), "--runs-dir", str(tmp_path), "--no-progress",
-    ]  # fmt: skip
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    r = train_under_ddp("detect", tmp_path / "tiny.yaml", tmp_path, port=29534)
     assert r.returncode == 0, r.stderr[-3000:]
     run = json.loads((tmp_path / "ddp_det" / "run.json").read_text())
     assert run["world_size"] == 2 and run["status"] == "finished"

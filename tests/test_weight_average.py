@@ -134,10 +134,9 @@ def test_a_weight_averaged_run_under_ddp_keeps_the_mean_and_measures_batchnorm_o
     ranks), BatchNorm is measured on each rank's share and all-reduced, and rank 0's best.pt
     holds the result."""
     import json
-    import subprocess
-    import sys
 
     import yaml
+    from conftest import train_under_ddp
 
     (tmp_path / "tiny.yaml").write_text(
         yaml.safe_dump(
@@ -152,12 +151,7 @@ def test_a_weight_averaged_run_under_ddp_keeps_the_mean_and_measures_batchnorm_o
             }
         )
     )  # fmt: skip
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-        "--master_port", "29537", "-m", "sarbridge", "train", "detect",
-        "--config", str(tmp_path / "tiny.yaml"), "--runs-dir", str(tmp_path), "--no-progress",
-    ]  # fmt: skip
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    r = train_under_ddp("detect", tmp_path / "tiny.yaml", tmp_path, port=29537)
     assert r.returncode == 0, r.stderr[-3000:]
     run = tmp_path / "ddp_swa"
     record = json.loads((run / "run.json").read_text())
