@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # SWA12 with self-distillation: the released SWA12 command (../swa/swa_more.sh: same start, seed,
 # schedule and averaging) with the released model (zoo:ssdd_edge_det, itself SWA12) as the
-# teacher. Same seed as SWA12, so the two runs see the same batches: the difference is the
-# teacher's targets.
+# teacher. Same start and seed as SWA12 (the distiller's adapters draw from the same random
+# generator at the start, so the batches need not be the same ones).
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
 # the start: the zoo detector released before SWA12
