@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The Pareto front from the current zoo detector: pruned to 75 %, 50 % and 30 % of its MACs
+# (--epochs 0, default criterion and round-to), each fine-tuned 12 epochs at lr 3e-3 (the schedule
+# of students.sh) distilled from the zoo detector and without a teacher, seed 0, float32 steps.
+#   front.sh prune      the three pruned models, one after the other, 2 threads
+#   front.sh a | b      one of two chains of students, one thread on its own core; a and b run
+#                       side by side and carry about the same work (the teacher's forward included)
+#   front.sh c          the 75 % student without a teacher: left out of the two chains when their
+#                       first epochs showed that all six would not fit one working session here
+# Finished runs are skipped, an interrupted one resumes from its checkpoint.
+set -euo pipefail
+cd "$(git rev-parse --show-toplevel)"
+export SARBRIDGE_DATA=${SARBRIDGE_DATA:-../shared/data}
+S=.venv/bin/sarbridge
+student() {  # ratio-percent method
+  local r=$1 method=$2 tag out teacher=() resume=()
+  tag=$([ "$method" = distill ] && echo kd || echo ft)
+  out=runs/edge_z4_p${r}_${tag}12_lr3e3_s0
+  [ -f "$out/run.json" ] && grep -q '"compare"' "$out/run.json" && return 0
+  [ "$method" = distill ] && teacher=(--teacher zoo:ssdd_edge_det)
+  [ -d "$out" ] && resume=(--resume)
+  $S compress --method "$method" "${teacher[@]}" --from "runs/edge_z4_p$r" --epochs 12 --lr 0.003 \
+    --seed 0 --threads 1 --out "$out" "${resume[@]}"
+}
+case ${1:?prune, a or b} in
+  prune)
+    for r in 75 50 30; do
+      [ -d "runs/edge_z4_p$r" ] || $S compress --method prune --from zoo:ssdd_edge_det \
+        --ratio "0.$r" --epochs 0 --threads 2 --out "runs/edge_z4_p$r"
+    done ;;
+  a) student 75 distill; student 30 distill ;;
+  b) student 50 distill; student 50 finetune; student 30 finetune ;;
+  c) student 75 finetune ;;
+esac

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# After front.sh: each of the six students exported (FP32) and made INT8 for OpenVINO (default
+# calibration; default accuracy budget, AP50 drop <= 0.01 on 200 train images the calibration
+# did not read; where it cannot be met, 0.02, and the log says so), the dense zoo detector's INT8
+# models (OpenVINO, ONNX Runtime), then ONE sarbridge bench of all of them on the SSDD test split
+# (deployed path, batch 1, 2 threads, ONNX Runtime and OpenVINO rows), and latency_blocks
+# (alternating blocks in one process) for the ratios. Nothing else running.
+set -euo pipefail
+cd "$(git rev-parse --show-toplevel)"
+export SARBRIDGE_DATA=${SARBRIDGE_DATA:-../shared/data}
+S=.venv/bin/sarbridge
+OUT=benchmarks/results/prune_pareto/zen4
+models=(zoo:ssdd_edge_det)
+[ -d artifacts/ssdd_edge_det_int8_onnxruntime ] || $S compress --method int8 --target onnxruntime \
+  --from zoo:ssdd_edge_det --threads 2 --out artifacts/ssdd_edge_det_int8_onnxruntime
+[ -d artifacts/ssdd_edge_det_int8_openvino ] || $S compress --method int8 --target openvino \
+  --from zoo:ssdd_edge_det --threads 2 --out artifacts/ssdd_edge_det_int8_openvino
+models+=(artifacts/ssdd_edge_det_int8_onnxruntime artifacts/ssdd_edge_det_int8_openvino)
+blocks=(zoo:ssdd_edge_det@onnxruntime artifacts/ssdd_edge_det_int8_openvino@openvino)
+for r in 75 50 30; do
+  for tag in kd ft; do
+    st=edge_z4_p${r}_${tag}12_lr3e3_s0
+    [ -d artifacts/$st ] || $S export onnx --from runs/$st --out artifacts/$st
+    q=artifacts/${st}_int8_openvino
+    if [ ! -d $q ]; then
+      $S compress --method int8 --target openvino --from runs/$st --threads 2 --out $q ||
+        { echo "$st: default budget missed, INT8 with --max-ap-drop 0.02"
+          $S compress --method int8 --target openvino --from runs/$st --threads 2 \
+            --max-ap-drop 0.02 --out $q; }
+    fi
+    models+=(artifacts/$st $q)
+    [ $tag = kd ] && blocks+=(artifacts/$st@onnxruntime $q@openvino)
+  done
+done
+$S bench --models "${models[@]}" --data SSDD --backends onnxruntime,openvino --threads 2 \
+  --batch-sizes 1 --iterations 100 --power none --out $OUT/front_bench
+.venv/bin/python -m sarbridge.benchmarks.research.latency_blocks "${blocks[@]}" \
+  --threads 2 --rounds 5 --json $OUT/front_latency_blocks.json
