@@ -20,6 +20,7 @@ blocks=(zoo:ssdd_edge_det@onnxruntime artifacts/ssdd_edge_det_int8_openvino@open
 for r in 75 50 30; do
   for tag in kd ft; do
     st=edge_z4_p${r}_${tag}12_lr3e3_s0
+    [ -f runs/$st/run.json ] || { echo "$st: not trained (front.sh), left out"; continue; }
     [ -d artifacts/$st ] || $S export onnx --from runs/$st --out artifacts/$st
     q=artifacts/${st}_int8_openvino
     if [ ! -d $q ]; then
