@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The Pareto front from the current zoo detector: pruned to 75 %, 50 % and 30 % of its MACs
 # (--epochs 0, default criterion and round-to), each fine-tuned 12 epochs at lr 3e-3 (the schedule
-# of students.sh) distilled from the zoo detector and without a teacher, seed 0, float32 steps.
+# of ../zen4/students.sh) distilled from the zoo detector and without a teacher, seed 0, float32 steps.
 #   front.sh prune      the three pruned models, one after the other, 2 threads
 #   front.sh a | b      one of two chains of students, one thread on its own core; a and b run
 #                       side by side and carry about the same work (the teacher's forward included)

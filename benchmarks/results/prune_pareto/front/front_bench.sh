@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
 export SARBRIDGE_DATA=${SARBRIDGE_DATA:-../shared/data}
 S=.venv/bin/sarbridge
-OUT=benchmarks/results/prune_pareto/zen4
+OUT=benchmarks/results/prune_pareto/front
 models=(zoo:ssdd_edge_det)
 [ -d artifacts/ssdd_edge_det_int8_onnxruntime ] || $S compress --method int8 --target onnxruntime \
   --from zoo:ssdd_edge_det --threads 2 --out artifacts/ssdd_edge_det_int8_onnxruntime
@@ -34,6 +34,6 @@ for r in 75 50 30; do
   done
 done
 $S bench --models "${models[@]}" --data SSDD --backends onnxruntime,openvino --threads 2 \
-  --batch-sizes 1 --iterations 100 --power none --out $OUT/front_bench
+  --batch-sizes 1 --iterations 100 --power none --out $OUT/bench
 .venv/bin/python -m sarbridge.benchmarks.research.latency_blocks "${blocks[@]}" \
-  --threads 2 --rounds 5 --json $OUT/front_latency_blocks.json
+  --threads 2 --rounds 5 --json $OUT/latency_blocks.json
