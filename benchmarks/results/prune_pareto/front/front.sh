@@ -5,7 +5,7 @@
 #   front.sh prune      the three pruned models, one after the other, 2 threads
 #   front.sh a | b      one of two chains of students, one thread on its own core; a and b run
 #                       side by side and carry about the same work (the teacher's forward included)
-#   front.sh c          the 75 % student without a teacher: left out of the two chains when their
+#   THREADS=2 front.sh c   the 75 % student without a teacher: left out of the two chains when their
 #                       first epochs showed that all six would not fit one working session here
 # Finished runs are skipped, an interrupted one resumes from its checkpoint.
 set -euo pipefail
@@ -20,7 +20,7 @@ student() {  # ratio-percent method
   [ "$method" = distill ] && teacher=(--teacher zoo:ssdd_edge_det)
   [ -d "$out" ] && resume=(--resume)
   $S compress --method "$method" "${teacher[@]}" --from "runs/edge_z4_p$r" --epochs 12 --lr 0.003 \
-    --seed 0 --threads 1 --out "$out" "${resume[@]}"
+    --seed 0 --threads "${THREADS:-1}" --out "$out" "${resume[@]}"
 }
 case ${1:?prune, a or b} in
   prune)
