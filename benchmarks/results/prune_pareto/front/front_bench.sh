@@ -4,7 +4,8 @@
 # did not read; where it cannot be met, 0.02, and the log says so), the dense zoo detector's INT8
 # models (OpenVINO, ONNX Runtime), then ONE sarbridge bench of all of them on the SSDD test split
 # (deployed path, batch 1, 2 threads, ONNX Runtime and OpenVINO rows), and latency_blocks
-# (alternating blocks in one process) for the ratios. Nothing else running.
+# (alternating blocks in one process) for the ratios. Nothing else running. RUN=_run2: a second
+# run into bench_run2/ and latency_blocks_run2.json (after front.sh c).
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
 export SARBRIDGE_DATA=${SARBRIDGE_DATA:-../shared/data}
@@ -34,6 +35,6 @@ for r in 75 50 30; do
   done
 done
 $S bench --models "${models[@]}" --data SSDD --backends onnxruntime,openvino --threads 2 \
-  --batch-sizes 1 --iterations 100 --power none --out $OUT/bench
+  --batch-sizes 1 --iterations 100 --power none --out $OUT/bench${RUN:-}
 .venv/bin/python -m sarbridge.benchmarks.research.latency_blocks "${blocks[@]}" \
-  --threads 2 --rounds 5 --json $OUT/latency_blocks.json
+  --threads 2 --rounds 5 --json $OUT/latency_blocks${RUN:-}.json
