@@ -3,10 +3,12 @@
 # (--epochs 0, default criterion and round-to), each fine-tuned 12 epochs at lr 3e-3 (the schedule
 # of ../zen4/students.sh) distilled from the zoo detector and without a teacher, seed 0, float32 steps.
 #   front.sh prune      the three pruned models, one after the other, 2 threads
-#   front.sh a | b      one of two chains of students, one thread on its own core; a and b run
-#                       side by side and carry about the same work (the teacher's forward included)
+#   front.sh a | b      one of two chains of students, each pinned to its own core (taskset); a and b
+#                       run side by side and carry about the same work (the teacher's forward included)
 #   THREADS=2 front.sh c   the 75 % student without a teacher: left out of the two chains when their
 #                       first epochs showed that all six would not fit one working session here
+# THREADS is compress's --threads, the inference threads while scoring (default 1); training takes
+# the config's threads (2), on the core taskset gives it or, unpinned, on both.
 # Finished runs are skipped, an interrupted one resumes from its checkpoint.
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# After front.sh: each of the six students exported (FP32) and made INT8 for OpenVINO (default
+# After front.sh: each student it trained exported (FP32) and made INT8 for OpenVINO (default
 # calibration; default accuracy budget, AP50 drop <= 0.01 on 200 train images the calibration
 # did not read; where it cannot be met, 0.02, and the log says so), the dense zoo detector's INT8
 # models (OpenVINO, ONNX Runtime), then ONE sarbridge bench of all of them on the SSDD test split
