@@ -111,6 +111,20 @@ def shard(items: list, info: DistInfo) -> list:
 # ---------------------------------------------------------------- run directory
 
 
+def mean_batchnorm_over_ranks(model: torch.nn.Module, info: DistInfo) -> None:
+    """BatchNorm running statistics that each rank measured on its share of the batches (e.g.
+    ``torch.optim.swa_utils.update_bn``, a cumulative average of the batches' statistics) made
+    their mean over the ranks, in place; with as many batches on every rank, what one process
+    measuring every batch would hold. Nothing to do in one process."""
+    if not info.distributed:
+        return
+    for m in model.modules():
+        if getattr(m, "running_mean", None) is not None:  # BatchNorm that tracks statistics
+            for buf in (m.running_mean, m.running_var):
+                dist.all_reduce(buf)
+                buf.div_(info.world_size)
+
+
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
 

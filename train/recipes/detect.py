@@ -39,6 +39,7 @@ from sarbridge.train.engine import (
     WeightAverage,
     autocast_dtype,
     make_optimizer,
+    mean_batchnorm_over_ranks,
     warmup_schedule,
     wrap_ddp,
 )
@@ -552,12 +553,7 @@ def train_detector(
         batches = (x for x, _ in epoch_batches(cfg, train, cfg.optim.epochs - 1, info, info.device))
         with torch.no_grad():
             update_bn(batches, model)
-            if info.distributed:  # each rank saw its share of the batches: their mean
-                for m in model.modules():
-                    if getattr(m, "running_mean", None) is not None:  # BatchNorm that tracks
-                        for buf in (m.running_mean, m.running_var):
-                            torch.distributed.all_reduce(buf)
-                            buf.div_(info.world_size)
+            mean_batchnorm_over_ranks(model, info)  # each rank saw its share of the batches
         model.eval()
         if info.is_main:
             print(
