@@ -269,7 +269,8 @@ def compress(
 
     Raises:
         CompressError: unknown method or target, an option the method does not take
-            (settings.STEP_OPTIONS), a source that is not a detector, an empty or
+            (settings.STEP_OPTIONS) or would ignore (``resume`` with int8 or fp16, ``name``
+            with a training method, ``data`` with any source but an artifact), a source that is not a detector, an empty or
             unreadable calibration set, an accuracy budget that cannot be met, an existing
             ``out`` without ``overwrite``. Nothing is written in any of these cases.
     """
@@ -291,9 +292,22 @@ def compress(
     target, calibration_images, guard_images, max_ap_drop, seed = (
         STEP_DEFAULTS[k] if v is None else v for k, v in quantizing.items()
     )
+    training = method in ("prune", "distill", "finetune")
+    if resume and method in ("int8", "fp16"):
+        raise CompressError(
+            f"--resume continues a training run (prune, distill, finetune, qat); --method "
+            f"{method} writes its artifact in one go (run it again, --overwrite to replace --out)"
+        )
+    if training and name is not None:
+        raise CompressError(f"--method {method} does not take --name: a run is named by its folder (--out)")
+    if data is not None and (training or _artifact_source(source) is None):
+        raise CompressError(
+            f"--data names the dataset of an exported artifact source (--method int8 of a model "
+            f"without its run); {source} is scored on the dataset its training config names"
+        )
     epochs = DEFAULT_EPOCHS.get(method, 0) if epochs is None else int(epochs)
     lr = DEFAULT_LR.get(method, 0.0) if lr is None else float(lr)
-    if method in ("prune", "distill", "finetune"):
+    if training:
         from .finetune import compress_train_step
         from .settings import prune_settings
 

@@ -226,9 +226,11 @@ def run_recipe_file(
             kwargs = {
                 "global_pruning" if k == "global" else k: v for k, v in opts.items()
             }
+            # an int8 or fp16 step writes its artifact in one go: nothing of it to resume
             result = compress(
                 step.method, previous, out, threads=threads, progress=progress,
-                resume=resume, runs_dir=runs_dir / recipe.name, **kwargs,
+                resume=resume and step.method not in ("int8", "fp16"),
+                runs_dir=runs_dir / recipe.name, **kwargs,
             )  # fmt: skip
             entry["result"] = _summary(step, result)
         record["steps"].append(entry)

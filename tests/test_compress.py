@@ -295,6 +295,12 @@ def test_an_empty_or_unreadable_calibration_set_is_refused(tmp_path):
         (["--method", "int8", "--max-ap-drop", "2"], "max-ap-drop"),
         (["--method", "qat", "--target", "tensorrt", "--epochs", "1"], "not supported yet"),
         (["--method", "qat", "--epochs", "0"], "--epochs must be at least 1"),
+        # options a method would ignore are refused instead
+        (["--method", "int8", "--resume"], "--resume continues a training run"),
+        (["--method", "fp16", "--resume"], "--resume continues a training run"),
+        (["--method", "int8", "--data", "SSDD"], "--data names the dataset of an exported"),
+        (["--method", "finetune", "--data", "SSDD"], "--data names the dataset of an exported"),
+        (["--method", "distill", "--teacher", "zoo:ssdd_edge_det", "--name", "x"], "--name"),
     ],
 )
 def test_bad_requests_are_refused_and_write_nothing(tmp_path, capsys, args, message):

@@ -515,7 +515,7 @@ def test_bad_prune_and_distill_requests_write_nothing(tmp_path, capsys, args, me
 
 def test_options_of_a_single_command_are_refused_with_a_recipe(tmp_path, capsys, monkeypatch):
     """A recipe's steps carry their options: --teacher, --method, --ratio ... beside --recipe are
-    refused, not ignored; --from replaces the recipe's source."""
+    refused, not ignored, and so is --overwrite; --from replaces the recipe's source."""
     import yaml
 
     from sarbridge.cli import main
@@ -527,6 +527,7 @@ def test_options_of_a_single_command_are_refused_with_a_recipe(tmp_path, capsys,
     for extra in (
         ["--teacher", "zoo:ssdd_edge_det"], ["--method", "int8"], ["--ratio", "0.5"],
         ["--target", "openvino"], ["--calibration-images", "64"], ["--seed", "1"],
+        ["--overwrite"],  # a recipe replaces none of its outputs
     ):  # fmt: skip
         with pytest.raises(SystemExit) as exit_:
             main(["compress", "--recipe", str(path), *extra])

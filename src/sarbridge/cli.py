@@ -489,7 +489,7 @@ def _add_compress(sub: argparse._SubParsersAction) -> None:
         "--out",
         type=Path,
         help="artifact directory to write (default artifacts/<source name>_<method>[_<target>]); "
-        "prune and distill: the run folder (default runs/<source name>_<method>...)",
+        "prune, distill, finetune: the run folder (default <--runs-dir>/<source name>_<method>...)",
     )
     c.add_argument(
         "--ratio",
@@ -548,7 +548,8 @@ def _add_compress(sub: argparse._SubParsersAction) -> None:
     c.add_argument(
         "--guard-images",
         type=_positive,
-        help=f"validation images the accuracy guard scores (default {STEP_DEFAULTS['guard_images']})",
+        help="held-out images the accuracy guard scores: validation, or train images the calibration "
+        f"did not read (default {STEP_DEFAULTS['guard_images']})",
     )
     c.add_argument(
         "--max-ap-drop",
@@ -562,11 +563,12 @@ def _add_compress(sub: argparse._SubParsersAction) -> None:
         help=f"calibration sampling seed; training steps' seed (default {STEP_DEFAULTS['seed']})",
     )
     c.add_argument("--threads", type=_positive, help="inference threads while scoring")
-    c.add_argument("--name", help="the artifact's name in its manifest (default: the folder)")
+    c.add_argument("--name", help="int8, qat, fp16: the artifact's name in its manifest (default: the folder)")
     c.add_argument(
         "--epochs",
         type=int,
-        help="qat, prune, distill: training epochs (defaults 2, 10, 10; prune 0: no fine-tuning)",
+        help="qat, prune, distill, finetune: training epochs (defaults 2, then 10; prune 0: no "
+        "fine-tuning)",
     )
     c.add_argument(
         "--lr", type=float, help="qat, prune, distill, finetune: learning rate (defaults 1e-4, "
@@ -575,10 +577,17 @@ def _add_compress(sub: argparse._SubParsersAction) -> None:
     c.add_argument(
         "--resume",
         action="store_true",
-        help="qat, prune, distill, recipes: continue an interrupted run where it stopped",
+        help="qat, prune, distill, finetune, recipes: continue an interrupted run where it stopped",
     )
-    c.add_argument("--runs-dir", type=Path, default=Path("runs"), help="qat: runs folder")
-    c.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    c.add_argument(
+        "--runs-dir", type=Path, default=Path("runs"),
+        help="where training runs go: prune, distill, finetune (the default --out), qat's run, a "
+        "recipe's runs and recipe.json (default runs)",
+    )  # fmt: skip
+    c.add_argument(
+        "--overwrite", action="store_true",
+        help="replace an existing --out (a run: deleted before training again); not with --recipe",
+    )  # fmt: skip
     c.add_argument(
         "--list-targets",
         action="store_true",
@@ -596,6 +605,11 @@ def _run_compress(args) -> int:
     if args.recipe:
         from sarbridge.compress.recipe import run_recipe_file
 
+        if args.overwrite:
+            args.parser.error(
+                "--overwrite: not with --recipe (a recipe replaces none of its outputs: --resume "
+                "continues it; to start again, delete its runs/<name> folder and artifacts)"
+            )
         given = [flag for flag, dest in _STEP_FLAGS if getattr(args, dest) is not None]
         if given:  # a recipe's steps carry their own options; refused rather than ignored
             args.parser.error(
