@@ -7,6 +7,9 @@
 #                       run side by side and carry about the same work (the teacher's forward included)
 #   THREADS=2 front.sh c   the 75 % student without a teacher: left out of the two chains when their
 #                       first epochs showed that all six would not fit one working session here
+#   front.sh prune 50 30   only the pruned models named (a later session: runs/ is not kept)
+#   front.sh d | e      later, one per core: d the second seed (1) of both 30 % students, same
+#                       schedule; e the 50 % student with its teacher for 24 epochs instead of 12
 # THREADS is compress's --threads, the inference threads while scoring (default 1); training takes
 # the config's threads (2), on the core taskset gives it or, unpinned, on both.
 # Finished runs are skipped, an interrupted one resumes from its checkpoint.
@@ -14,23 +17,27 @@ set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
 export SARBRIDGE_DATA=${SARBRIDGE_DATA:-../shared/data}
 S=.venv/bin/sarbridge
-student() {  # ratio-percent method
-  local r=$1 method=$2 tag out teacher=() resume=()
+student() {  # ratio-percent method [epochs [seed]]
+  local r=$1 method=$2 epochs=${3:-12} seed=${4:-0} tag out teacher=() resume=()
   tag=$([ "$method" = distill ] && echo kd || echo ft)
-  out=runs/edge_z4_p${r}_${tag}12_lr3e3_s0
+  out=runs/edge_z4_p${r}_${tag}${epochs}_lr3e3_s${seed}
   [ -f "$out/run.json" ] && grep -q '"compare"' "$out/run.json" && return 0
   [ "$method" = distill ] && teacher=(--teacher zoo:ssdd_edge_det)
   [ -d "$out" ] && resume=(--resume)
-  $S compress --method "$method" "${teacher[@]}" --from "runs/edge_z4_p$r" --epochs 12 --lr 0.003 \
-    --seed 0 --threads "${THREADS:-1}" --out "$out" "${resume[@]}"
+  $S compress --method "$method" "${teacher[@]}" --from "runs/edge_z4_p$r" --epochs "$epochs" --lr 0.003 \
+    --seed "$seed" --threads "${THREADS:-1}" --out "$out" "${resume[@]}"
 }
-case ${1:?prune, a or b} in
+case ${1:?prune, a, b, c, d or e} in
   prune)
-    for r in 75 50 30; do
+    shift
+    rs=("$@"); [ ${#rs[@]} -gt 0 ] || rs=(75 50 30)
+    for r in "${rs[@]}"; do
       [ -d "runs/edge_z4_p$r" ] || $S compress --method prune --from zoo:ssdd_edge_det \
         --ratio "0.$r" --epochs 0 --threads 2 --out "runs/edge_z4_p$r"
     done ;;
   a) student 75 distill; student 30 distill ;;
   b) student 50 distill; student 50 finetune; student 30 finetune ;;
   c) student 75 finetune ;;
+  d) student 30 distill 12 1; student 30 finetune 12 1 ;;
+  e) student 50 distill 24 0 ;;
 esac
