@@ -270,13 +270,13 @@ def compress(
     Raises:
         CompressError: unknown method or target, an option the method does not take
             (settings.STEP_OPTIONS) or would ignore (``resume`` with int8 or fp16, ``name``
-            with a training method, ``data`` with any source but an artifact), a source that is not a detector, an empty or
-            unreadable calibration set, an accuracy budget that cannot be met, an existing
+            with a training method, ``data`` with any source but an artifact), a source that
+            is not a detector, an empty or unreadable calibration set, an accuracy budget that cannot be met, an existing
             ``out`` without ``overwrite``. Nothing is written in any of these cases.
     """
     if method not in METHODS:
         raise CompressError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
-    from .settings import STEP_DEFAULTS
+    from .settings import RESUMABLE_METHODS, STEP_DEFAULTS, TRAINING_METHODS
 
     quantizing = {"target": target, "calibration_images": calibration_images,
                   "guard_images": guard_images, "max_ap_drop": max_ap_drop, "seed": seed}  # fmt: skip
@@ -292,10 +292,10 @@ def compress(
     target, calibration_images, guard_images, max_ap_drop, seed = (
         STEP_DEFAULTS[k] if v is None else v for k, v in quantizing.items()
     )
-    training = method in ("prune", "distill", "finetune")
-    if resume and method in ("int8", "fp16"):
+    training = method in TRAINING_METHODS
+    if resume and method not in RESUMABLE_METHODS:
         raise CompressError(
-            f"--resume continues a training run (prune, distill, finetune, qat); --method "
+            f"--resume continues a training run ({', '.join(RESUMABLE_METHODS)}); --method "
             f"{method} writes its artifact in one go (run it again, --overwrite to replace --out)"
         )
     if training and name is not None:

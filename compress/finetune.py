@@ -29,9 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import CompressError
-from .settings import STEP_SCHEDULE
-
-TRAINING_METHODS = ("prune", "distill", "finetune")
+from .settings import STEP_SCHEDULE, TRAINING_METHODS
 
 
 def check_run_out(run_dir: Path, resume: bool, overwrite: bool) -> None:

@@ -26,9 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import CompressError
-from .settings import STEP_OPTIONS
+from .settings import RESUMABLE_METHODS, STEP_OPTIONS, TRAINING_METHODS
 
-TRAINING = ("prune", "distill", "finetune")
 ARTIFACT = ("int8", "qat", "fp16")
 # (step before, step) -> why it is refused; "source" is the recipe's source
 CHAIN_RULES = {
@@ -162,13 +161,13 @@ def _check_values(path: Path, k: int, method: str, options: dict) -> None:
 
 def _outputs(recipe: Recipe, runs_dir: Path, artifacts_dir: Path) -> list[Path]:
     return [
-        (runs_dir / recipe.name if s.method in TRAINING else artifacts_dir / recipe.name) / s.label
+        (runs_dir / recipe.name if s.method in TRAINING_METHODS else artifacts_dir / recipe.name) / s.label
         for s in recipe.steps
     ]
 
 
 def _done(step: Step, out: Path) -> bool:
-    if step.method in TRAINING:
+    if step.method in TRAINING_METHODS:
         record = out / "run.json"
         return record.is_file() and "compare" in json.loads(record.read_text())
     return (out / "manifest.json").is_file()
@@ -226,10 +225,9 @@ def run_recipe_file(
             kwargs = {
                 "global_pruning" if k == "global" else k: v for k, v in opts.items()
             }
-            # an int8 or fp16 step writes its artifact in one go: nothing of it to resume
             result = compress(
                 step.method, previous, out, threads=threads, progress=progress,
-                resume=resume and step.method not in ("int8", "fp16"),
+                resume=resume and step.method in RESUMABLE_METHODS,
                 runs_dir=runs_dir / recipe.name, **kwargs,
             )  # fmt: skip
             entry["result"] = _summary(step, result)
@@ -242,13 +240,13 @@ def run_recipe_file(
 
 
 def _summary(step: Step, result: dict) -> dict:
-    if step.method in TRAINING:
+    if step.method in TRAINING_METHODS:
         return result  # the comparison with its parent
     return {"metrics": result.get("metrics", {}), "precision": result.get("precision")}
 
 
 def _result(step: Step, out: Path) -> dict:
-    if step.method in TRAINING:
+    if step.method in TRAINING_METHODS:
         return json.loads((out / "run.json").read_text())["compare"]
     from sarbridge.runtime.manifest import load_manifest
 

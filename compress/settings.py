@@ -18,6 +18,11 @@ from .errors import CompressError
 # for a few epochs of recovery after pruning or of quantization-aware training.
 STEP_SCHEDULE = {"schedule": "cosine", "swa_epochs": 0, "ema": True}
 
+# methods that write a training run (the others write an artifact), and those whose run --resume
+# continues (QAT trains in a run of its own before writing its artifact)
+TRAINING_METHODS = ("prune", "distill", "finetune")
+RESUMABLE_METHODS = (*TRAINING_METHODS, "qat")
+
 # the options each compress method takes (recipe steps' keys; compress() refuses the others)
 STEP_OPTIONS = {
     "prune": {"ratio", "ratio_of", "importance", "global", "round_to", "class_evidence",

@@ -108,9 +108,6 @@ def shard(items: list, info: DistInfo) -> list:
     return items[info.rank * n : (info.rank + 1) * n]
 
 
-# ---------------------------------------------------------------- run directory
-
-
 def mean_batchnorm_over_ranks(model: torch.nn.Module, info: DistInfo) -> None:
     """BatchNorm running statistics that each rank measured on its share of the batches (e.g.
     ``torch.optim.swa_utils.update_bn``, a cumulative average of the batches' statistics) made
@@ -123,6 +120,9 @@ def mean_batchnorm_over_ranks(model: torch.nn.Module, info: DistInfo) -> None:
             for buf in (m.running_mean, m.running_var):
                 dist.all_reduce(buf)
                 buf.div_(info.world_size)
+
+
+# ---------------------------------------------------------------- run directory
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

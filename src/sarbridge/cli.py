@@ -638,7 +638,9 @@ def _run_compress(args) -> int:
             from sarbridge.compress.settings import STEP_DEFAULTS
 
             suffix = f"{args.method}_{args.target or STEP_DEFAULTS['target']}"
-        folder = args.runs_dir if args.method in ("prune", "distill", "finetune") else Path("artifacts")
+        from sarbridge.compress.settings import TRAINING_METHODS
+
+        folder = args.runs_dir if args.method in TRAINING_METHODS else Path("artifacts")
         out = folder / f"{stem}_{suffix}"
     compress(
         args.method,
