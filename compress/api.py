@@ -46,10 +46,13 @@ TOOL_PACKAGES = (
 def refuse_inapplicable(method: str, given: dict) -> None:
     """Refuse the options in ``given`` (name -> value, None meaning not given) that ``method``
     does not take (settings.STEP_OPTIONS), instead of ignoring them."""
+    from .recipe import RECIPE_KWARGS
     from .settings import STEP_OPTIONS
 
+    recipe_key = {arg: key for key, arg in RECIPE_KWARGS.items()}
+
     def key(option: str) -> str:  # compress()'s argument -> the recipe key
-        return "global" if option == "global_pruning" else option
+        return recipe_key.get(option, option)
 
     wrong = [k for k, v in given.items() if v is not None and key(k) not in STEP_OPTIONS[method]]
     if wrong:
@@ -255,6 +258,7 @@ def compress(
     teacher=None,
     teacher_flips=None,
     data: str | None = None,
+    overrides=None,
 ) -> dict:
     """Compress the detector ``source`` (a run folder, checkpoint or ``zoo:<name>``) with
     ``method`` into the artifact folder ``out``; returns its manifest. An exported FP32
@@ -264,8 +268,9 @@ def compress(
     ``distill`` and ``finetune`` write a run folder at ``out`` instead (:mod:`.finetune`) and return its
     comparison with the parent; ``epochs`` and ``lr`` default per method (DEFAULT_EPOCHS,
     DEFAULT_LR), the prune options left None take PruneSettings' defaults (compress/settings.py),
-    and ``teacher_flips`` (h, v, hv) shows the teacher each batch flipped too, its targets
-    averaged over the views.
+    ``teacher_flips`` (h, v, hv) shows the teacher each batch flipped too, its targets
+    averaged over the views, and ``overrides`` (``--set key=value``; a recipe's ``set``
+    mapping) change a training step's config (settings.step_overrides).
 
     Raises:
         CompressError: unknown method or target, an option the method does not take
@@ -286,7 +291,7 @@ def compress(
             "epochs": epochs, "lr": lr, "ratio": ratio, "ratio_of": ratio_of,
             "importance": importance, "global_pruning": global_pruning, "round_to": round_to,
             "class_evidence": class_evidence, "teacher": teacher, "teacher_flips": teacher_flips,
-            **quantizing,
+            "overrides": overrides, **quantizing,
         },
     )  # fmt: skip
     target, calibration_images, guard_images, max_ap_drop, seed = (
@@ -309,7 +314,7 @@ def compress(
     lr = DEFAULT_LR.get(method, 0.0) if lr is None else float(lr)
     if training:
         from .finetune import compress_train_step
-        from .settings import prune_settings
+        from .settings import prune_settings, step_overrides
 
         if ratio is None and method == "prune":
             raise CompressError("--method prune needs --ratio (the share of the MACs kept)")
@@ -323,6 +328,7 @@ def compress(
             method, source, Path(out), settings=settings, teacher=teacher,
             teacher_flips=teacher_flips, epochs=epochs, lr=lr, seed=seed, threads=threads,
             resume=resume, overwrite=overwrite, progress=progress,
+            overrides=step_overrides(overrides),
         )  # fmt: skip
     if method in ("int8", "qat"):
         scheme_of(target)

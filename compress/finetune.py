@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import CompressError
-from .settings import STEP_SCHEDULE, TRAINING_METHODS
+from .settings import STEP_SCHEDULE, TRAINING_METHODS, step_overrides
 
 
 def check_run_out(run_dir: Path, resume: bool, overwrite: bool) -> None:
@@ -86,14 +86,19 @@ def _test_metrics(lineage: list[dict]) -> dict:
 
 def _finetune_config(
     cfg, run_name: str, epochs: int, lr: float, seed: int, teacher, amp: str | None = None,
-    teacher_flips: tuple[str, ...] = (),
+    teacher_flips: tuple[str, ...] = (), overrides: list[str] | tuple[str, ...] = (),
 ):  # fmt: skip
     """The fine-tuning config: the parent's data, model and loss, a short schedule, the teacher
-    (seen under ``teacher_flips`` too). ``amp``: a resumed run's own (it resumes with the config
-    it started with); by default the parent's, except bfloat16 steps on a CPU that would
-    emulate them."""
+    (seen under ``teacher_flips`` too), then ``overrides`` (``key=value``, e.g. the schedule or
+    the augmentation; settings.step_overrides). ``amp``: a resumed run's own (it resumes with
+    the config it started with); by default the parent's, except bfloat16 steps on a CPU that
+    would emulate them.
+
+    Raises:
+        CompressError: an override that does not fit the config schema."""
     import torch
 
+    from sarbridge.train.config import ConfigError, apply_overrides, from_dict, to_dict
     from sarbridge.train.engine import cpu_has_native_bf16
 
     o = cfg.optim
@@ -106,7 +111,7 @@ def _finetune_config(
             print("    the parent trained with optim.amp=bf16, which this CPU would emulate: "
                   "fine-tuning in float32")  # fmt: skip
             amp = "fp32"
-    return dataclasses.replace(
+    step = dataclasses.replace(
         cfg,
         name=run_name,
         seed=seed,
@@ -121,6 +126,52 @@ def _finetune_config(
             teacher_flips=tuple(teacher_flips),
         ),  # fmt: skip
     )
+    if not overrides:
+        return step
+    try:
+        return from_dict(type(step), apply_overrides(to_dict(step), list(overrides), True))
+    except ConfigError as exc:
+        raise CompressError(f"--set {' '.join(overrides)}: {exc}") from None
+
+
+# the config sections that say how a step trains: a resumed step must ask for the same ones
+_TRAINING_SECTIONS = ("optim", "augment", "eval", "distill")
+
+
+def _check_resumed_config(run_dir: Path, cfg) -> None:
+    """Refuse to resume the run in ``run_dir`` with a training config (schedule, augmentation,
+    evaluation, distillation: e.g. other --epochs, --lr or --set) other than the one it started
+    with; a run without a recorded config is not checked."""
+    import json
+
+    from sarbridge.train.config import to_dict
+
+    try:
+        recorded = json.loads((run_dir / "run.json").read_text()).get("config") or {}
+    except (OSError, ValueError):
+        return
+    asked = to_dict(cfg)
+
+    def flat(d, prefix=""):
+        for k, v in d.items():
+            if isinstance(v, dict) and k != "preprocess":
+                yield from flat(v, f"{prefix}{k}.")
+            else:
+                yield f"{prefix}{k}", v
+
+    differ = []
+    for section in _TRAINING_SECTIONS:
+        if not isinstance(recorded.get(section), dict):
+            continue
+        now = dict(flat(asked.get(section) or {}, f"{section}."))
+        for key, before in flat(recorded[section], f"{section}."):
+            if key in now and now[key] != before:
+                differ.append(f"{key}={json.dumps(before)} (asked: {json.dumps(now[key])})")
+    if differ:
+        raise CompressError(
+            f"{run_dir} started with {', '.join(differ)}: resume it with the options it started "
+            "with (--epochs, --lr, --teacher, --set), or start again with --overwrite"
+        )
 
 
 def _resumed_amp(run_dir: Path) -> str | None:
@@ -185,12 +236,16 @@ def compress_train_step(
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    overrides: list[str] | tuple[str, ...] = (),
 ) -> dict:
     """Run a ``prune`` or ``distill`` step from ``source`` into ``run_dir``; returns its
-    comparison with the parent (also in ``run_dir/run.json["compare"]``).
+    comparison with the parent (also in ``run_dir/run.json["compare"]``). ``overrides``
+    (``key=value``, settings.step_overrides) change the fine-tuning config, e.g.
+    ``augment.mosaic=1.0`` or a weight-averaging schedule.
 
     Raises:
-        CompressError: a bad request (ratio, teacher, epochs), a source that is not a
+        CompressError: a bad request (ratio, teacher, epochs, an override the config refuses,
+            a resumed run asked to train otherwise than it started), a source that is not a
             detector (a BNN may be pruned, with ``epochs`` 0), an existing run without
             ``resume``/``overwrite``. Nothing is written in these cases.
     """
@@ -226,6 +281,9 @@ def compress_train_step(
         raise CompressError(f"--teacher-flips: {exc}") from None
     if teacher_flips and teacher is None:
         raise CompressError("--teacher-flips needs --teacher (the flips are the teacher's views)")
+    overrides = step_overrides(list(overrides))
+    if overrides and not epochs:
+        raise CompressError("--set changes the fine-tuning config: it needs --epochs of at least 1")
     run_dir = Path(run_dir)
     resuming = resume and run_dir.exists()
     if run_dir.exists() and not resume and not overwrite:
@@ -240,13 +298,17 @@ def compress_train_step(
         )
     if teacher is not None and not epochs:
         raise CompressError("--teacher needs --epochs of at least 1 (it teaches the fine-tuning)")
-    if teacher is not None:  # the trainer's own checks, before anything is written
+    if epochs:  # the step's config and the trainer's own checks, before anything is written
+        # the parent's precision: no note about it here, this config is a check only
+        amp = (_resumed_amp(run_dir) if resuming else None) or loaded.config.optim.amp
+        cfg = _finetune_config(loaded.config, run_dir.name, epochs, lr, seed, teacher, amp=amp,
+                               teacher_flips=teacher_flips, overrides=overrides)  # fmt: skip
+        if resuming:
+            _check_resumed_config(run_dir, cfg)
+    if teacher is not None:
         from sarbridge.runtime.errors import SarbridgeError
         from sarbridge.train.recipes.detect import load_teacher
 
-        cfg = _finetune_config(loaded.config, run_dir.name, epochs, lr, seed, teacher,
-                               amp=loaded.config.optim.amp,  # no precision note: a check only
-                               teacher_flips=teacher_flips)  # fmt: skip
         try:
             load_teacher(cfg, loaded.model, list(loaded.classes))
         except SarbridgeError as exc:
@@ -311,7 +373,7 @@ def compress_train_step(
         if epochs:
             ft_cfg = _finetune_config(cfg, run_dir.name, epochs, lr, seed, teacher,
                                       amp=_resumed_amp(run_dir) if resuming else None,
-                                      teacher_flips=teacher_flips)  # fmt: skip
+                                      teacher_flips=teacher_flips, overrides=overrides)  # fmt: skip
             how = f"distilled from {teacher}" if teacher else "no teacher"
             if teacher_flips:
                 how += f", seen plain and under flips {','.join(teacher_flips)}"

@@ -44,6 +44,10 @@ CHAIN_RULES = {
 }
 
 
+# recipe keys whose compress() argument is named otherwise
+RECIPE_KWARGS = {"global": "global_pruning", "set": "overrides"}
+
+
 @dataclass
 class Step:
     index: int
@@ -155,8 +159,33 @@ def _check_values(path: Path, k: int, method: str, options: dict) -> None:
         epochs = options.get("epochs")
         if epochs is not None and (not isinstance(epochs, int) or epochs < (method != "prune")):
             raise CompressError(f"epochs must be a whole number of at least {int(method != 'prune')}")
+        if "set" in options:
+            _check_set(method, options)
     except (CompressError, TypeError) as exc:
         raise CompressError(f"{path}: step {k} ({method}): {exc}") from None
+
+
+def _check_set(method: str, options: dict) -> None:
+    """A training step's ``set`` mapping: settable keys (settings.SET_REFUSED) whose values fit
+    the detector config's schema (checked on the defaults; the step applies them to its
+    parent's config)."""
+    from sarbridge.train.config import ConfigError, apply_overrides, from_dict, to_dict
+    from sarbridge.train.recipes.detect import DetConfig
+
+    from .api import DEFAULT_EPOCHS
+    from .settings import step_overrides
+
+    if not isinstance(options["set"], (dict, list)):
+        raise CompressError("set: a mapping of config keys to values, e.g. {optim.ema: false}")
+    if options.get("epochs") == 0:
+        raise CompressError("set changes the fine-tuning config: it needs epochs of at least 1")
+    items = step_overrides(options["set"])
+    epochs = options.get("epochs", DEFAULT_EPOCHS[method])  # what cross-field checks compare
+    try:
+        defaults = to_dict(DetConfig())
+        from_dict(DetConfig, apply_overrides(defaults, [f"optim.epochs={epochs}", *items], True))
+    except ConfigError as exc:
+        raise CompressError(f"set: {exc}") from None
 
 
 def _outputs(recipe: Recipe, runs_dir: Path, artifacts_dir: Path) -> list[Path]:
@@ -222,9 +251,7 @@ def run_recipe_file(
             entry["result"] = _result(step, out)
         else:
             print(f"== step {step.index}/{len(recipe.steps)}: {step.method} {previous} -> {out}")
-            kwargs = {
-                "global_pruning" if k == "global" else k: v for k, v in opts.items()
-            }
+            kwargs = {RECIPE_KWARGS.get(k, k): v for k, v in opts.items()}
             result = compress(
                 step.method, previous, out, threads=threads, progress=progress,
                 resume=resume and step.method in RESUMABLE_METHODS,

@@ -26,9 +26,9 @@ RESUMABLE_METHODS = (*TRAINING_METHODS, "qat")
 # the options each compress method takes (recipe steps' keys; compress() refuses the others)
 STEP_OPTIONS = {
     "prune": {"ratio", "ratio_of", "importance", "global", "round_to", "class_evidence",
-              "teacher", "teacher_flips", "epochs", "lr", "seed"},  # fmt: skip
-    "distill": {"teacher", "teacher_flips", "epochs", "lr", "seed"},
-    "finetune": {"epochs", "lr", "seed"},
+              "teacher", "teacher_flips", "epochs", "lr", "seed", "set"},  # fmt: skip
+    "distill": {"teacher", "teacher_flips", "epochs", "lr", "seed", "set"},
+    "finetune": {"epochs", "lr", "seed", "set"},
     "int8": {"target", "calibration_images", "guard_images", "max_ap_drop", "seed"},
     "qat": {"target", "calibration_images", "guard_images", "max_ap_drop", "seed", "epochs", "lr"},
     "fp16": set(),
@@ -42,6 +42,21 @@ STEP_DEFAULTS = {
     "seed": 0,
 }
 IMPORTANCES = ("l2", "bn", "taylor")
+
+# config keys a training step's --set may not change: each has its own option, or describes what
+# the step does not choose (the model comes from the parent; its structure is the parent's or
+# the pruning's)
+SET_REFUSED = {
+    "name": "the run is named by its folder (--out)",
+    "seed": "use --seed (seed: in a recipe step)",
+    "init": "the weights are the parent's (--from)",
+    "optim.epochs": "use --epochs (epochs: in a recipe step)",
+    "optim.lr": "use --lr (lr: in a recipe step)",
+    "distill.teacher": "use --teacher (teacher: in a recipe step)",
+    "distill.teacher_flips": "use --teacher-flips (teacher_flips: in a recipe step)",
+    "model": "the model is the parent's (--from), its channels the pruning's",
+    "data.preprocess": "the parent was trained on its preprocessing",
+}
 RATIO_OF = ("macs", "channels")
 
 
@@ -81,6 +96,46 @@ class PruneSettings:
                 f"--class-evidence must be a whole number of channels, 0 or more, not "
                 f"{self.class_evidence!r}"
             )
+
+
+def step_overrides(given) -> list[str]:
+    """A training step's config overrides as ``key=value`` strings (the form of ``train
+    detect --set``), from the command line's list or a recipe's mapping (``{optim.ema: false}``)
+    or list; keys of :data:`SET_REFUSED` (or a section holding one, e.g. ``optim``) are refused
+    with the option to use instead. The values are checked against the config schema by the
+    step itself (``_finetune_config``), which also refuses a whole section."""
+    import yaml
+
+    def as_yaml(value) -> str:  # read back by yaml.safe_load as the same value (1e-05 too)
+        try:
+            text = yaml.safe_dump(value, default_flow_style=True)
+        except yaml.YAMLError as exc:
+            raise CompressError(f"set: {value!r} is not a config value ({exc})") from None
+        return text.removesuffix("\n...\n").strip()
+
+    if given is None:
+        return []
+    if isinstance(given, dict):
+        items = [f"{k}={as_yaml(v)}" for k, v in given.items()]
+    elif isinstance(given, (list, tuple)) and all(isinstance(v, str) for v in given):
+        items = list(given)
+    else:
+        raise CompressError(
+            f"set: a mapping of config keys to values or a list of key=value, not {given!r}"
+        )
+    for item in items:
+        key = item.split("=", 1)[0].strip()
+        if "=" not in item or not key:
+            raise CompressError(f"--set {item!r}: must look like section.key=value")
+        for refused, why in SET_REFUSED.items():
+            if key == refused or key.startswith(refused + "."):
+                raise CompressError(f"--set {key}: not settable in a compress step: {why}")
+            if refused.startswith(key + "."):
+                raise CompressError(
+                    f"--set {key}: a whole section (it holds {refused}: {why}); set its keys "
+                    "one by one"
+                )
+    return items
 
 
 def prune_default(field: str):

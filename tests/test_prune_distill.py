@@ -502,6 +502,26 @@ def _tiny_run(edge_artifact):
         (["--method", "fp16", "--seed", "1"], "--method fp16 does not take --seed"),
         (["--method", "distill", "--teacher", "zoo:ssdd_edge_det", "--teacher-flips", "x"],
          "test-time flips are distinct names"),
+        # --set: the fine-tuning config's keys, checked before anything is written
+        (["--method", "finetune", "--set", "optim.lr=0.1"],
+         "--set optim.lr: not settable in a compress step: use --lr"),
+        (["--method", "finetune", "--set", "model.width=32"], "the model is the parent's"),
+        (["--method", "finetune", "--set", "seed=3"], "step: use --seed"),
+        (["--method", "finetune", "--set", "optim.schedul=cyclic"],
+         "unknown config keys ['optim.schedul']"),
+        (["--method", "finetune", "--set", "optim.ema=maybe"], "'optim.ema' must be true or false"),
+        (["--method", "finetune", "--epochs", "4", "--set", "optim.swa_epochs=6"],
+         "optim.swa_epochs must be between 0 and optim.epochs (4)"),
+        (["--method", "finetune", "--set", "augment.mosaic"], "must look like section.key=value"),
+        (["--method", "finetune", "--set", "optim={lr: 0.1}"], "--set optim: a whole section"),
+        (["--method", "finetune", "--set", "augment={mosaic: 1}"],
+         "'augment' is a whole section; set its keys one by one"),
+        (["--method", "finetune", "--set", "data.preprocess.clip_high=99"],
+         "trained on its preprocessing"),
+        (["--method", "prune", "--ratio", "0.5", "--epochs", "0", "--set", "augment.mosaic=1"],
+         "--set changes the fine-tuning config: it needs --epochs"),
+        (["--method", "int8", "--set", "augment.mosaic=1"],
+         "--method int8 does not take --set (taken by prune, distill, finetune)"),
     ],
 )
 def test_bad_prune_and_distill_requests_write_nothing(tmp_path, capsys, args, message):
@@ -580,6 +600,16 @@ def _write_recipe(path, source, steps):
          "step 1 \\(distill\\): teacher_flips: test-time flips"),
         ([{"method": "finetune", "teacher_flips": "h"}], "unknown options \\['teacher_flips'\\]"),
         ([{"method": "prune", "ratio": 0.5, "teacher_flips": "h"}], "teacher_flips needs a teacher"),
+        ([{"method": "finetune", "set": {"optim.lr": 0.1}}], "set optim.lr: .*use --lr"),
+        ([{"method": "distill", "teacher": "source", "set": {"augment.mosaic": "lots"}}],
+         "step 1 \\(distill\\): set: 'augment.mosaic' must be a number"),
+        ([{"method": "finetune", "epochs": 4, "set": {"optim.swa_epochs": 6}}],
+         "optim.swa_epochs must be between 0 and optim.epochs \\(4\\)"),
+        ([{"method": "prune", "ratio": 0.5, "epochs": 0, "set": {"augment.mosaic": 1}}],
+         "it needs epochs of at least 1"),
+        ([{"method": "finetune", "set": "augment.mosaic=1"}], "set: a mapping"),
+        ([{"method": "finetune", "set": {"augment": {"mosaic": 1}}}], "a whole section"),
+        ([{"method": "int8", "set": {"augment.mosaic": 1}}], "unknown options \\['set'\\]"),
         ([], "non-empty list"),
     ],
 )
@@ -658,7 +688,9 @@ def test_a_recipe_killed_between_steps_resumes_and_ends_like_an_uninterrupted_on
     source = _tiny_run(edge_artifact)
     steps = [
         {"method": "prune", "ratio": 0.6, "epochs": 0},
-        {"method": "distill", "teacher": "source", "epochs": 1},
+        # a step's config changed by set (the schedule and augmentation a user may choose)
+        {"method": "distill", "teacher": "source", "epochs": 1,
+         "set": {"augment.mosaic": 0.5, "distill.feature_weight": 2.0}},
         {"method": "fp16"},
     ]
     recipe = _write_recipe(tmp_path / "chain.yaml", source, steps)
@@ -696,6 +728,9 @@ def test_a_recipe_killed_between_steps_resumes_and_ends_like_an_uninterrupted_on
     assert pruned.model.lat3[0].out_channels < load_model(source).model.lat3[0].out_channels
     manifest = export_run(b_runs / "chain" / "1_prune", tmp_path / "pruned_onnx", parity_images=4)
     assert manifest["metrics"]["parity_max_abs_diff"] < 1e-3
+    config = json.loads((b_runs / "chain" / "2_distill" / "run.json").read_text())["config"]
+    assert config["augment"]["mosaic"] == 0.5 and config["distill"]["feature_weight"] == 2.0
+    assert config["distill"]["teacher"] == str(source) and config["optim"]["epochs"] == 1
     compare = json.loads((b_runs / "chain" / "1_prune" / "run.json").read_text())["compare"]
     assert compare["child"]["macs"] < compare["parent"]["macs"]
     fp16 = json.loads((b_art / "chain" / "3_fp16" / "manifest.json").read_text())
@@ -753,3 +788,93 @@ def test_fine_tuning_keeps_bf16_steps_only_where_the_cpu_has_them(monkeypatch, n
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     tuned = finetune._finetune_config(cfg, "student", 2, 1e-3, 0, None)
     assert tuned.optim.amp == expected and tuned.optim.epochs == 2
+
+
+def test_set_changes_the_fine_tuning_config_and_a_resume_must_ask_for_the_same(tmp_path):
+    """--set reaches the step's config over the parent's and the step's own schedule (here a
+    weight-averaging one); resuming a run with other training settings than it started with is
+    refused, naming each one that differs; the same settings resume."""
+    from sarbridge.compress import finetune
+    from sarbridge.train.checkpoint import load_model
+    from sarbridge.train.config import to_dict
+
+    parent = load_model("zoo:ssdd_edge_det").config
+    assert parent.augment.mosaic == 0.0
+    overrides = ["augment.mosaic=1.0", "optim.schedule=cyclic", "optim.swa_epochs=3",
+                 "optim.ema=false"]  # fmt: skip
+    cfg = finetune._finetune_config(parent, "student", 3, 1e-3, 0, None, amp="fp32",
+                                    overrides=overrides)  # fmt: skip
+    assert (cfg.augment.mosaic, cfg.optim.schedule, cfg.optim.swa_epochs, cfg.optim.ema) == (
+        1.0, "cyclic", 3, False)  # fmt: skip
+    plain = finetune._finetune_config(parent, "student", 3, 1e-3, 0, None, amp="fp32")
+    assert (plain.augment.mosaic, plain.optim.schedule, plain.optim.ema) == (0.0, "cosine", True)
+    assert (cfg.optim.lr, cfg.optim.epochs, cfg.data) == (plain.optim.lr, 3, plain.data)
+
+    run = tmp_path / "student"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"config": to_dict(cfg)}))
+    finetune._check_resumed_config(run, cfg)  # the same settings resume
+    with pytest.raises(CompressError) as refused:
+        finetune._check_resumed_config(run, plain)
+    message = str(refused.value)
+    for part in ('augment.mosaic=1.0 (asked: 0.0)', 'optim.schedule="cyclic" (asked: "cosine")',
+                 "optim.swa_epochs=3 (asked: 0)", "optim.ema=false (asked: true)"):  # fmt: skip
+        assert part in message
+    assert "optim.lr" not in message and "data." not in message
+
+
+def test_a_recipe_steps_set_mapping_keeps_its_values_and_types(tmp_path):
+    """Values of a recipe's set mapping reach the step as they were written: small floats
+    (1e-5 is no string), words that YAML would read as booleans, lists, booleans."""
+    import yaml
+
+    from sarbridge.compress.settings import step_overrides
+
+    given = {"optim.weight_decay": 1e-5, "optim.schedule": "cyclic", "optim.ema": False,
+             "augment.multi_scale": [0.75, 1.25], "augment.mosaic": 1}  # fmt: skip
+    path = _write_recipe(tmp_path / "r.yaml", "zoo:ssdd_edge_det",
+                         [{"method": "finetune", "epochs": 12, "set": given}])  # fmt: skip
+    step = load_recipe(path).steps[0]
+    parsed = {}
+    for item in step_overrides(step.options["set"]):
+        key, raw = item.split("=", 1)
+        parsed[key] = yaml.safe_load(raw)
+    assert parsed == given
+    assert step_overrides({"data.root": "yes"}) == ["data.root='yes'"]
+
+
+def test_a_bad_set_with_overwrite_keeps_the_old_run(tmp_path, capsys):
+    from sarbridge.cli import main
+
+    out = tmp_path / "runs" / "old"
+    out.mkdir(parents=True)
+    (out / "run.json").write_text("{}")
+    args = ["compress", "--method", "finetune", "--out", str(out), "--overwrite",
+            "--set", "optim.ema=maybe"]  # fmt: skip
+    assert main(args) == 2
+    assert "must be true or false" in capsys.readouterr().err
+    assert (out / "run.json").read_text() == "{}"
+
+
+def test_a_run_resumed_with_other_settings_is_refused_before_training(edge_artifact, tmp_path):
+    """compress --resume of a fine-tuning run that started with mosaic, asked without it (or
+    with another schedule): refused, naming the setting; the run is left as it was."""
+    from sarbridge.compress import finetune
+    from sarbridge.compress.api import compress
+    from sarbridge.train.checkpoint import load_model
+    from sarbridge.train.config import to_dict
+
+    source = _tiny_run(edge_artifact)
+    out = tmp_path / "runs" / "ft"
+    out.mkdir(parents=True)
+    started = finetune._finetune_config(load_model(source).config, out.name, 1, 1e-3, 0, None,
+                                        overrides=["augment.mosaic=1.0"])  # fmt: skip
+    record = json.dumps({"config": to_dict(started)})
+    (out / "run.json").write_text(record)
+    kw = dict(epochs=1, lr=1e-3, resume=True, threads=1, progress=False)
+    with pytest.raises(CompressError, match=r"augment\.mosaic=1\.0 \(asked: 0\.0\)"):
+        compress("finetune", source, out, **kw)
+    with pytest.raises(CompressError, match=r"optim\.schedule=\"cosine\" \(asked: \"cyclic\"\)"):
+        compress("finetune", source, out, **kw,
+                 overrides=["augment.mosaic=1.0", "optim.schedule=cyclic"])  # fmt: skip
+    assert (out / "run.json").read_text() == record and sorted(out.iterdir()) == [out / "run.json"]

@@ -91,8 +91,10 @@ def to_dict(cfg: Any) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(cfg)))
 
 
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Apply ``a.b.c=value`` overrides (values parsed as YAML) to a nested dict."""
+def apply_overrides(data: dict, overrides: list[str], leaves_only: bool = False) -> dict:
+    """Apply ``a.b.c=value`` overrides (values parsed as YAML) to a nested dict; with
+    ``leaves_only`` a key naming a mapping in ``data`` (a whole section, whose other keys would
+    fall back to their defaults) is refused."""
     import yaml
 
     data = json.loads(json.dumps(data))
@@ -106,6 +108,10 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: '{p}' is not a section")
+        if leaves_only and isinstance(node.get(parts[-1]), dict):
+            raise ConfigError(
+                f"override {item!r}: '{key.strip()}' is a whole section; set its keys one by one"
+            )
         node[parts[-1]] = yaml.safe_load(raw)
     return data
 

@@ -439,6 +439,7 @@ _STEP_FLAGS = (
     ("--teacher-flips", "teacher_flips"), ("--epochs", "epochs"), ("--lr", "lr"),
     ("--target", "target"), ("--calibration-images", "calibration_images"),
     ("--guard-images", "guard_images"), ("--max-ap-drop", "max_ap_drop"), ("--seed", "seed"),
+    ("--set", "overrides"),
 )  # fmt: skip
 
 
@@ -575,6 +576,17 @@ def _add_compress(sub: argparse._SubParsersAction) -> None:
         "then 1e-3)"
     )
     c.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=None,
+        metavar="KEY=VALUE",
+        help="prune, distill, finetune: change the fine-tuning config (the parent's, with a "
+        "cosine schedule and EMA), e.g. --set augment.mosaic=1.0, --set optim.schedule=cyclic "
+        "--set optim.swa_epochs=8 --set optim.ema=false, --set distill.feature_weight=0 "
+        "(repeatable; a recipe step's set: mapping)",
+    )
+    c.add_argument(
         "--resume",
         action="store_true",
         help="qat, prune, distill, finetune, recipes: continue an interrupted run where it stopped",
@@ -667,6 +679,7 @@ def _run_compress(args) -> int:
         teacher=args.teacher,
         teacher_flips=args.teacher_flips,
         data=args.data,
+        overrides=args.overrides,
     )
     return 0
 
