@@ -10,6 +10,9 @@
 #   front.sh prune 50 30   only the pruned models named (a later session: runs/ is not kept)
 #   front.sh d | e      later, one per core: d the second seed (1) of both 30 % students, same
 #                       schedule; e the 50 % student with its teacher for 24 epochs instead of 12
+#   THREADS=2 front.sh f   after e: 12 more epochs of the 50 % student with its teacher, the
+#                       weight averaging of the zoo detector's last step (cyclic lr from 1e-3,
+#                       the 12 end-of-epoch weights averaged, no EMA; compress --set)
 # THREADS is compress's --threads, the inference threads while scoring (default 1); training takes
 # the config's threads (2), on the core taskset gives it or, unpinned, on both.
 # Finished runs are skipped, an interrupted one resumes from its checkpoint.
@@ -27,7 +30,7 @@ student() {  # ratio-percent method [epochs [seed]]
   $S compress --method "$method" "${teacher[@]}" --from "runs/edge_z4_p$r" --epochs "$epochs" --lr 0.003 \
     --seed "$seed" --threads "${THREADS:-1}" --out "$out" "${resume[@]}"
 }
-case ${1:?prune, a, b, c, d or e} in
+case ${1:?prune, a, b, c, d, e or f} in
   prune)
     shift
     rs=("$@"); [ ${#rs[@]} -gt 0 ] || rs=(75 50 30)
@@ -40,4 +43,11 @@ case ${1:?prune, a, b, c, d or e} in
   c) student 75 finetune ;;
   d) student 30 distill 12 1; student 30 finetune 12 1 ;;
   e) student 50 distill 24 0 ;;
+  f)
+    src=runs/edge_z4_p50_kd24_lr3e3_s0 out=runs/edge_z4_p50_kd24_kdswa12_lr1e3_s0 resume=()
+    [ -f "$out/run.json" ] && grep -q '"compare"' "$out/run.json" && exit 0
+    [ -d "$out" ] && resume=(--resume)
+    $S compress --method distill --teacher zoo:ssdd_edge_det --from "$src" --epochs 12 --lr 0.001 \
+      --seed 0 --threads "${THREADS:-1}" --set optim.schedule=cyclic --set optim.swa_epochs=12 \
+      --set optim.ema=false --set optim.warmup_steps=30 --out "$out" "${resume[@]}" ;;
 esac
