@@ -314,7 +314,7 @@ def compress(
     lr = DEFAULT_LR.get(method, 0.0) if lr is None else float(lr)
     if training:
         from .finetune import compress_train_step
-        from .settings import prune_settings, step_overrides
+        from .settings import prune_settings
 
         if ratio is None and method == "prune":
             raise CompressError("--method prune needs --ratio (the share of the MACs kept)")
@@ -328,7 +328,7 @@ def compress(
             method, source, Path(out), settings=settings, teacher=teacher,
             teacher_flips=teacher_flips, epochs=epochs, lr=lr, seed=seed, threads=threads,
             resume=resume, overwrite=overwrite, progress=progress,
-            overrides=step_overrides(overrides),
+            overrides=overrides,
         )  # fmt: skip
     if method in ("int8", "qat"):
         scheme_of(target)

@@ -98,7 +98,7 @@ def _finetune_config(
         CompressError: an override that does not fit the config schema."""
     import torch
 
-    from sarbridge.train.config import ConfigError, apply_overrides, from_dict, to_dict
+    from sarbridge.train.config import ConfigError, with_overrides
     from sarbridge.train.engine import cpu_has_native_bf16
 
     o = cfg.optim
@@ -129,7 +129,7 @@ def _finetune_config(
     if not overrides:
         return step
     try:
-        return from_dict(type(step), apply_overrides(to_dict(step), list(overrides), True))
+        return with_overrides(step, list(overrides), leaves_only=True)
     except ConfigError as exc:
         raise CompressError(f"--set {' '.join(overrides)}: {exc}") from None
 
@@ -154,7 +154,7 @@ def _check_resumed_config(run_dir: Path, cfg) -> None:
 
     def flat(d, prefix=""):
         for k, v in d.items():
-            if isinstance(v, dict) and k != "preprocess":
+            if isinstance(v, dict):
                 yield from flat(v, f"{prefix}{k}.")
             else:
                 yield f"{prefix}{k}", v
@@ -236,11 +236,11 @@ def compress_train_step(
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
-    overrides: list[str] | tuple[str, ...] = (),
+    overrides=None,
 ) -> dict:
     """Run a ``prune`` or ``distill`` step from ``source`` into ``run_dir``; returns its
     comparison with the parent (also in ``run_dir/run.json["compare"]``). ``overrides``
-    (``key=value``, settings.step_overrides) change the fine-tuning config, e.g.
+    (``key=value`` strings or a recipe's mapping, settings.step_overrides) change the fine-tuning config, e.g.
     ``augment.mosaic=1.0`` or a weight-averaging schedule.
 
     Raises:
@@ -281,7 +281,7 @@ def compress_train_step(
         raise CompressError(f"--teacher-flips: {exc}") from None
     if teacher_flips and teacher is None:
         raise CompressError("--teacher-flips needs --teacher (the flips are the teacher's views)")
-    overrides = step_overrides(list(overrides))
+    overrides = step_overrides(overrides)
     if overrides and not epochs:
         raise CompressError("--set changes the fine-tuning config: it needs --epochs of at least 1")
     run_dir = Path(run_dir)

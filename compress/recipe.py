@@ -169,21 +169,18 @@ def _check_set(method: str, options: dict) -> None:
     """A training step's ``set`` mapping: settable keys (settings.SET_REFUSED) whose values fit
     the detector config's schema (checked on the defaults; the step applies them to its
     parent's config)."""
-    from sarbridge.train.config import ConfigError, apply_overrides, from_dict, to_dict
+    from sarbridge.train.config import ConfigError, with_overrides
     from sarbridge.train.recipes.detect import DetConfig
 
     from .api import DEFAULT_EPOCHS
     from .settings import step_overrides
 
-    if not isinstance(options["set"], (dict, list)):
-        raise CompressError("set: a mapping of config keys to values, e.g. {optim.ema: false}")
     if options.get("epochs") == 0:
         raise CompressError("set changes the fine-tuning config: it needs epochs of at least 1")
     items = step_overrides(options["set"])
     epochs = options.get("epochs", DEFAULT_EPOCHS[method])  # what cross-field checks compare
     try:
-        defaults = to_dict(DetConfig())
-        from_dict(DetConfig, apply_overrides(defaults, [f"optim.epochs={epochs}", *items], True))
+        with_overrides(DetConfig(), [f"optim.epochs={epochs}", *items], leaves_only=True)
     except ConfigError as exc:
         raise CompressError(f"set: {exc}") from None
 

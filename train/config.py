@@ -116,6 +116,12 @@ def apply_overrides(data: dict, overrides: list[str], leaves_only: bool = False)
     return data
 
 
+def with_overrides(cfg: T, overrides: list[str], leaves_only: bool = False) -> T:
+    """``cfg`` (a config dataclass) with ``key=value`` overrides applied and checked against its
+    schema (:func:`apply_overrides`, :func:`from_dict`)."""
+    return from_dict(type(cfg), apply_overrides(to_dict(cfg), overrides, leaves_only))
+
+
 def load_config(cls: type[T], path: str | Path | None, overrides: list[str] | None = None) -> T:
     """Read ``path`` (YAML) into ``cls`` with overrides; None starts from the defaults."""
     import yaml
